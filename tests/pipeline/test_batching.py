@@ -1,0 +1,74 @@
+from worker.encoding import Source
+from worker.pipeline.batching import Batcher
+from worker.pipeline.work import Work
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Device:
+    def __init__(self, room: int = 10) -> None:
+        self.room = room
+        self.batches: list[list[Work]] = []
+
+    def has_room(self) -> bool:
+        return len(self.batches) < self.room
+
+    def submit_batch(self, batch: list[Work]) -> None:
+        self.batches.append(batch)
+
+
+def work(offset: int) -> Work:
+    return Work(source=Source("t", 0, offset), generation=1, key=None, value=None, headers=[], timestamp_ms=None)
+
+
+def test_a_full_batch_goes_at_once() -> None:
+    clock, device = Clock(), Device()
+    batcher = Batcher(batch_size=4, max_wait=0.05, next=device, clock=clock)
+    for offset in range(9):
+        batcher.submit(work(offset))
+    batcher.poll()
+    assert [len(b) for b in device.batches] == [4, 4]
+    assert len(batcher) == 1
+
+
+def test_a_partial_batch_waits_until_its_oldest_image_is_due() -> None:
+    clock, device = Clock(), Device()
+    batcher = Batcher(batch_size=4, max_wait=0.5, next=device, clock=clock)
+    batcher.submit(work(0))
+    clock.now += 0.25
+    batcher.submit(work(1))
+    batcher.poll()
+    assert device.batches == []
+    assert batcher.seconds_to_deadline() == 0.25
+    clock.now += 0.25
+    batcher.poll()
+    assert [[w.source.offset for w in b] for b in device.batches] == [[0, 1]]
+    assert batcher.seconds_to_deadline() is None
+
+
+def test_images_queue_while_the_device_is_full_and_leave_in_full_batches() -> None:
+    clock, device = Clock(), Device(room=0)
+    batcher = Batcher(batch_size=3, max_wait=0.0, next=device, clock=clock)
+    for offset in range(7):
+        batcher.submit(work(offset))
+    batcher.poll()
+    assert device.batches == []
+    device.room = 10
+    batcher.poll()
+    assert [len(b) for b in device.batches] == [3, 3, 1]
+    assert [w.source.offset for b in device.batches for w in b] == list(range(7))
+
+
+def test_flush_sends_a_partial_batch_without_waiting() -> None:
+    clock, device = Clock(), Device()
+    batcher = Batcher(batch_size=8, max_wait=10.0, next=device, clock=clock)
+    batcher.submit(work(0))
+    batcher.flush()
+    batcher.poll()
+    assert len(device.batches) == 1

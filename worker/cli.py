@@ -1,0 +1,99 @@
+"""`clip-worker` / `python -m worker`: run the streaming worker, or embed local files once.
+
+    clip-worker                      run the Kafka worker (settings from CLIP_WORKER_* env vars)
+    clip-worker check                load settings and the model, print what would run, exit
+    clip-worker embed FILE...        embed local image files, one JSON line each, to stdout
+
+Exit codes: 0 after a clean shutdown, 1 on a fatal error, 2 on an invalid setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from worker import __version__
+from worker.config import Settings, load_settings
+from worker.engine import Embedder
+from worker.errors import ConfigError, FatalError, RecordError
+from worker.health import HealthServer
+from worker.metrics import Metrics
+from worker.pipeline.build import build_runtime
+
+log = logging.getLogger("worker")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="clip-worker", description=__doc__.splitlines()[0])
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "check", "embed"])
+    parser.add_argument("files", nargs="*", type=Path, help="image files, for embed")
+    parser.add_argument("--version", action="version", version=__version__)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+        embedder = Embedder.load(settings.model)
+        if args.command == "check":
+            print(f"model {settings.model.model_name} ({settings.model.pretrained}) on {embedder.device}, "
+                  f"dim {embedder.dim}, field {embedder.field_name}")
+            return 0
+        if args.command == "embed":
+            return _embed_files(embedder, args.files)
+        return _run(settings, embedder)
+    except ConfigError as exc:
+        print(f"clip-worker: {exc}", file=sys.stderr)
+        return 2
+    except FatalError as exc:
+        log.error("stopping: %s", exc)
+        return 1
+
+
+def _run(settings: Settings, embedder: Embedder) -> int:
+    metrics = Metrics()
+    runtime = build_runtime(settings, embedder=embedder, metrics=metrics)
+    health = None
+    if settings.pipeline.metrics_port is not None:
+        health = HealthServer(
+            port=settings.pipeline.metrics_port,
+            registry=metrics.registry,
+            last_loop_at=lambda: runtime.last_loop_at,
+            ready=lambda: bool(runtime.assigned),
+        )
+        health.start()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: runtime.request_stop())
+    log.info("clip-embedding-worker %s consuming %s", __version__, settings.kafka.input_topic)
+    try:
+        runtime.run()
+    finally:
+        if health is not None:
+            health.stop()
+    log.info("stopped cleanly")
+    return 0
+
+
+def _embed_files(embedder: Embedder, files: list[Path]) -> int:
+    """Batch mode: the same engine on local files; a failed file gets an error line, not a vector."""
+    failed = 0
+    for start in range(0, len(files), embedder.batch_size):
+        chunk = files[start : start + embedder.batch_size]
+        prepared, errors = [], {}
+        for path in chunk:
+            try:
+                prepared.append((path, embedder.prepare(path.read_bytes())))
+            except (OSError, RecordError) as exc:
+                errors[path] = f"{type(exc).__name__}: {exc}"
+        results = embedder.embed([image for _, image in prepared])
+        vectors = {path: result for (path, _), result in zip(prepared, results, strict=True)}
+        for path in chunk:
+            result = vectors.get(path)
+            if result is None or isinstance(result, RecordError):
+                failed += 1
+                print(json.dumps({"path": str(path), "error": errors.get(path) or repr(result)}))
+            else:
+                print(json.dumps({"path": str(path), embedder.field_name: result.tolist()}))
+    return 1 if failed else 0

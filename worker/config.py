@@ -1,0 +1,183 @@
+"""The worker's settings: one frozen tree, read from the environment once at startup.
+
+Every setting has an environment variable: ``CLIP_WORKER_`` + section + ``__`` + name, upper-cased,
+e.g. ``CLIP_WORKER_MODEL__MODEL_NAME=ViT-L-14`` or ``CLIP_WORKER_KAFKA__BOOTSTRAP_SERVERS=k:9092``.
+List settings take JSON (``CLIP_WORKER_S3__ALLOWED_SOURCES='["photos", "raw/2026/"]'``).
+The model section keeps the parameter names and defaults of the batch operator this worker grew
+from (ImageClipEmbeddingRefiner). An invalid value stops the worker at startup with a ConfigError
+that names the variable.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.errors import ConfigError
+
+ENV_PREFIX = "CLIP_WORKER_"
+ENV_NESTED_DELIMITER = "__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelSettings(_Section):
+    """The embedding engine. Names and defaults are those of the original operator."""
+
+    model_name: str = Field("ViT-B-32", description="OpenCLIP model name, or an hf-hub: name.")
+    pretrained: str = Field(
+        "openai",
+        description='OpenCLIP pretrained tag, a local checkpoint path, or "none" (random weights).',
+    )
+    device: str = Field("auto", description='"auto" (CUDA, then MPS, then CPU), "cuda", "cuda:N", "mps" or "cpu".')
+    normalize: bool = Field(True, description="L2-normalise each embedding to unit length.")
+    feature_field_name: str | None = Field(
+        None, description="Name of the embedding field in the output record; derived from model_name when unset."
+    )
+    inference_batch_size: int = Field(32, ge=1, le=4096, description="Images per device batch.")
+    use_fp16: bool = Field(True, description="Half precision weights and inputs; applies on CUDA devices only.")
+    half_dtype: Literal["float16", "bfloat16"] = Field(
+        "float16", description="Which half precision use_fp16 selects on CUDA."
+    )
+    preprocess_workers: int = Field(4, ge=1, le=256, description="Threads that decode and preprocess images.")
+    preprocess_mode: Literal["fast", "exact"] = Field(
+        "fast",
+        description="exact: open_clip's own eval transform, bit for bit. "
+        "fast: reduced-DCT JPEG decode, uint8 crop on the CPU, normalisation on the device.",
+    )
+    max_image_pixels: int = Field(
+        64_000_000, ge=1, description="Images with more pixels are rejected before the full decode."
+    )
+    model_config_dir: Path | None = Field(
+        None, description="A folder (or file) of extra OpenCLIP model configs (JSON) to register before loading."
+    )
+    cache_dir: Path | None = Field(None, description="Where OpenCLIP looks for downloaded pretrained weights.")
+
+    @field_validator("feature_field_name")
+    @classmethod
+    def _legal_avro_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError("must be a legal Avro field name: [A-Za-z_][A-Za-z0-9_]*")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise ValueError('must be "auto", "cpu", "mps", "cuda" or "cuda:N"')
+        return value
+
+    @property
+    def output_field(self) -> str:
+        """The embedding field's name: set, or ``image_clip_emb_`` + the model name made Avro-legal."""
+        if self.feature_field_name:
+            return self.feature_field_name
+        return "image_clip_emb_" + re.sub(r"[^a-z0-9_]", "_", self.model_name.lower())
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = Field("localhost:9092", description="Kafka bootstrap servers.")
+    group_id: str = Field("clip-embedding-worker", description="Consumer group: more pods, more throughput.")
+    input_topic: str = Field("images", description="Topic of image-reference messages.")
+    output_topic: str = Field("image-embeddings", description="Topic the embedding records go to.")
+    dead_letter_topic: str = Field("images-dlq", description="Topic for records that can never succeed.")
+    group_instance_id: str | None = Field(
+        None, description="Static membership id (KIP-345); the StatefulSet pod name is a good one."
+    )
+    group_protocol: Literal["classic", "consumer"] = Field(
+        "classic", description='"consumer" selects the KIP-848 protocol (Kafka 4.x brokers).'
+    )
+    security_protocol: str = Field("PLAINTEXT", description="librdkafka security.protocol.")
+    sasl_mechanism: str | None = Field(None, description="librdkafka sasl.mechanism.")
+    sasl_username: str | None = Field(None, description="SASL user.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password; never logged.")
+    client_config: dict[str, str] = Field(
+        default_factory=dict, description="Extra librdkafka properties for consumer and producer (JSON object)."
+    )
+    consumer_config: dict[str, str] = Field(
+        default_factory=dict, description="Extra librdkafka properties for the consumer only (JSON object)."
+    )
+    producer_config: dict[str, str] = Field(
+        default_factory=dict, description="Extra librdkafka properties for the producer only (JSON object)."
+    )
+    transaction_timeout_ms: int = Field(
+        60_000, ge=1000, description="exactly-once: must exceed the slowest batch; bounds how long a crash blocks readers."
+    )
+
+
+class S3Settings(_Section):
+    endpoint_url: str | None = Field(None, description="S3 endpoint; unset means AWS. Set it for MinIO, Ceph, R2.")
+    region: str | None = Field(None, description="S3 region; unset means the standard AWS chain decides.")
+    allowed_sources: tuple[str, ...] = Field(
+        (), description='Buckets, or "bucket/prefix", the worker may read. Empty means none: set it.'
+    )
+    max_object_bytes: int = Field(32 * 1024 * 1024, ge=1, description="Objects larger than this are rejected.")
+    fetch_workers: int = Field(16, ge=1, le=512, description="Threads fetching objects from S3.")
+    max_attempts: int = Field(5, ge=1, le=50, description="Attempts per object for transient S3 errors.")
+    backoff_initial_seconds: float = Field(0.1, gt=0, description="First retry backoff; doubles, with full jitter.")
+    backoff_max_seconds: float = Field(5.0, gt=0, description="Cap on one retry backoff.")
+    timeout_seconds: float = Field(10.0, gt=0, description="Connect and read timeout of one S3 request.")
+
+
+class PipelineSettings(_Section):
+    max_batch_wait_ms: int = Field(
+        50, ge=0, description="A partial batch goes to the device once its oldest image has waited this long."
+    )
+    max_in_flight: int = Field(
+        1024, ge=1, description="Records between poll and delivery before partitions are paused."
+    )
+    delivery: Literal["at-least-once", "exactly-once"] = Field(
+        "at-least-once", description="exactly-once: one Kafka transaction per batch, outputs with offsets."
+    )
+    on_error: Literal["dead-letter", "skip", "stop"] = Field(
+        "dead-letter", description="What a permanently failing record does."
+    )
+    input_format: Literal["json", "avro", "auto"] = Field(
+        "auto", description="Input value format; auto tells JSON, Confluent-framed Avro and plain Avro apart."
+    )
+    output_format: Literal["avro", "confluent"] = Field(
+        "avro", description="avro: schemaless Avro, schema named in a header; confluent: Schema Registry framing."
+    )
+    schema_registry_url: str | None = Field(None, description="Schema Registry URL; needed for confluent framing.")
+    schema_registry_auto_register: bool = Field(
+        False, description="Register the output schema on first use; production registers it up front."
+    )
+    max_consecutive_failures: int = Field(
+        1000, ge=1, description="Failed records in a row (no success between) after which the worker stops."
+    )
+    shutdown_grace_seconds: float = Field(
+        25.0, gt=0, description="On SIGTERM, time to drain, flush and commit; keep under the pod's grace period."
+    )
+    metrics_port: int | None = Field(9400, description="Port of /metrics, /livez and /readyz; unset disables.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED_DELIMITER, frozen=True, extra="forbid"
+    )
+
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    s3: S3Settings = Field(default_factory=S3Settings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+
+
+def env_var(*path: str) -> str:
+    """The environment variable of a setting, e.g. env_var("model", "device")."""
+    return ENV_PREFIX + ENV_NESTED_DELIMITER.join(path).upper()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings from the environment (overrides win); raise ConfigError naming the first bad one."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = [str(part) for part in first["loc"]]
+        raise ConfigError(env_var(*path), first["msg"]) from None

@@ -1,0 +1,113 @@
+"""Output records: one Avro ImageEmbedding per image (schemas/image-embedding.avsc).
+
+The schema file names the embedding field for ViT-B-32; the field is renamed to the configured
+model's field name here, once, at startup. Two framings:
+- ``avro``: schemaless Avro body; the headers name the schema and give its CRC-64-AVRO fingerprint,
+  so a reader can pick the right schema (the field name differs per model).
+- ``confluent``: the Confluent wire format through a Schema Registry (0x00, schema id, body).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import fastavro
+import numpy as np
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from worker.errors import EncodeError
+from worker.messages import ImageRequest
+from worker.schemas import load_schema
+
+_TEMPLATE_FIELD = "image_clip_emb_vit_b_32"
+Headers = list[tuple[str, bytes]]
+# Serialises a record dict through a Schema Registry (Confluent framing) for a topic.
+RegistrySerializer = Callable[[dict[str, Any], str], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where an input record came from; travels with the data so offsets can be committed."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def embedding_schema(field_name: str) -> dict[str, Any]:
+    """schemas/image-embedding.avsc with the embedding field renamed to `field_name`."""
+    schema = copy.deepcopy(load_schema("image-embedding.avsc"))
+    for avro_field in schema["fields"]:
+        if avro_field["name"] == _TEMPLATE_FIELD:
+            avro_field["name"] = field_name
+    return schema
+
+
+class EmbeddingEncoder:
+    """Turns (request, embedding, source) into the output value and its headers."""
+
+    def __init__(
+        self,
+        *,
+        field_name: str,
+        model_name: str,
+        pretrained: str,
+        normalized: bool,
+        registry_serializer: RegistrySerializer | None = None,
+    ) -> None:
+        self.schema = embedding_schema(field_name)
+        self._parsed = fastavro.parse_schema(self.schema)
+        self._field_name = field_name
+        self._model_name = model_name
+        self._pretrained = pretrained
+        self._normalized = normalized
+        self._registry_serializer = registry_serializer
+        canonical = to_parsing_canonical_form(self._parsed)
+        self.headers: Headers = [
+            ("content-type", b"application/avro"),
+            ("avro.schema.name", b"clip_embedding_worker.ImageEmbedding"),
+            ("avro.schema.fingerprint", fingerprint(canonical, "CRC-64-AVRO").encode()),
+            ("embedding.field", field_name.encode()),
+        ]
+
+    @property
+    def schema_json(self) -> str:
+        return json.dumps(self.schema)
+
+    def record(self, *, request: ImageRequest, embedding: np.ndarray, source: Source) -> dict[str, Any]:
+        return {
+            "id": request.id,
+            "source_uri": str(request.uri),
+            self._field_name: embedding.astype(np.float32, copy=False).tolist(),
+            "model_name": self._model_name,
+            "pretrained": self._pretrained,
+            "dim": int(embedding.shape[0]),
+            "normalized": self._normalized,
+            "metadata": request.metadata,
+            "input_topic": source.topic,
+            "input_partition": source.partition,
+            "input_offset": source.offset,
+            "embedded_at": int(time.time() * 1000),
+        }
+
+    def encode(self, *, request: ImageRequest, embedding: np.ndarray, source: Source, topic: str) -> bytes:
+        record = self.record(request=request, embedding=embedding, source=source)
+        try:
+            if self._registry_serializer is not None:
+                return self._registry_serializer(record, topic)
+            buffer = io.BytesIO()
+            fastavro.schemaless_writer(buffer, self._parsed, record)
+            return buffer.getvalue()
+        except Exception as exc:  # fastavro and the registry client raise many unrelated types
+            raise EncodeError(f"{request.id}: output record could not be encoded: {exc!r}") from exc
+
+    def decode(self, value: bytes) -> dict[str, Any]:
+        """Read back a plain Avro value written by encode() (tests, the demo, consumers in Python)."""
+        record: dict[str, Any] = fastavro.schemaless_reader(io.BytesIO(value), self._parsed, None)
+        return record

@@ -1,0 +1,97 @@
+"""Which offsets may be committed: per partition, the lowest contiguous finished offset + 1.
+
+Records finish out of order (thread pools, batches, delivery callbacks), so an offset is only
+committable once it and every offset before it on its partition are finished: their output or
+dead-letter record was acknowledged by the broker. Faust got this wrong for years and its offsets
+stopped advancing (robinhood/faust#625); this is the watermark of Confluent's Parallel Consumer.
+
+Each assignment of a partition gets a new generation, so work polled under an earlier assignment
+(revoked, or lost, and assigned again) can never move the watermark of the current one.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+TopicPartition = tuple[str, int]
+
+
+@dataclass(slots=True)
+class _Partition:
+    generation: int
+    pending: deque[int] = field(default_factory=deque)  # polled, in poll order (ascending)
+    finished: set[int] = field(default_factory=set)  # finished but not yet below the watermark
+    committable: int | None = None  # next offset to commit, once it moves
+    stored: int | None = None  # the last committable value handed to the consumer
+
+
+class OffsetTracker:
+    def __init__(self) -> None:
+        self._partitions: dict[TopicPartition, _Partition] = {}
+        self._generation = 0
+
+    def assign(self, tp: TopicPartition) -> int:
+        """Start tracking a newly assigned partition; returns its generation."""
+        self._generation += 1
+        self._partitions[tp] = _Partition(generation=self._generation)
+        return self._generation
+
+    def revoke(self, tp: TopicPartition) -> None:
+        """Forget a partition: its in-flight work belongs to another consumer now."""
+        self._partitions.pop(tp, None)
+
+    def generation(self, tp: TopicPartition) -> int | None:
+        state = self._partitions.get(tp)
+        return state.generation if state else None
+
+    def is_current(self, tp: TopicPartition, generation: int) -> bool:
+        state = self._partitions.get(tp)
+        return state is not None and state.generation == generation
+
+    def add(self, tp: TopicPartition, offset: int) -> int:
+        """A record was polled; returns the generation its completion must quote."""
+        state = self._partitions.get(tp)
+        if state is None:  # assignment callbacks can lag a first message on some paths
+            self.assign(tp)
+            state = self._partitions[tp]
+        state.pending.append(offset)
+        return state.generation
+
+    def finish(self, tp: TopicPartition, offset: int, generation: int) -> list[int]:
+        """A record is done. Returns the offsets that this moved below the watermark, in order
+        (none if it belongs to an earlier assignment: then nothing moves)."""
+        state = self._partitions.get(tp)
+        if state is None or state.generation != generation:
+            return []
+        state.finished.add(offset)
+        released: list[int] = []
+        while state.pending and state.pending[0] in state.finished:
+            released.append(state.pending.popleft())
+            state.finished.discard(released[-1])
+        if released:
+            state.committable = released[-1] + 1
+        return released
+
+    def in_flight(self) -> int:
+        return sum(len(state.pending) for state in self._partitions.values())
+
+    def in_flight_of(self, tp: TopicPartition) -> int:
+        state = self._partitions.get(tp)
+        return len(state.pending) if state else 0
+
+    def take_committable(self) -> dict[TopicPartition, int]:
+        """Offsets that moved since the last call, to hand to store_offsets / a transaction."""
+        moved: dict[TopicPartition, int] = {}
+        for tp, state in self._partitions.items():
+            if state.committable is not None and state.committable != state.stored:
+                moved[tp] = state.committable
+                state.stored = state.committable
+        return moved
+
+    def positions(self) -> dict[TopicPartition, int]:
+        """The committable offset of every partition whose watermark ever moved."""
+        return {tp: s.committable for tp, s in self._partitions.items() if s.committable is not None}
+
+    def partitions(self) -> list[TopicPartition]:
+        return list(self._partitions)

@@ -1,0 +1,296 @@
+"""The main loop: poll, hand records down the stages, store or commit what finished, repeat.
+
+Only this thread talks to the consumer, and it never waits on S3 or the device, so poll() runs
+every few milliseconds and max.poll.interval.ms is never at risk. Backpressure pauses all assigned
+partitions when `max_in_flight` records are unfinished and resumes below half of that (pause
+drops prefetched messages, so it should not flap); partitions assigned while paused are paused too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from worker.config import PipelineSettings
+from worker.encoding import Source
+from worker.errors import BadMessage, FatalError
+from worker.messages import ConfluentDecoder, decode_request
+from worker.metrics import Metrics
+from worker.pipeline.batching import Batcher
+from worker.pipeline.deadletter import DeadLetterStage
+from worker.pipeline.inference import InferenceStage
+from worker.pipeline.offsets import OffsetTracker
+from worker.pipeline.produce import Emitter, InOrderEmitter, Outbox
+from worker.pipeline.stages import ThreadStage
+from worker.pipeline.work import Work
+
+log = logging.getLogger(__name__)
+_BUSY_POLL_SECONDS = 0.005  # while work is in flight: results arrive on other threads
+_IDLE_POLL_SECONDS = 0.1
+_MAX_CONSUME = 500
+
+
+@dataclass(slots=True)
+class Stages:
+    fetch: ThreadStage
+    preprocess: ThreadStage
+    batcher: Batcher
+    inference: InferenceStage
+    dead_letters: DeadLetterStage
+
+
+class Runtime:
+    def __init__(
+        self,
+        *,
+        consumer: Consumer,
+        outbox: Outbox,
+        emitter: Emitter,
+        tracker: OffsetTracker,
+        stages: Stages,
+        input_topic: str,
+        settings: PipelineSettings,
+        metrics: Metrics,
+        confluent_decoder: ConfluentDecoder | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._consumer = consumer
+        self._outbox = outbox
+        self._emitter = emitter
+        self._tracker = tracker
+        self._stages = stages
+        self._input_topic = input_topic
+        self._settings = settings
+        self._metrics = metrics
+        self._decoder = confluent_decoder
+        self._clock = clock
+        self._transactional = isinstance(emitter, InOrderEmitter)
+        self._paused = False
+        self._stop_deadline: float | None = None
+        self.last_loop_at = clock()
+        self.assigned: set[tuple[str, int]] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop taking work; drain within the grace period (called from a signal handler)."""
+        if self._stop_deadline is None:
+            self._stop_deadline = self._clock() + self._settings.shutdown_grace_seconds
+
+    def run(self) -> None:
+        self._consumer.subscribe(
+            [self._input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        if self._transactional:
+            self._outbox.producer.init_transactions()
+            self._outbox.producer.begin_transaction()
+        try:
+            while not self._finished_stopping():
+                self.step()
+        finally:
+            self._close()
+
+    def step(self) -> None:
+        """One turn of the loop; never blocks for longer than a poll timeout."""
+        self.last_loop_at = self._clock()
+        stopping = self._stop_deadline is not None
+        if stopping and not self._paused:
+            self._pause()
+            self._stages.batcher.flush()
+        room = self._settings.max_in_flight - self._tracker.in_flight()
+        messages = self._consumer.consume(max(1, min(room, _MAX_CONSUME)), self._poll_timeout())
+        for message in messages:
+            self._take(message)
+        self._advance()
+        self._commit()
+        self._apply_backpressure()
+
+    # -- the data path ---------------------------------------------------------------------------
+
+    def _take(self, message: Message) -> None:
+        error = message.error()
+        if error is not None:
+            if error.fatal():
+                raise FatalError(f"consumer error: {error.str()}")
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error: %s", error.str())
+            return
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        assert topic is not None and partition is not None and offset is not None
+        generation = self._tracker.add((topic, partition), offset)
+        self._metrics.consumed.inc()
+        work = Work(
+            source=Source(topic=topic, partition=partition, offset=offset),
+            generation=generation,
+            key=message.key(),
+            value=message.value(),
+            headers=list(message.headers() or []),
+            timestamp_ms=message.timestamp()[1] if message.timestamp()[0] else None,
+        )
+        try:
+            work.request = decode_request(work.value, input_format=self._settings.input_format, confluent=self._decoder)
+        except BadMessage as exc:
+            self._stages.dead_letters.fail(work, exc, stage=exc.stage)
+            return
+        self._stages.fetch.submit(work)
+
+    def _advance(self) -> None:
+        stages = self._stages
+        stages.fetch.poll()
+        stages.preprocess.poll()
+        stages.batcher.poll()
+        stages.inference.poll()
+        self._outbox.poll()
+        if stages.dead_letters.fatal is not None:
+            raise stages.dead_letters.fatal
+        self._metrics.in_flight.set(self._tracker.in_flight())
+
+    def _poll_timeout(self) -> float:
+        if self._tracker.in_flight() == 0:
+            return _IDLE_POLL_SECONDS
+        deadline = self._stages.batcher.seconds_to_deadline()
+        return _BUSY_POLL_SECONDS if deadline is None else min(_BUSY_POLL_SECONDS, deadline)
+
+    # -- offsets and transactions ----------------------------------------------------------------
+
+    def _commit(self, *, force: bool = False) -> None:
+        if self._transactional:
+            self._commit_transaction(force=force)
+            return
+        moved = self._tracker.take_committable()
+        if not moved:
+            return
+        try:
+            self._consumer.store_offsets(offsets=[TopicPartition(t, p, o) for (t, p), o in moved.items()])
+        except KafkaException as exc:
+            # _STATE: a partition is no longer ours (librdkafka #3774): that work is someone else's now.
+            if exc.args[0].code() != KafkaError._STATE:
+                raise
+
+    def _commit_transaction(self, *, force: bool) -> None:
+        moved = self._tracker.take_committable()
+        emitter = self._emitter
+        assert isinstance(emitter, InOrderEmitter)
+        if not moved and not emitter.sent and not force:
+            return
+        producer = self._outbox.producer
+        try:
+            if moved:
+                offsets = [TopicPartition(t, p, o) for (t, p), o in moved.items()]
+                producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata())
+            producer.commit_transaction()
+            self._metrics.transactions.labels(outcome="committed").inc()
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not error.txn_requires_abort():
+                raise FatalError(f"transaction failed: {error.str()}") from exc
+            log.warning("transaction aborted, rewinding to the committed offsets: %s", error.str())
+            producer.abort_transaction()
+            self._metrics.transactions.labels(outcome="aborted").inc()
+            self._rewind()
+        emitter.sent = 0
+        producer.begin_transaction()
+
+    def _rewind(self) -> None:
+        """After an abort: drop all in-flight work and seek every partition back to its commit."""
+        self._emitter.forget()
+        assigned = [TopicPartition(t, p) for t, p in self.assigned]
+        for tp in self.assigned:
+            self._tracker.assign(tp)  # a new generation: in-flight results are now stale
+        for committed in self._consumer.committed(assigned, timeout=30):
+            offset = committed.offset
+            if offset == OFFSET_INVALID:
+                offset, _high = self._consumer.get_watermark_offsets(committed, timeout=30)
+            self._consumer.seek(TopicPartition(committed.topic, committed.partition, offset))
+
+    # -- rebalancing and backpressure ------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._metrics.rebalances.labels(kind="assigned").inc()
+        for tp in partitions:
+            self._tracker.assign((tp.topic, tp.partition))
+            self.assigned.add((tp.topic, tp.partition))
+        if self._paused and partitions:  # assign now, so that they can be paused before any fetch
+            if consumer.rebalance_protocol() == "COOPERATIVE":
+                consumer.incremental_assign(partitions)
+            else:
+                consumer.assign(partitions)
+            consumer.pause(partitions)
+        log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Finish what was delivered, commit it, and drop the rest for the next owner."""
+        self._metrics.rebalances.labels(kind="revoked").inc()
+        self._outbox.flush(self._settings.shutdown_grace_seconds)
+        self._commit(force=self._transactional)
+        if not self._transactional:
+            self._commit_stored(consumer)
+        self._forget(partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Lost, not revoked: another member may own them already, so commit nothing."""
+        self._metrics.rebalances.labels(kind="lost").inc()
+        self._forget(partitions)
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            self._tracker.revoke(key)
+            self._emitter.forget(key)
+            self.assigned.discard(key)
+        log.info("revoked %s", sorted((tp.topic, tp.partition) for tp in partitions))
+
+    def _commit_stored(self, consumer: Consumer) -> None:
+        try:
+            consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("commit failed: %s", exc.args[0].str())
+
+    def _apply_backpressure(self) -> None:
+        if self._stop_deadline is not None:
+            return
+        in_flight = self._tracker.in_flight()
+        if not self._paused and in_flight >= self._settings.max_in_flight:
+            self._pause()
+        elif self._paused and in_flight <= self._settings.max_in_flight // 2:
+            self._consumer.resume(self._consumer.assignment())
+            self._paused = False
+            self._metrics.paused.set(0)
+
+    def _pause(self) -> None:
+        self._consumer.pause(self._consumer.assignment())
+        self._paused = True
+        self._metrics.paused.set(1)
+
+    # -- shutdown --------------------------------------------------------------------------------
+
+    def _finished_stopping(self) -> bool:
+        if self._stop_deadline is None:
+            return False
+        if self._tracker.in_flight() == 0:
+            return True
+        if self._clock() >= self._stop_deadline:
+            log.warning("grace period over with %d records unfinished; they will be redone", self._tracker.in_flight())
+            return True
+        return False
+
+    def _close(self) -> None:
+        """Flush outputs, then commit offsets, then leave the group: in that order."""
+        stages = self._stages
+        for stage in (stages.fetch, stages.preprocess, stages.inference):
+            stage.close()
+        try:
+            self._outbox.flush(max(1.0, (self._stop_deadline or self._clock()) - self._clock()))
+            if self._transactional:
+                self._commit(force=True)
+                self._outbox.producer.abort_transaction()  # the empty one begun after the last commit
+            else:
+                self._commit()
+                self._commit_stored(self._consumer)
+        finally:
+            self._consumer.close()

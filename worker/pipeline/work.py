@@ -1,0 +1,33 @@
+"""What travels down the data path: one input record, its coordinates, and what became of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from worker.messages import ImageRequest
+from worker.encoding import Source
+
+
+@dataclass(slots=True, eq=False)
+class Work:
+    """One polled record. Its source (topic, partition, offset) and the generation of its
+    partition's assignment travel with it, so that finishing it can move the right watermark."""
+
+    source: Source
+    generation: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    timestamp_ms: int | None
+    request: ImageRequest | None = None
+    fetch_attempts: int = 0
+    data: bytes | None = None
+    prepared: object | None = None
+    ready_at: float = 0.0  # monotonic time it entered the batcher
+    embedding: np.ndarray | None = None
+
+    @property
+    def tp(self) -> tuple[str, int]:
+        return (self.source.topic, self.source.partition)
