@@ -16,7 +16,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
+from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError, NoCredentialsError
 
 from worker.config import S3Settings
 from worker.errors import (
@@ -83,7 +83,7 @@ class S3Source:
                 return self._get(uri), attempt
             except SourceUnavailable as exc:
                 if attempt == settings.max_attempts:
-                    raise RetriesExhausted(f"{uri}: {exc} (after {attempt} attempts)", attempts=attempt) from exc
+                    raise RetriesExhausted(f"{exc} (after {attempt} attempts)", attempts=attempt) from exc
                 ceiling = min(settings.backoff_max_seconds, settings.backoff_initial_seconds * 2 ** (attempt - 1))
                 self._sleep(random.uniform(0, ceiling))
         raise AssertionError("unreachable: the loop returns or raises")
@@ -101,6 +101,8 @@ class S3Source:
                 body.close()
         except ClientError as exc:
             raise _translate_client_error(uri, exc) from None
+        except NoCredentialsError:
+            raise SourceAccessDenied(f"{uri}: no AWS credentials found in the standard chain") from None
         except (ConnectionError, HTTPClientError) as exc:
             raise SourceUnavailable(f"{uri}: {type(exc).__name__}") from None
         except BotoCoreError as exc:

@@ -1,0 +1,123 @@
+"""An HTTP proxy in front of the S3 endpoint that injects faults, for the retry tests.
+
+moto serves S3 faithfully but never fails on purpose. Tests point the worker at this proxy
+instead, tell it which keys should fail and how often (a 503 SlowDown, a 500, or a connection
+reset), and the worker sees those faults on the wire exactly as it would from AWS, then the real
+object once the faults are used up.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Literal
+from urllib.parse import urlsplit
+
+FaultKind = Literal["slowdown", "internal-error", "reset"]
+_ERROR_BODIES = {
+    "slowdown": (503, b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"),
+    "internal-error": (500, b"<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>"),
+}
+
+
+@dataclass
+class _Fault:
+    key_part: str
+    kind: FaultKind
+    remaining: int
+
+
+class FaultyS3Proxy:
+    def __init__(self, *, upstream: str) -> None:
+        target = urlsplit(upstream)
+        self._upstream = (target.hostname or "127.0.0.1", target.port or 80)
+        self._faults: list[_Fault] = []
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.faults_served = 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _forward(self) -> None:
+                with proxy._lock:
+                    proxy.requests += 1
+                    fault = proxy._take_fault(self.path)
+                if fault == "reset":
+                    # SO_LINGER 0: close() sends RST, as a dropped load balancer connection would.
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                if fault is not None:
+                    status, body = _ERROR_BODIES[fault]
+                    self._reply(status, [("Content-Type", "application/xml")], body)
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                body_in = self.rfile.read(length) if length else None
+                upstream = http.client.HTTPConnection(*proxy._upstream, timeout=30)
+                try:
+                    upstream.request(self.command, self.path, body=body_in, headers=dict(self.headers))
+                    response = upstream.getresponse()
+                    payload = response.read()
+                    headers = [(k, v) for k, v in response.getheaders() if k.lower() not in ("transfer-encoding", "connection")]
+                    self._reply(response.status, headers, payload, set_length=False)
+                finally:
+                    upstream.close()
+
+            def _reply(self, status: int, headers: list[tuple[str, str]], body: bytes, *, set_length: bool = True) -> None:
+                self.send_response(status)
+                for name, value in headers:
+                    if name.lower() != "content-length":
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="faulty-s3", daemon=True)
+        self._thread.start()
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def fail(self, key_part: str, *, kind: FaultKind, times: int) -> None:
+        """The next `times` requests whose path contains `key_part` fail with `kind`."""
+        with self._lock:
+            self._faults.append(_Fault(key_part=key_part, kind=kind, remaining=times))
+
+    def _take_fault(self, path: str) -> FaultKind | None:
+        for fault in self._faults:
+            if fault.remaining > 0 and fault.key_part in path:
+                fault.remaining -= 1
+                self.faults_served += 1
+                return fault.kind
+        return None
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@contextmanager
+def faulty_proxy(upstream: str) -> Iterator[FaultyS3Proxy]:
+    proxy = FaultyS3Proxy(upstream=upstream)
+    try:
+        yield proxy
+    finally:
+        proxy.close()

@@ -1,0 +1,94 @@
+"""Running the worker for tests and benchmarks: in this process (a thread) or as its own process.
+
+In-process workers let a test wrap the embedder (a slow device, say) and read the runtime's
+metrics; worker processes are what a pod runs, and can be killed with SIGKILL or stopped with
+SIGTERM like one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from worker.config import Settings
+from worker.engine import Embedder
+from worker.metrics import Metrics
+from worker.pipeline.build import build_runtime
+from worker.pipeline.runtime import Runtime
+
+
+class InProcessWorker:
+    """The runtime on a thread of this process. Use as a context manager; stop() drains it."""
+
+    def __init__(self, settings: Settings, *, embedder: Embedder | Any, s3_client: Any | None = None) -> None:
+        self.metrics = Metrics()
+        self.runtime: Runtime = build_runtime(settings, embedder=embedder, metrics=self.metrics, s3_client=s3_client)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="worker-main", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.runtime.run()
+        except BaseException as exc:  # handed to the test through stop()
+            self.error = exc
+
+    def start(self) -> InProcessWorker:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self.runtime.request_stop()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError("worker did not stop within its timeout")
+        if self.error is not None:
+            raise self.error
+
+    def counter(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels or None)
+        return value or 0.0
+
+    def __enter__(self) -> InProcessWorker:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._thread.is_alive():
+            self.stop()
+
+
+class WorkerProcess:
+    """`python -m worker` with the given environment; its output goes to `log_path`."""
+
+    def __init__(self, env: dict[str, str], *, log_path: Path) -> None:
+        self._env = os.environ | env
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "worker"], env=self._env, stdout=log, stderr=log)
+        return self
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def terminate(self, timeout: float) -> int:
+        """SIGTERM, then the exit code; raises TimeoutExpired if it does not exit in time."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.kill()
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

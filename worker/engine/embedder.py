@@ -1,0 +1,140 @@
+"""The engine's face: bytes in (prepare, any thread), embeddings or per-record errors out (embed, one thread).
+
+The streaming runtime and the batch CLI both use this class and nothing else of the engine. It keeps
+the original operator's contract (parameters, field name, L2-normalised float32 vectors) but never
+writes a fake vector: a record that cannot be embedded gets a typed error with a reason, and the rest
+of its batch is embedded anyway. A batch that fails on the device (out of memory, or one input that
+breaks the kernel) is split in halves and retried, down to single images, before any record fails.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from worker.config import ModelSettings
+from worker.engine.decode import raise_pillow_limit
+from worker.engine.loading import VisionTower, forward, load_vision_tower
+from worker.engine.preprocess import PreparedImage, PreprocessMode, Preprocessor
+from worker.errors import EmbedError, ImageError, RecordError
+
+logger = logging.getLogger(__name__)
+
+EmbedResult = np.ndarray | EmbedError
+
+
+class Embedder:
+    """A loaded vision tower and its preprocessing. Build it with ``Embedder.load(settings)``."""
+
+    def __init__(self, *, settings: ModelSettings, tower: VisionTower) -> None:
+        self.settings = settings
+        self.tower = tower
+        self.preprocessor = Preprocessor(
+            tower.preprocess_cfg, mode=settings.preprocess_mode, max_pixels=settings.max_image_pixels
+        )
+
+    @classmethod
+    def load(cls, settings: ModelSettings) -> Embedder:
+        """Build the model, keep its vision tower on the device. Raises ConfigError naming a bad setting."""
+        raise_pillow_limit(settings.max_image_pixels)
+        embedder = cls(settings=settings, tower=load_vision_tower(settings))
+        logger.info(
+            "embedder ready: field %s, dim %d, batch %d, %s preprocessing, normalize=%s",
+            embedder.field_name, embedder.dim, embedder.batch_size, embedder.mode, settings.normalize,
+        )
+        return embedder
+
+    @property
+    def dim(self) -> int:
+        return self.tower.dim
+
+    @property
+    def field_name(self) -> str:
+        return self.settings.output_field
+
+    @property
+    def device(self) -> torch.device:
+        return self.tower.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tower.dtype
+
+    @property
+    def batch_size(self) -> int:
+        return self.settings.inference_batch_size
+
+    @property
+    def mode(self) -> PreprocessMode:
+        return self.preprocessor.mode
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.tower.module
+
+    def prepare(self, data: bytes) -> PreparedImage:
+        """Decode and preprocess one image on the CPU. Thread-safe; raises ImageError subclasses."""
+        return self.preprocessor.prepare(data)
+
+    def embed(self, images: Sequence[PreparedImage]) -> list[EmbedResult]:
+        """One float32 (dim,) vector or one EmbedError per image, in order. Call from one thread."""
+        results: list[EmbedResult] = []
+        for start in range(0, len(images), self.batch_size):
+            results.extend(self._embed_or_split(images[start : start + self.batch_size]))
+        return results
+
+    def embed_bytes(self, blobs: Sequence[bytes], *, workers: int | None = None) -> list[np.ndarray | RecordError]:
+        """prepare + embed for a batch job or the CLI: preprocessing on a pool, errors per record."""
+        def safe_prepare(data: bytes) -> PreparedImage | ImageError:
+            try:
+                return self.prepare(data)
+            except ImageError as exc:
+                return exc
+
+        with ThreadPoolExecutor(max_workers=workers or self.settings.preprocess_workers) as pool:
+            prepared: list[PreparedImage | ImageError] = list(pool.map(safe_prepare, blobs))
+        good = [p for p in prepared if isinstance(p, PreparedImage)]
+        embedded = iter(self.embed(good))
+        return [next(embedded) if isinstance(p, PreparedImage) else p for p in prepared]
+
+    def _embed_or_split(self, images: Sequence[PreparedImage]) -> list[EmbedResult]:
+        if not images:
+            return []
+        try:
+            return self._embed_batch(images)
+        except RuntimeError as exc:  # torch.OutOfMemoryError is one; so are CUDA and kernel errors
+            out_of_memory = isinstance(exc, torch.OutOfMemoryError)
+            reason = "device out of memory" if out_of_memory else f"device error: {exc}"
+        # Retry outside the except block: the traceback holds the failed batch's tensors, which must be
+        # released before the halves can fit.
+        if out_of_memory and self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if len(images) == 1:
+            logger.warning("embedding failed for a single image: %s", reason)
+            return [EmbedError(f"{reason} (single image)")]
+        logger.warning("batch of %d failed (%s): retrying as two halves", len(images), reason)
+        half = len(images) // 2
+        return self._embed_or_split(images[:half]) + self._embed_or_split(images[half:])
+
+    def _embed_batch(self, images: Sequence[PreparedImage]) -> list[EmbedResult]:
+        with torch.inference_mode():
+            inputs = self.preprocessor.collate(images, device=self.device, dtype=self.dtype)
+            features = forward(self.module, inputs).float()  # everything after the tower in fp32
+            norms = features.norm(dim=-1, keepdim=True)
+            if self.settings.normalize:
+                features = features / norms
+            vectors = features.cpu().numpy()
+            norms_host = norms.squeeze(-1).cpu().numpy()
+        results: list[EmbedResult] = []
+        for vector, norm in zip(vectors, norms_host, strict=True):
+            if not np.isfinite(norm) or not np.isfinite(vector).all():
+                results.append(EmbedError(f"non-finite embedding (overflow in {self.dtype}?)"))
+            elif norm == 0.0:
+                results.append(EmbedError("zero embedding: it cannot be normalised"))
+            else:
+                results.append(vector.copy())  # an independent (dim,) array, not a view of the batch
+        return results

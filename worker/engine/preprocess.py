@@ -1,0 +1,176 @@
+"""Image bytes to model input, in two modes: open_clip's own transform (exact) or a faster equivalent.
+
+exact: decode at full size and run open_clip's eval transform (``image_transform_v2`` built from the
+model's own ``PreprocessCfg``), so the tensor is bit for bit what open_clip gives. It is slow: the
+whole image is decoded, resized, then cropped, and the float tensor is 4x the bytes of the pixels.
+
+fast: a JPEG is decoded by reduced DCT straight to the smallest libjpeg scale (1/8..1) that is still
+no smaller than the resize target, and only the pixels that survive the crop are resampled (PIL's
+``resize(box=...)``), giving a uint8 HxWx3 array. It goes to the device as uint8 (a quarter of the
+bytes) and is converted and normalised there. The geometry (resized size, crop offsets, padding,
+interpolation) replicates open_clip's transform for every ``resize_mode``, so for a non-JPEG the
+result matches exact mode to within rounding; the JPEG difference is measured by the quality tests.
+
+Both run in the runtime's preprocessing threads: nothing here holds shared mutable state, and
+Pillow releases the GIL while it decodes and resamples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from PIL import Image
+
+from worker.engine.decode import DecodedImage, decode_rgb, load_rgb, open_image
+
+PreprocessMode = Literal["fast", "exact"]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedImage:
+    """One image ready for the device: uint8 (H, W, 3) in fast mode, normalised float32 (3, H, W) in exact."""
+
+    pixels: torch.Tensor
+    width: int  # the source image's size, for the output record and metrics
+    height: int
+    format: str
+    scale: int  # reduced-DCT factor the fast path decoded at (1 = full size)
+
+    @property
+    def nbytes(self) -> int:
+        return self.pixels.numel() * self.pixels.element_size()
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Where the model input comes from: open_clip's resize then crop-or-pad, as numbers."""
+
+    resized: tuple[int, int]  # (w, h) the transform resizes the whole image to
+    region: tuple[int, int, int, int]  # (left, top, width, height) kept from the resized image
+    offset: tuple[int, int]  # (left, top) where that region lands in the output
+    output: tuple[int, int]  # (w, h) of the model input
+    resample: Image.Resampling
+    fill: int
+
+
+def _axis(resized: int, target: int) -> tuple[int, int, int]:
+    """(source offset, output offset, length) of one axis: torchvision's centre crop, or centre pad."""
+    if target > resized:
+        return 0, (target - resized) // 2, resized
+    return round((resized - target) / 2.0), 0, target  # torchvision: int(round(...)), banker's rounding
+
+
+def plan(width: int, height: int, cfg: PreprocessCfg) -> Plan:
+    """The geometry of open_clip's eval transform (transform.image_transform) for one source size."""
+    target_h, target_w = (cfg.size, cfg.size) if isinstance(cfg.size, int) else cfg.size
+    resample = Image.Resampling.BILINEAR if cfg.interpolation == "bilinear" else Image.Resampling.BICUBIC
+    fill = 0  # torchvision's CenterCrop pads with 0; only "longest" uses fill_color
+    if cfg.resize_mode == "squash":
+        resized = (target_w, target_h)
+    elif cfg.resize_mode == "shortest" and target_h == target_w:
+        # torchvision Resize(int): the short side to the target, the long side truncated.
+        short, long = min(width, height), max(width, height)
+        new_long = int(target_h * long / short)
+        resized = (target_h, new_long) if width <= height else (new_long, target_h)
+    else:
+        # ResizeKeepRatio.get_params, literally (the same float expressions, Python's round).
+        longest = 1.0 if cfg.resize_mode == "longest" else 0.0
+        ratio_h, ratio_w = height / target_h, width / target_w
+        ratio = max(ratio_h, ratio_w) * longest + min(ratio_h, ratio_w) * (1.0 - longest)
+        resized = (round(width * 1.0 / ratio), round(height * 1.0 / ratio))
+        if cfg.resize_mode == "longest":
+            fill = cfg.fill_color
+        else:
+            resample = Image.Resampling.BICUBIC  # open_clip builds this ResizeKeepRatio without interpolation
+    src_x, dst_x, len_x = _axis(resized[0], target_w)
+    src_y, dst_y, len_y = _axis(resized[1], target_h)
+    return Plan(resized, (src_x, src_y, len_x, len_y), (dst_x, dst_y), (target_w, target_h), resample, fill)
+
+
+def fast_pixels(decoded: DecodedImage, p: Plan) -> np.ndarray:
+    """Resample only the kept region of a (possibly reduced-DCT) decode to a uint8 (H, W, 3) array."""
+    left, top, width, height = p.region
+    image = decoded.image
+    if p.resized == (decoded.width, decoded.height) and decoded.scale == 1:
+        region = image.crop((left, top, left + width, top + height))  # torchvision skips a same-size resize
+    else:
+        # Map the kept region of the resized image back into the decoded pixel grid. PIL's kernel for
+        # a box is the one for the whole image (same scale, same centres), so this equals resize-then-
+        # crop to within rounding, without resampling pixels the crop throws away.
+        fx = decoded.width / p.resized[0] / decoded.scale
+        fy = decoded.height / p.resized[1] / decoded.scale
+        box = (left * fx, top * fy, (left + width) * fx, (top + height) * fy)
+        region = image.resize((width, height), p.resample, box=box)
+    if (width, height) != p.output:
+        canvas = Image.new("RGB", p.output, (p.fill,) * 3)
+        canvas.paste(region, p.offset)
+        region = canvas
+    return np.array(region)  # a writable copy: torch refuses to wrap PIL's read-only buffer
+
+
+def _per_channel(value: float | Sequence[float]) -> tuple[float, ...]:
+    return tuple(value) if isinstance(value, Sequence) else (float(value),) * 3
+
+
+class Preprocessor:
+    """Turns bytes into PreparedImage (any thread), and batches of them into model input (device thread)."""
+
+    def __init__(self, cfg: PreprocessCfg, *, mode: PreprocessMode, max_pixels: int) -> None:
+        self.cfg = cfg
+        self.mode: PreprocessMode = mode
+        self.max_pixels = max_pixels
+        self._transform: Callable[[Image.Image], torch.Tensor] = image_transform_v2(cfg, is_train=False)
+        # Shaped like torchvision's Normalize uses them, so the fast path's arithmetic is the same.
+        self._mean = torch.tensor(_per_channel(cfg.mean), dtype=torch.float32).view(1, -1, 1, 1)
+        self._std = torch.tensor(_per_channel(cfg.std), dtype=torch.float32).view(1, -1, 1, 1)
+        self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def prepare(self, data: bytes) -> PreparedImage:
+        """Decode and preprocess one image. Thread-safe. Raises ImageError subclasses only."""
+        if self.mode == "exact":
+            decoded = decode_rgb(data, max_pixels=self.max_pixels)
+            pixels = self._transform(decoded.image)
+        else:
+            image = open_image(data, max_pixels=self.max_pixels)
+            p = plan(image.size[0], image.size[1], self.cfg)
+            decoded = load_rgb(image, draft_size=p.resized)
+            pixels = torch.from_numpy(fast_pixels(decoded, p))
+        return PreparedImage(pixels, decoded.width, decoded.height, decoded.format, decoded.scale)
+
+    def collate(self, images: Sequence[PreparedImage], *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """Stack a batch, move it to ``device`` and return the model's input in ``dtype``."""
+        pixels = [image.pixels for image in images]
+        if all(p.dtype == torch.uint8 for p in pixels):
+            batch = torch.stack(pixels)
+            if device.type == "cuda":
+                batch = batch.pin_memory()  # lets the copy run asynchronously and at full bus speed
+            batch = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).contiguous()
+            mean, std = self._on(device)
+            # ToTensor's and Normalize's arithmetic in float32, then one cast: for the same pixels the
+            # input is bitwise what exact mode gives, and the cost is nothing next to the model.
+            return batch.to(torch.float32).div_(255).sub_(mean).div_(std).to(dtype)
+        if all(p.dtype == torch.float32 for p in pixels):
+            return torch.stack(pixels).to(device, non_blocking=True).to(dtype)
+        raise TypeError("a batch must hold images prepared in one mode")
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._constants:
+            self._constants[device] = (self._mean.to(device), self._std.to(device))
+        return self._constants[device]
+
+
+def preprocess_cfg_from(raw: dict[str, object]) -> PreprocessCfg:
+    """A PreprocessCfg from the dict open_clip attaches to a model (``get_model_preprocess_cfg``)."""
+    fields = {k: v for k, v in raw.items() if k in PreprocessCfg.__dataclass_fields__}
+    cfg = PreprocessCfg(**fields)
+    if not isinstance(cfg.size, int) and len(cfg.size) != 2:
+        raise ValueError(f"preprocess size {cfg.size!r} is not an int or (h, w)")
+    if not all(math.isfinite(s) and s > 0 for s in _per_channel(cfg.std)):
+        raise ValueError(f"preprocess std {cfg.std!r} must be positive")
+    return cfg
