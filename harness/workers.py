@@ -7,6 +7,7 @@ SIGTERM like one.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from worker.config import Settings
+from worker.config import Settings, env_var
 from worker.engine import Embedder
 from worker.metrics import Metrics
 from worker.pipeline.build import build_runtime
@@ -92,3 +93,20 @@ class WorkerProcess:
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The CLIP_WORKER_* environment that makes a worker process load exactly these settings."""
+    env: dict[str, str] = {}
+    for section_name in type(settings).model_fields:
+        section = getattr(settings, section_name)
+        for field_name in type(section).model_fields:
+            value = getattr(section, field_name)
+            if value is None:
+                continue
+            if hasattr(value, "get_secret_value"):
+                value = value.get_secret_value()
+            text = json.dumps(list(value) if isinstance(value, tuple) else value) if isinstance(
+                value, (tuple, dict, bool)) else str(value)
+            env[env_var(section_name, field_name)] = text
+    return env

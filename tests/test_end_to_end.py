@@ -16,7 +16,7 @@ from PIL import Image
 
 from harness.kafka_broker import KafkaBroker
 from harness.kafka_io import produce_requests, read_all, wait_until_committed
-from harness.models import TINY_MODEL_NAME, register_model_configs, tiny_model_settings, write_random_checkpoint
+from harness.models import TINY_MODEL_NAME, register_model_configs, tiny_model_settings
 from harness.photos import photo_corpus
 from harness.s3_server import S3Server
 from harness.workers import InProcessWorker
@@ -26,11 +26,6 @@ from worker.engine import Embedder
 from worker.messages import ImageRequest, S3Uri
 
 N_MESSAGES = 60
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_random_checkpoint(TINY_MODEL_NAME, tmp_path_factory.mktemp("ckpt") / "tiny.pt", seed=7)
 
 
 def direct_open_clip_embeddings(checkpoint: Path, images: list[bytes]) -> np.ndarray:

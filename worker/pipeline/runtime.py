@@ -71,6 +71,7 @@ class Runtime:
         self._transactional = isinstance(emitter, InOrderEmitter)
         self._paused = False
         self._stop_deadline: float | None = None
+        self._closed = False
         self.last_loop_at = clock()
         self.assigned: set[tuple[str, int]] = set()
 
@@ -224,6 +225,9 @@ class Runtime:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Finish what was delivered, commit it, and drop the rest for the next owner."""
+        if self._closed:  # leaving the group at shutdown is not a rebalance
+            self._forget(partitions)
+            return
         self._metrics.rebalances.labels(kind="revoked").inc()
         self._outbox.flush(self._settings.shutdown_grace_seconds)
         self._commit(force=self._transactional)
@@ -286,11 +290,11 @@ class Runtime:
             stage.close()
         try:
             self._outbox.flush(max(1.0, (self._stop_deadline or self._clock()) - self._clock()))
-            if self._transactional:
-                self._commit(force=True)
-                self._outbox.producer.abort_transaction()  # the empty one begun after the last commit
-            else:
-                self._commit()
+            self._commit(force=True)
+            if not self._transactional:
                 self._commit_stored(self._consumer)
         finally:
+            self._closed = True  # the revocation that close() triggers has nothing left to commit
             self._consumer.close()
+            if self._transactional:
+                self._outbox.producer.abort_transaction()  # the empty one begun after the last commit

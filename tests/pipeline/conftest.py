@@ -1,0 +1,61 @@
+"""Helpers for the streaming tests: a worker's settings on the test broker and S3, and output checks."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Message
+
+from harness.kafka_broker import KafkaBroker
+from harness.models import tiny_model_settings
+from harness.s3_server import S3Server
+from worker.config import Settings
+from worker.messages import ImageRequest, S3Uri
+
+
+@pytest.fixture
+def make_settings(
+    kafka_broker: KafkaBroker, s3_server: S3Server, tiny_checkpoint: Path, topic_factory: Callable[..., str]
+) -> Callable[..., Settings]:
+    """make_settings(bucket, input_partitions=3, kafka=..., pipeline=..., model=...) -> Settings with
+    fresh topics and group on the session broker, the tiny model, and the S3 server."""
+
+    def make(
+        bucket: str,
+        *,
+        input_partitions: int = 3,
+        bootstrap: str | None = None,
+        kafka: dict[str, Any] | None = None,
+        pipeline: dict[str, Any] | None = None,
+        model: dict[str, Any] | None = None,
+        s3: dict[str, Any] | None = None,
+    ) -> Settings:
+        input_topic = topic_factory(partitions=input_partitions)
+        return Settings(
+            model=tiny_model_settings(tiny_checkpoint, **(model or {})),
+            kafka={
+                "bootstrap_servers": bootstrap or kafka_broker.bootstrap_servers,
+                "group_id": f"group-{input_topic}",
+                "input_topic": input_topic,
+                "output_topic": topic_factory(partitions=2),
+                "dead_letter_topic": topic_factory(),
+            }
+            | (kafka or {}),
+            s3={"endpoint_url": s3_server.endpoint_url, "region": "us-east-1", "allowed_sources": (bucket,)}
+            | (s3 or {}),
+            pipeline={"metrics_port": 0} | (pipeline or {}),
+        )
+
+    return make
+
+
+def requests_for(bucket: str, keys: list[str], n: int) -> list[ImageRequest]:
+    return [ImageRequest(id=f"img-{i:05d}", uri=S3Uri(bucket, keys[i % len(keys)])) for i in range(n)]
+
+
+def ids_of(messages: list[Message]) -> Counter[str]:
+    return Counter(m.key().decode() for m in messages)  # type: ignore[union-attr]

@@ -1,0 +1,502 @@
+"""Bad input on the real broker and S3: every record that can never succeed is dead-lettered once,
+with headers that say where it came from and why it failed, and the good records around it are all
+embedded; the other policies (skip, stop, the consecutive-failure limit) do what they promise.
+
+One in-process worker per test (tiny model, fast preprocessing) reads S3 through the fault-injecting
+proxy, with the credentials of the standard AWS chain (environment), so that a leaked secret would
+show up in a dead-letter header.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import TIMESTAMP_CREATE_TIME, Message, Producer
+from PIL import Image
+
+from harness.faulty_proxy import FaultyS3Proxy, faulty_proxy
+from harness.kafka_broker import KafkaBroker
+from harness.kafka_io import committed_and_end_offsets, read_all, wait_until_committed
+from harness.models import TINY_MODEL_NAME, tiny_model_settings, write_random_checkpoint
+from harness.photos import PHOTO_NAMES, encode_jpeg, resize_long_side, source_photo
+from harness.s3_server import S3Server
+from harness.workers import InProcessWorker
+from worker import __version__
+from worker.config import Settings
+from worker.encoding import EmbeddingEncoder
+from worker.engine import Embedder
+from worker.errors import FatalError
+
+MAX_ATTEMPTS = 4
+FIELD = "image_clip_emb_tiny_vit"
+# 2000 seeded random bytes that start with no image signature (checked in small_photos).
+RANDOM_BYTES = random.Random(20260).randbytes(2000)
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_random_checkpoint(TINY_MODEL_NAME, tmp_path_factory.mktemp("ckpt") / "tiny.pt", seed=7)
+
+
+@pytest.fixture(scope="module")
+def small_photos() -> list[bytes]:
+    """The bundled photos as ~160 px JPEGs (4-10 kB): cheap to fetch and decode on two cores."""
+    return [encode_jpeg(resize_long_side(Image.fromarray(source_photo(n)), 160), quality=85) for n in PHOTO_NAMES]
+
+
+@pytest.fixture(scope="module")
+def big_photo() -> bytes:
+    return encode_jpeg(resize_long_side(Image.fromarray(source_photo("astronaut")), 640), quality=95)
+
+
+@pytest.fixture
+def proxy(s3_server: S3Server) -> Iterator[FaultyS3Proxy]:
+    with faulty_proxy(s3_server.endpoint_url) as p:
+        yield p
+
+
+@dataclass(frozen=True)
+class Credentials:
+    access_key_id: str
+    secret: str
+
+
+@pytest.fixture
+def aws_credentials(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Credentials:
+    """The worker's credentials come from the environment, as in a pod; the secret is unique to this
+    test so that finding it anywhere it should not be cannot be a coincidence."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    credentials = Credentials(access_key_id=f"AKIA{uuid.uuid4().hex[:16].upper()}", secret=uuid.uuid4().hex * 2)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", credentials.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", credentials.secret)
+    return credentials
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny_checkpoint: Path) -> Embedder:
+    return Embedder.load(tiny_model_settings(tiny_checkpoint, preprocess_mode="fast", inference_batch_size=8,
+                                             preprocess_workers=2))
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Produced:
+    key: bytes
+    value: bytes
+    partition: int
+    offset: int
+    timestamp_ms: int
+    headers: list[tuple[str, bytes]]
+
+
+def produce_located(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> dict[bytes, Produced]:
+    """Produce (key, value) records, each with its own CreateTime and a trace header; return where
+    each one landed (partition, offset) by key."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    located: dict[bytes, Produced] = {}
+    errors: list[str] = []
+    # An hour old and a millisecond apart: a dead-letter record with this timestamp copied it.
+    base_ms = int(time.time() * 1000) - 3_600_000
+
+    def delivered(err: Any, msg: Message) -> None:
+        if err is not None:
+            errors.append(str(err))
+            return
+        kind, ts = msg.timestamp()
+        assert kind == TIMESTAMP_CREATE_TIME
+        key, value = msg.key(), msg.value()
+        located[key] = Produced(key, value, msg.partition(), msg.offset(), ts, list(msg.headers() or []))
+
+    for i, (key, value) in enumerate(records):
+        headers = [("trace-id", b"trace-" + key)]
+        producer.produce(topic, value, key, headers=headers, timestamp=base_ms + i, on_delivery=delivered)
+    assert producer.flush(30) == 0 and not errors, errors
+    assert len(located) == len(records), "keys must be unique"
+    return located
+
+
+def settings_for(
+    broker: KafkaBroker, *, input_topic: str, output_topic: str, dlq: str, bucket: str, proxy: FaultyS3Proxy,
+    checkpoint: Path, max_object_bytes: int = 32 * 1024 * 1024, **pipeline: Any,
+) -> Settings:
+    return Settings(
+        model=tiny_model_settings(checkpoint, preprocess_mode="fast", inference_batch_size=8, preprocess_workers=2),
+        kafka={"bootstrap_servers": broker.bootstrap_servers, "group_id": f"g-{input_topic}",
+               "input_topic": input_topic, "output_topic": output_topic, "dead_letter_topic": dlq,
+               "consumer_config": {"auto.commit.interval.ms": "200"}},
+        s3={"endpoint_url": proxy.endpoint_url, "region": "us-east-1", "allowed_sources": (bucket,),
+            "max_object_bytes": max_object_bytes, "fetch_workers": 4, "max_attempts": MAX_ATTEMPTS,
+            "backoff_initial_seconds": 0.001, "backoff_max_seconds": 0.01, "timeout_seconds": 5},
+        pipeline={"metrics_port": None, **pipeline},
+    )
+
+
+def failed_counts(worker: InProcessWorker) -> Counter[tuple[str, str]]:
+    """Every sample of clip_worker_records_failed_total, by (stage, error)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for family in worker.metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name == "clip_worker_records_failed_total" and sample.value:
+                counts[(sample.labels["stage"], sample.labels["error"])] += int(sample.value)
+    return counts
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"
+
+
+def request(image_id: str, uri: str) -> bytes:
+    return json.dumps({"id": image_id, "uri": uri, "metadata": {"case": image_id}}).encode()
+
+
+def wait_for_error(worker: InProcessWorker, timeout: float = 30.0) -> BaseException:
+    """Wait until the worker's thread has died of an error (its close, with the last commit, is done)."""
+    deadline = time.monotonic() + timeout
+    while worker.error is None:
+        assert time.monotonic() < deadline, "the worker did not stop on its own"
+        time.sleep(0.05)
+    return worker.error
+
+
+def committed_offsets(broker: KafkaBroker, group: str, topic: str) -> dict[int, int]:
+    committed, _ends = committed_and_end_offsets(broker.bootstrap_servers, group, topic)
+    return committed
+
+
+# -- the matrix ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bad:
+    key: str
+    value: bytes
+    stage: str
+    error: str
+    attempts: int | None  # None: not pinned here (see test_dlt_attempts_counts_the_requests_made)
+    reason: str  # a part of dlt.exception.message
+
+
+def test_every_bad_record_is_dead_lettered_once_and_every_good_one_embedded(
+    kafka_broker: KafkaBroker,
+    s3_client: Any,
+    s3_bucket: str,
+    proxy: FaultyS3Proxy,
+    aws_credentials: Credentials,
+    topic_factory: Callable[..., str],
+    tiny_checkpoint: Path,
+    embedder: Embedder,
+    small_photos: list[bytes],
+    big_photo: bytes,
+) -> None:
+    bucket = s3_bucket
+    uri = functools.partial(s3_uri, bucket)
+    # Good objects, plain and behind transient faults that clear within the attempt budget.
+    good: dict[str, str] = {}  # id -> key
+    for i, data in enumerate(small_photos):
+        s3_client.put_object(Bucket=bucket, Key=f"good-{i:02d}.jpg", Body=data)
+    for i in range(12):
+        good[f"good-{i:02d}"] = f"good-{i % len(small_photos):02d}.jpg"
+    transient = {"slowdown": 1, "internal-error": 2, "reset": 2}
+    for kind, times in transient.items():
+        key = f"flaky-{kind}.jpg"
+        s3_client.put_object(Bucket=bucket, Key=key, Body=small_photos[0])
+        proxy.fail(key, kind=kind, times=times)  # type: ignore[arg-type]
+        good[f"flaky-{kind}"] = key
+    limit = max(len(p) for p in small_photos) + 256
+    assert len(big_photo) > limit
+    truncated = small_photos[1][: len(small_photos[1]) // 2]
+    bad_objects = {
+        "denied.jpg": small_photos[2],  # readable to moto; the proxy answers 403 every time
+        "too-big.jpg": big_photo,
+        "random.jpg": RANDOM_BYTES,
+        "truncated.jpg": truncated,
+        "page.html": b"<!DOCTYPE html><html><head><title>Not Found</title></head><body>404</body></html>",
+        "doc.pdf": b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog >>\nendobj\ntrailer\n%%EOF\n",
+        "empty.jpg": b"",
+        "throttled.jpg": small_photos[3],
+    }
+    for key, data in bad_objects.items():
+        s3_client.put_object(Bucket=bucket, Key=key, Body=data)
+    proxy.fail("denied.jpg", kind="denied", times=1000)
+    proxy.fail("throttled.jpg", kind="slowdown", times=1000)
+
+    bad = [
+        Bad("bad-json", b'{"id": "bad-json", "uri": ', "decode-message", "BadMessage", 0, "malformed JSON"),
+        Bad("bad-no-id", json.dumps({"uri": uri("good-00.jpg")}).encode(), "decode-message", "BadMessage", 0,
+            "missing or empty field 'id'"),
+        Bad("bad-no-uri", json.dumps({"id": "bad-no-uri"}).encode(), "decode-message", "BadMessage", 0,
+            "missing field 'uri'"),
+        Bad("bad-https", request("bad-https", "https://example.com/cat.jpg"), "decode-message", "BadMessage", 0,
+            "s3://bucket/key"),
+        Bad("bad-foreign-bucket", request("bad-foreign-bucket", "s3://some-other-bucket/good-00.jpg"), "fetch",
+            "SourceForbidden", None, "outside the allowed sources"),
+        Bad("bad-missing", request("bad-missing", uri("missing.jpg")), "fetch", "SourceNotFound", 1, "NoSuchKey"),
+        Bad("bad-denied", request("bad-denied", uri("denied.jpg")), "fetch", "SourceAccessDenied", 1,
+            "AccessDenied"),
+        Bad("bad-too-big", request("bad-too-big", uri("too-big.jpg")), "fetch", "SourceTooLarge", 1,
+            f"over the limit of {limit}"),
+        Bad("bad-throttled", request("bad-throttled", uri("throttled.jpg")), "fetch", "RetriesExhausted",
+            MAX_ATTEMPTS, f"after {MAX_ATTEMPTS} attempts"),
+        Bad("bad-random", request("bad-random", uri("random.jpg")), "decode-image", "NotAnImage", 1,
+            "not an image"),
+        Bad("bad-truncated", request("bad-truncated", uri("truncated.jpg")), "decode-image", "TruncatedImage", 1,
+            "ends early"),
+        Bad("bad-html", request("bad-html", uri("page.html")), "decode-image", "NotAnImage", 1, "an HTML page"),
+        Bad("bad-pdf", request("bad-pdf", uri("doc.pdf")), "decode-image", "NotAnImage", 1, "a PDF document"),
+        Bad("bad-empty-object", request("bad-empty-object", uri("empty.jpg")), "decode-image", "EmptyImage", 1,
+            "zero bytes"),
+    ]
+    good_records = [(image_id.encode(), request(image_id, uri(key))) for image_id, key in good.items()]
+    bad_records = [(b.key.encode(), b.value) for b in bad]
+    interleaved = [r for pair in zip(good_records, bad_records, strict=False) for r in pair]
+    interleaved += good_records[len(bad_records):] + bad_records[len(good_records):]
+    assert len(interleaved) == len(good) + len(bad) == 29
+
+    input_topic, output_topic, dlq = topic_factory(partitions=3), topic_factory(), topic_factory()
+    produced = produce_located(kafka_broker.bootstrap_servers, input_topic, interleaved)
+    settings = settings_for(kafka_broker, input_topic=input_topic, output_topic=output_topic, dlq=dlq,
+                            bucket=bucket, proxy=proxy, checkpoint=tiny_checkpoint, max_object_bytes=limit)
+    with InProcessWorker(settings, embedder=embedder) as worker:
+        committed = wait_until_committed(kafka_broker.bootstrap_servers, f"g-{input_topic}", input_topic, timeout=60)
+        worker.stop()
+
+    # Offsets: the group committed the end of every partition of the input.
+    assert sum(committed.values()) == len(interleaved)
+
+    # Good records: one output each, the retried ones included.
+    outputs = read_all(kafka_broker.bootstrap_servers, output_topic)
+    assert Counter(m.key().decode() for m in outputs) == Counter(list(good)), "exactly one output per good record"
+    decoder = EmbeddingEncoder(field_name=FIELD, model_name=TINY_MODEL_NAME, pretrained=str(tiny_checkpoint),
+                               normalized=True)
+    for message in outputs:
+        record = decoder.decode(message.value())
+        assert record["source_uri"] == uri(good[record["id"]]) and len(record[FIELD]) == 32
+        origin = produced[record["id"].encode()]
+        assert (record["input_partition"], record["input_offset"]) == (origin.partition, origin.offset)
+
+    # Bad records: exactly one dead letter each, with the original copied and the right headers.
+    letters = read_all(kafka_broker.bootstrap_servers, dlq)
+    assert Counter(m.key().decode() for m in letters) == Counter(b.key for b in bad), "one dead letter per bad record"
+    by_key = {b.key: b for b in bad}
+    for letter in letters:
+        case = by_key[letter.key().decode()]
+        origin = produced[letter.key()]
+        headers = letter.headers() or []
+        added = {name: value.decode() for name, value in headers if name.startswith("dlt.")}
+        assert letter.value() == origin.value, case.key
+        assert letter.timestamp() == (TIMESTAMP_CREATE_TIME, origin.timestamp_ms), case.key
+        assert ("trace-id", b"trace-" + origin.key) in headers, f"{case.key}: original headers are kept"
+        assert added["dlt.original.topic"] == input_topic
+        assert (int(added["dlt.original.partition"]), int(added["dlt.original.offset"])) == (
+            origin.partition, origin.offset), case.key
+        assert added["dlt.original.timestamp"] == str(origin.timestamp_ms), case.key
+        assert (added["dlt.stage"], added["dlt.exception.class"]) == (case.stage, case.error), case.key
+        assert case.reason in added["dlt.exception.message"], (case.key, added["dlt.exception.message"])
+        if case.attempts is not None:
+            assert added["dlt.attempts"] == str(case.attempts), case.key
+        assert added["dlt.worker.version"] == __version__
+        for name, value in headers:
+            for credential in (aws_credentials.secret, aws_credentials.access_key_id):
+                assert credential not in name and credential.encode() not in value, f"{case.key}: {name}"
+
+    # Metrics agree, label by label.
+    assert failed_counts(worker) == Counter((b.stage, b.error) for b in bad)
+    assert worker.counter("clip_worker_records_dead_lettered_total") == len(bad)
+    assert worker.counter("clip_worker_records_embedded_total") == len(good)
+    assert worker.counter("clip_worker_records_consumed_total") == len(interleaved)
+    assert worker.counter("clip_worker_fetch_retries_total") == sum(transient.values())
+    # The proxy served every transient fault, one 403 (never retried) and MAX_ATTEMPTS SlowDowns.
+    assert proxy.faults_served == sum(transient.values()) + 1 + MAX_ATTEMPTS
+
+
+def test_dlt_attempts_counts_the_requests_made(
+    kafka_broker: KafkaBroker,
+    s3_client: Any,
+    s3_bucket: str,
+    proxy: FaultyS3Proxy,
+    aws_credentials: Credentials,
+    topic_factory: Callable[..., str],
+    tiny_checkpoint: Path,
+    embedder: Embedder,
+    small_photos: list[bytes],
+) -> None:
+    """dlt.attempts is documented as "fetch attempts made". A SlowDown then a 403 is two requests; an
+    allowlist refusal is made before any request, so zero."""
+    s3_client.put_object(Bucket=s3_bucket, Key="revoked.jpg", Body=small_photos[0])
+    proxy.fail("revoked.jpg", kind="slowdown", times=1)
+    proxy.fail("revoked.jpg", kind="denied", times=1000)
+    records = [
+        (b"revoked", request("revoked", f"s3://{s3_bucket}/revoked.jpg")),
+        (b"foreign", request("foreign", "s3://some-other-bucket/x.jpg")),
+    ]
+    input_topic, output_topic, dlq = topic_factory(), topic_factory(), topic_factory()
+    produce_located(kafka_broker.bootstrap_servers, input_topic, records)
+    settings = settings_for(kafka_broker, input_topic=input_topic, output_topic=output_topic, dlq=dlq,
+                            bucket=s3_bucket, proxy=proxy, checkpoint=tiny_checkpoint)
+    with InProcessWorker(settings, embedder=embedder) as worker:
+        wait_until_committed(kafka_broker.bootstrap_servers, f"g-{input_topic}", input_topic, timeout=60)
+        worker.stop()
+
+    letters = {m.key(): dict(m.headers() or []) for m in read_all(kafka_broker.bootstrap_servers, dlq)}
+    assert set(letters) == {b"revoked", b"foreign"}
+    assert letters[b"revoked"]["dlt.exception.class"] == b"SourceAccessDenied"
+    assert proxy.faults_served == 2, "one SlowDown, then one 403 (not retried)"
+    # KNOWN WORKER BUG (worker/pipeline/stages.py, fetch_step): a permanent SourceError after one or more
+    # transient ones is reported as attempts=max(0, 1)=1, losing the retries; see the report.
+    assert letters[b"revoked"]["dlt.attempts"] == b"2", "a SlowDown then a 403 is 2 requests made"
+    # Same root cause: the allowlist refuses before any request, yet dlt.attempts says 1.
+    assert letters[b"foreign"]["dlt.attempts"] == b"0", "an allowlist refusal makes no request"
+
+
+# -- the other policies --------------------------------------------------------------------------
+
+
+def test_skip_policy_drops_bad_records_and_still_commits_past_them(
+    kafka_broker: KafkaBroker,
+    s3_client: Any,
+    s3_bucket: str,
+    proxy: FaultyS3Proxy,
+    aws_credentials: Credentials,
+    topic_factory: Callable[..., str],
+    tiny_checkpoint: Path,
+    embedder: Embedder,
+    small_photos: list[bytes],
+) -> None:
+    s3_client.put_object(Bucket=s3_bucket, Key="good.jpg", Body=small_photos[0])
+    s3_client.put_object(Bucket=s3_bucket, Key="random.jpg", Body=RANDOM_BYTES)
+    uri = functools.partial(s3_uri, s3_bucket)
+    goods = [(f"good-{i}".encode(), request(f"good-{i}", uri("good.jpg"))) for i in range(6)]
+    bads = [
+        (b"bad-json", b"{not json"),
+        (b"bad-missing", request("bad-missing", uri("missing.jpg"))),
+        (b"bad-random", request("bad-random", uri("random.jpg"))),
+    ]
+    records = [goods[0], bads[0], goods[1], goods[2], bads[1], goods[3], bads[2], goods[4], goods[5]]
+    input_topic, output_topic, dlq = topic_factory(partitions=2), topic_factory(), topic_factory()
+    produce_located(kafka_broker.bootstrap_servers, input_topic, records)
+    settings = settings_for(kafka_broker, input_topic=input_topic, output_topic=output_topic, dlq=dlq,
+                            bucket=s3_bucket, proxy=proxy, checkpoint=tiny_checkpoint, on_error="skip")
+    with InProcessWorker(settings, embedder=embedder) as worker:
+        committed = wait_until_committed(kafka_broker.bootstrap_servers, f"g-{input_topic}", input_topic, timeout=60)
+        worker.stop()
+
+    assert sum(committed.values()) == len(records), "skipped records are committed past"
+    assert read_all(kafka_broker.bootstrap_servers, dlq) == [], "skip writes no dead letter"
+    outputs = read_all(kafka_broker.bootstrap_servers, output_topic)
+    assert Counter(m.key() for m in outputs) == Counter(k for k, _ in goods)
+    assert failed_counts(worker) == Counter(
+        {("decode-message", "BadMessage"): 1, ("fetch", "SourceNotFound"): 1, ("decode-image", "NotAnImage"): 1}
+    )
+    assert worker.counter("clip_worker_records_dead_lettered_total") == 0
+    assert worker.counter("clip_worker_records_embedded_total") == len(goods)
+
+
+@pytest.mark.parametrize(
+    ("bad_value", "stage", "error"),
+    [
+        pytest.param(b'{"id": "bad", "uri": 7', "decode-message", "BadMessage", id="malformed-json"),
+        pytest.param(None, "decode-image", "NotAnImage", id="undecodable-image"),
+    ],
+)
+def test_stop_policy_stops_the_worker_without_committing_the_bad_record(
+    bad_value: bytes | None,
+    stage: str,
+    error: str,
+    kafka_broker: KafkaBroker,
+    s3_client: Any,
+    s3_bucket: str,
+    proxy: FaultyS3Proxy,
+    aws_credentials: Credentials,
+    topic_factory: Callable[..., str],
+    tiny_checkpoint: Path,
+    embedder: Embedder,
+    small_photos: list[bytes],
+) -> None:
+    s3_client.put_object(Bucket=s3_bucket, Key="good.jpg", Body=small_photos[0])
+    s3_client.put_object(Bucket=s3_bucket, Key="page.html", Body=b"<html><body>oops</body></html>")
+    uri = functools.partial(s3_uri, s3_bucket)
+    bad_value = bad_value or request("bad", uri("page.html"))
+    input_topic, output_topic, dlq = topic_factory(), topic_factory(), topic_factory()
+    group = f"g-{input_topic}"
+    settings = settings_for(kafka_broker, input_topic=input_topic, output_topic=output_topic, dlq=dlq,
+                            bucket=s3_bucket, proxy=proxy, checkpoint=tiny_checkpoint, on_error="stop")
+    bootstrap = kafka_broker.bootstrap_servers
+    worker = InProcessWorker(settings, embedder=embedder).start()
+    try:
+        # First some good records, all committed, so that the bad one is the lowest unfinished offset.
+        before = produce_located(bootstrap, input_topic, [(f"a-{i}".encode(), request(f"a-{i}", uri("good.jpg")))
+                                                          for i in range(4)])
+        wait_until_committed(bootstrap, group, input_topic, timeout=60)
+        after = produce_located(bootstrap, input_topic, [(b"bad", bad_value)] +
+                                [(f"b-{i}".encode(), request(f"b-{i}", uri("good.jpg"))) for i in range(4)])
+        assert after[b"bad"].offset == len(before) == 4
+        assert isinstance(wait_for_error(worker), FatalError)
+        with pytest.raises(FatalError, match="on_error is stop"):
+            worker.stop()
+    finally:
+        if worker.error is None:
+            worker.stop()
+
+    assert committed_offsets(kafka_broker, group, input_topic) == {0: 4}, "stopped at the bad record, not past it"
+    assert read_all(bootstrap, dlq) == [], "stop writes no dead letter"
+    assert failed_counts(worker) == Counter({(stage, error): 1})
+    outputs = Counter(m.key() for m in read_all(bootstrap, output_topic))
+    assert all(outputs[f"a-{i}".encode()] == 1 for i in range(4))
+
+
+def test_too_many_failures_in_a_row_stop_the_worker(
+    kafka_broker: KafkaBroker,
+    s3_client: Any,
+    s3_bucket: str,
+    proxy: FaultyS3Proxy,
+    aws_credentials: Credentials,
+    topic_factory: Callable[..., str],
+    tiny_checkpoint: Path,
+    embedder: Embedder,
+    small_photos: list[bytes],
+) -> None:
+    s3_client.put_object(Bucket=s3_bucket, Key="good.jpg", Body=small_photos[0])
+    uri = functools.partial(s3_uri, s3_bucket)
+    input_topic, output_topic, dlq = topic_factory(), topic_factory(), topic_factory()
+    group = f"g-{input_topic}"
+    bootstrap = kafka_broker.bootstrap_servers
+    settings = settings_for(kafka_broker, input_topic=input_topic, output_topic=output_topic, dlq=dlq,
+                            bucket=s3_bucket, proxy=proxy, checkpoint=tiny_checkpoint, max_consecutive_failures=3)
+    worker = InProcessWorker(settings, embedder=embedder).start()
+    try:
+        produce_located(bootstrap, input_topic, [(f"a-{i}".encode(), request(f"a-{i}", uri("good.jpg")))
+                                                 for i in range(3)])
+        wait_until_committed(bootstrap, group, input_topic, timeout=60)  # a success resets the streak
+        bad = [(f"bad-{i}".encode(), b"{broken json " + str(i).encode()) for i in range(5)]
+        after = produce_located(bootstrap, input_topic, [*bad, (b"b-0", request("b-0", uri("good.jpg")))])
+        first_bad = after[b"bad-0"].offset
+        assert first_bad == 3
+        assert isinstance(wait_for_error(worker), FatalError)
+        with pytest.raises(FatalError, match="4 records failed in a row"):
+            worker.stop()
+    finally:
+        if worker.error is None:
+            worker.stop()
+
+    letters = read_all(bootstrap, dlq)
+    assert [m.key() for m in letters] == [b"bad-0", b"bad-1", b"bad-2"], "three dead letters, then the stop"
+    # The three dead-lettered records are finished; the fourth, which tripped the limit, is not.
+    assert committed_offsets(kafka_broker, group, input_topic) == {0: first_bad + 3}
+    assert failed_counts(worker) == Counter({("decode-message", "BadMessage"): 4})
+    assert worker.counter("clip_worker_records_dead_lettered_total") == 3

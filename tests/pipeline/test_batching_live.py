@@ -1,0 +1,246 @@
+"""Time-or-size batching and backpressure on the real broker and S3, with the tiny model on the CPU.
+
+- a trickle is not held back waiting for a full batch: each image waits about max_batch_wait_ms;
+- under load, with the device the bottleneck, batches leave full;
+- with a slow device the consumer pauses at max_in_flight, and everything still arrives exactly once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import TIMESTAMP_CREATE_TIME, Message, Producer
+from PIL import Image
+
+from harness.kafka_broker import KafkaBroker
+from harness.kafka_io import produce_requests, read_all, wait_until_committed
+from harness.models import TINY_MODEL_NAME, tiny_model_settings, write_random_checkpoint
+from harness.photos import PHOTO_NAMES, encode_jpeg, resize_long_side, source_photo
+from harness.s3_server import S3Server
+from harness.workers import InProcessWorker
+from worker.config import Settings
+from worker.encoding import EmbeddingEncoder
+from worker.engine import Embedder, EmbedResult, PreparedImage
+from worker.messages import ImageRequest, S3Uri, encode_request_json
+
+FIELD = "image_clip_emb_tiny_vit"
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_random_checkpoint(TINY_MODEL_NAME, tmp_path_factory.mktemp("ckpt") / "tiny.pt", seed=7)
+
+
+@pytest.fixture
+def photo_keys(s3_client: Any, s3_bucket: str) -> list[str]:
+    """The bundled photos as ~160 px JPEGs in the test's bucket; returns their keys."""
+    keys = []
+    for name in PHOTO_NAMES:
+        data = encode_jpeg(resize_long_side(Image.fromarray(source_photo(name)), 160), quality=85)
+        s3_client.put_object(Bucket=s3_bucket, Key=f"{name}.jpg", Body=data)
+        keys.append(f"{name}.jpg")
+    return keys
+
+
+class SlowDevice:
+    """The real Embedder, with each device batch taking `delay` seconds longer; records batch sizes."""
+
+    def __init__(self, inner: Embedder, *, delay: float) -> None:
+        self._inner = inner
+        self._delay = delay
+        self.batch_sizes: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def embed(self, images: Sequence[PreparedImage]) -> list[EmbedResult]:
+        self.batch_sizes.append(len(images))
+        time.sleep(self._delay)
+        return self._inner.embed(images)
+
+
+def settings_for(
+    broker: KafkaBroker, s3_server: S3Server, *, input_topic: str, output_topic: str, bucket: str,
+    checkpoint: Path, batch_size: int, **pipeline: Any,
+) -> Settings:
+    return Settings(
+        model=tiny_model_settings(checkpoint, preprocess_mode="fast", inference_batch_size=batch_size,
+                                  preprocess_workers=2),
+        kafka={"bootstrap_servers": broker.bootstrap_servers, "group_id": f"g-{input_topic}",
+               "input_topic": input_topic, "output_topic": output_topic, "dead_letter_topic": f"{input_topic}-dlq",
+               "consumer_config": {"auto.commit.interval.ms": "200"}},
+        s3={"endpoint_url": s3_server.endpoint_url, "region": "us-east-1", "allowed_sources": (bucket,),
+            "fetch_workers": 4},
+        pipeline={"metrics_port": None, **pipeline},
+    )
+
+
+def requests_for(bucket: str, keys: list[str], n: int, prefix: str = "img") -> list[ImageRequest]:
+    return [ImageRequest(id=f"{prefix}-{i:04d}", uri=S3Uri(bucket, keys[i % len(keys)])) for i in range(n)]
+
+
+def decoder(checkpoint: Path) -> EmbeddingEncoder:
+    return EmbeddingEncoder(field_name=FIELD, model_name=TINY_MODEL_NAME, pretrained=str(checkpoint), normalized=True)
+
+
+def histogram(worker: InProcessWorker, name: str) -> tuple[float, float]:
+    """(count, sum) of a histogram."""
+    return worker.counter(f"{name}_count"), worker.counter(f"{name}_sum")
+
+
+def wait_for(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+# -- (a) a trickle ---------------------------------------------------------------------------------
+
+WAIT_MS = 200
+# Everything a lone image spends outside the batcher here: produce and fetch over localhost, an S3
+# GET from moto, a 160 px decode, a one-image forward pass and the Avro encode. It measures 20-60 ms
+# on a 2-core box; 1.5 s is slack for a loaded CI machine. Were the wait ignored (a lone image held
+# for a full batch of 32), no output would appear until shutdown, far past this bound.
+SLACK_MS = 1500
+
+
+def test_a_trickle_waits_at_most_max_batch_wait_and_goes_in_batches_of_one(
+    kafka_broker: KafkaBroker,
+    s3_server: S3Server,
+    s3_client: Any,
+    s3_bucket: str,
+    photo_keys: list[str],
+    topic_factory: Callable[..., str],
+    tiny_checkpoint: Path,
+) -> None:
+    input_topic, output_topic = topic_factory(), topic_factory()
+    bootstrap = kafka_broker.bootstrap_servers
+    settings = settings_for(kafka_broker, s3_server, input_topic=input_topic, output_topic=output_topic,
+                            bucket=s3_bucket, checkpoint=tiny_checkpoint, batch_size=32, max_batch_wait_ms=WAIT_MS)
+    embedder = Embedder.load(settings.model)
+    warmup, *trickle = requests_for(s3_bucket, photo_keys, 6)
+    produced_at: dict[str, int] = {}
+
+    def delivered(err: Any, msg: Message) -> None:
+        assert err is None and msg.timestamp()[0] == TIMESTAMP_CREATE_TIME
+        produced_at[msg.key().decode()] = msg.timestamp()[1]
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+    with InProcessWorker(settings, embedder=embedder, s3_client=s3_client) as worker:
+        # One record first, so that joining the group and the first S3 connection are not measured.
+        produce_requests(bootstrap, input_topic, [warmup])
+        wait_for(lambda: worker.counter("clip_worker_records_embedded_total") == 1, timeout=30, what="warm-up")
+        for request in trickle:
+            producer.produce(input_topic, encode_request_json(request), request.id.encode(), on_delivery=delivered)
+            assert producer.flush(10) == 0
+            time.sleep(0.6)
+        wait_until_committed(bootstrap, f"g-{input_topic}", input_topic, timeout=30)
+        worker.stop()
+
+    outputs = read_all(bootstrap, output_topic)
+    assert Counter(m.key().decode() for m in outputs) == Counter(r.id for r in [warmup, *trickle])
+    records = {m.key().decode(): decoder(tiny_checkpoint).decode(m.value()) for m in outputs}
+    # embedded_at is an Avro timestamp-millis: fastavro reads it as an aware datetime.
+    latencies = {r.id: round(records[r.id]["embedded_at"].timestamp() * 1000) - produced_at[r.id] for r in trickle}
+    print("LATENCIES", latencies)
+    # The lone image waited out max_batch_wait (it never filled a batch), and not much longer.
+    assert all(WAIT_MS - 2 <= latency < WAIT_MS + SLACK_MS for latency in latencies.values()), latencies
+    # Each image went alone: six batches (the warm-up included) of one image each.
+    assert histogram(worker, "clip_worker_batch_size") == (6, 6)
+    assert worker.counter("clip_worker_batch_size_bucket", le="1.0") == 6
+
+
+# -- (b) under load --------------------------------------------------------------------------------
+
+
+DELAY = float(__import__("os").environ.get("DELAY", "0.15"))
+
+
+def test_under_load_batches_leave_full(
+    kafka_broker: KafkaBroker,
+    s3_server: S3Server,
+    s3_client: Any,
+    s3_bucket: str,
+    photo_keys: list[str],
+    topic_factory: Callable[..., str],
+    tiny_checkpoint: Path,
+) -> None:
+    n, batch = 320, 32
+    input_topic, output_topic = topic_factory(partitions=2), topic_factory()
+    bootstrap = kafka_broker.bootstrap_servers
+    requests = requests_for(s3_bucket, photo_keys, n)
+    produce_requests(bootstrap, input_topic, requests)
+    settings = settings_for(kafka_broker, s3_server, input_topic=input_topic, output_topic=output_topic,
+                            bucket=s3_bucket, checkpoint=tiny_checkpoint, batch_size=batch)
+    device = SlowDevice(Embedder.load(settings.model), delay=DELAY)
+    t0 = time.monotonic()
+    with InProcessWorker(settings, embedder=device, s3_client=s3_client) as worker:
+        wait_until_committed(bootstrap, f"g-{input_topic}", input_topic, timeout=60)
+        worker.stop()
+
+    outputs = read_all(bootstrap, output_topic)
+    assert Counter(m.key().decode() for m in outputs) == Counter(r.id for r in requests), "each exactly once"
+    sizes = device.batch_sizes
+    print("SIZES", sizes, time.monotonic() - t0)
+    assert sum(sizes) == n and max(sizes) <= batch
+    assert histogram(worker, "clip_worker_batch_size") == (len(sizes), n)
+    # 10 full batches would carry all 320. Startup (an idle device takes a partial batch once its
+    # oldest image has waited 50 ms) and the tail may leave partial ones, but no more than a batch's worth.
+    full = sizes.count(batch)
+    assert full >= 9, sizes
+    assert len(sizes) - full <= 3, sizes
+
+
+# -- (c) backpressure ------------------------------------------------------------------------------
+
+
+def test_a_slow_device_pauses_the_consumer_at_max_in_flight(
+    kafka_broker: KafkaBroker,
+    s3_server: S3Server,
+    s3_client: Any,
+    s3_bucket: str,
+    photo_keys: list[str],
+    topic_factory: Callable[..., str],
+    tiny_checkpoint: Path,
+) -> None:
+    n, max_in_flight = 300, 40
+    input_topic, output_topic = topic_factory(partitions=2), topic_factory()
+    bootstrap = kafka_broker.bootstrap_servers
+    requests = requests_for(s3_bucket, photo_keys, n)
+    produce_requests(bootstrap, input_topic, requests)
+    settings = settings_for(kafka_broker, s3_server, input_topic=input_topic, output_topic=output_topic,
+                            bucket=s3_bucket, checkpoint=tiny_checkpoint, batch_size=16, max_in_flight=max_in_flight)
+    device = SlowDevice(Embedder.load(settings.model), delay=0.15)
+    in_flight: list[float] = []
+    paused: list[float] = []
+    with InProcessWorker(settings, embedder=device, s3_client=s3_client) as worker:
+        deadline = time.monotonic() + 60
+        sample = worker.metrics.registry.get_sample_value
+        while worker.counter("clip_worker_records_embedded_total") < n:
+            assert time.monotonic() < deadline, f"only {worker.counter('clip_worker_records_embedded_total')} done"
+            in_flight.append(sample("clip_worker_records_in_flight") or 0.0)
+            paused.append(sample("clip_worker_consumer_paused") or 0.0)
+            time.sleep(0.002)
+        wait_until_committed(bootstrap, f"g-{input_topic}", input_topic, timeout=30)
+        worker.stop()
+
+    print("PAUSE", len(paused), max(in_flight), device.batch_sizes)
+    pauses = sum(1 for before, after in itertools.pairwise(paused) if (before, after) == (0, 1))
+    resumes = sum(1 for before, after in itertools.pairwise(paused) if (before, after) == (1, 0))
+    # 300 records through a window of 40 that resumes at 20: the window closes again and again.
+    assert pauses >= 3 and resumes >= 3, (pauses, resumes)
+    assert max(in_flight) <= max_in_flight, max(in_flight)
+    assert max(in_flight) >= max_in_flight // 2, "the window was actually filled"
+    outputs = read_all(bootstrap, output_topic)
+    assert Counter(m.key().decode() for m in outputs) == Counter(r.id for r in requests), "each exactly once"
+    # Pausing drops prefetched messages; none of them is polled twice after the resume.
+    assert worker.counter("clip_worker_records_consumed_total") == n
+    assert worker.counter("clip_worker_records_embedded_total") == n
+    assert sum(device.batch_sizes) == n

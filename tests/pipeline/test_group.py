@@ -1,0 +1,99 @@
+"""The worker as a member of a consumer group: members joining and leaving, and a slow device."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from harness.kafka_broker import KafkaBroker
+from harness.kafka_io import produce_requests, read_all, wait_until_committed
+from harness.workers import InProcessWorker
+from tests.pipeline.conftest import ids_of, requests_for
+from worker.config import Settings
+from worker.engine import Embedder
+
+
+class SlowDevice:
+    """The real embedder, with every batch taking `delay` seconds longer: a device falling behind."""
+
+    def __init__(self, inner: Embedder, *, delay: float) -> None:
+        self._inner = inner
+        self._delay = delay
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def embed(self, images: Sequence[Any]) -> list[Any]:
+        time.sleep(self._delay)
+        return self._inner.embed(images)
+
+
+def wait_for_embedded(worker: InProcessWorker, at_least: float, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while worker.counter("clip_worker_records_embedded_total") < at_least:
+        assert time.monotonic() < deadline, f"worker embedded fewer than {at_least} in time"
+        time.sleep(0.05)
+
+
+def test_members_joining_and_leaving_mid_stream_lose_no_record(
+    kafka_broker: KafkaBroker,
+    photo_bucket: tuple[str, list[str]],
+    make_settings: Callable[..., Settings],
+    s3_client: Any,
+) -> None:
+    bucket, keys = photo_bucket
+    settings = make_settings(bucket, input_partitions=6, pipeline={"max_in_flight": 100})
+    requests = requests_for(bucket, keys, 1500)
+    produce_requests(kafka_broker.bootstrap_servers, settings.kafka.input_topic, requests)
+    embedder = Embedder.load(settings.model)  # thread-safe to share: one device thread per worker uses it
+
+    def member() -> InProcessWorker:
+        return InProcessWorker(settings, embedder=SlowDevice(embedder, delay=0.02), s3_client=s3_client).start()
+
+    first, second = member(), member()
+    wait_for_embedded(first, 150)
+    third = member()
+    wait_for_embedded(third, 100)
+    first.stop()  # leaves the group cleanly: its partitions move to the others
+    wait_until_committed(kafka_broker.bootstrap_servers, settings.kafka.group_id, settings.kafka.input_topic)
+    second.stop()
+    third.stop()
+
+    seen = ids_of(read_all(kafka_broker.bootstrap_servers, settings.kafka.output_topic))
+    assert set(seen) == {r.id for r in requests}, "no id is missing"
+    duplicates = sum(count - 1 for count in seen.values())
+    print(f"group of 3 (join, leave): 1500 inputs, {duplicates} duplicates")
+    assert duplicates < 300, "only in-flight work of moved partitions may be redone"
+    for worker in (first, second, third):
+        assert worker.counter("clip_worker_rebalances_total", kind="assigned") >= 1
+    assert first.counter("clip_worker_rebalances_total", kind="revoked") >= 1, "the leaver gave its partitions up"
+    assert second.counter("clip_worker_rebalances_total", kind="revoked") >= 1, "the joiner took some from the others"
+
+
+def test_a_device_slower_than_a_third_of_the_poll_interval_causes_no_rebalance(
+    kafka_broker: KafkaBroker,
+    photo_bucket: tuple[str, list[str]],
+    make_settings: Callable[..., Settings],
+    s3_client: Any,
+) -> None:
+    bucket, keys = photo_bucket
+    poll_interval_ms = 6000
+    settings = make_settings(
+        bucket,
+        kafka={"consumer_config": {"max.poll.interval.ms": str(poll_interval_ms), "session.timeout.ms": "6000"}},
+        model={"inference_batch_size": 8},
+    )
+    requests = requests_for(bucket, keys, 40)
+    produce_requests(kafka_broker.bootstrap_servers, settings.kafka.input_topic, requests)
+    slow = SlowDevice(Embedder.load(settings.model), delay=poll_interval_ms / 1000 / 3 + 0.5)
+
+    with InProcessWorker(settings, embedder=slow, s3_client=s3_client) as worker:
+        wait_until_committed(kafka_broker.bootstrap_servers, settings.kafka.group_id, settings.kafka.input_topic)
+        worker.stop()
+
+    assert worker.counter("clip_worker_rebalances_total", kind="assigned") == 1
+    assert worker.counter("clip_worker_rebalances_total", kind="revoked") == 0
+    assert worker.counter("clip_worker_rebalances_total", kind="lost") == 0
+    seen = ids_of(read_all(kafka_broker.bootstrap_servers, settings.kafka.output_topic))
+    assert seen == {r.id: 1 for r in requests}, "every id once: no rebalance, no redo"

@@ -1,0 +1,464 @@
+"""The Helm chart against the worker it deploys.
+
+Two halves:
+- static: every CLIP_WORKER_* name in the chart is a real setting of worker.config.Settings, the
+  chart's `config:` tree covers exactly the settings it does not set itself, with the worker's defaults;
+- rendered: `helm template` (default values and ci/all-features-values.yaml), asserting on the
+  objects, and loading the rendered environment through worker.config.load_settings.
+
+The rendering tests need a helm binary at .cache/bin/helm (or $HELM_BIN). They fail, not skip,
+without one; HELM_PROVISION below is the command that builds it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from worker.config import ENV_NESTED_DELIMITER, ENV_PREFIX, Settings, env_var, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "helm" / "clip-embedding-worker"
+ALL_FEATURES = CHART / "ci" / "all-features-values.yaml"
+HELM = Path(os.environ.get("HELM_BIN") or ROOT / ".cache" / "bin" / "helm")
+HELM_VERSION = "v3.22.0"
+HELM_PROVISION = f"GOBIN=$PWD/.cache/bin GOFLAGS=-mod=mod go install helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"
+
+RELEASE = "rel"
+NAMESPACE = "ml"
+FULLNAME = f"{RELEASE}-clip-embedding-worker"
+
+# Settings the chart sets itself (not from `config:`): the pod name, a secretKeyRef, the cache mount.
+CHART_OWNED = {("kafka", "group_instance_id"), ("kafka", "sasl_password"), ("model", "cache_dir")}
+
+ENV_NAME = re.compile(r"\b" + ENV_PREFIX + r"[A-Z0-9_]*[A-Z0-9]\b")
+
+
+# -- the worker's settings tree ---------------------------------------------------------------
+
+
+def _sections() -> dict[str, type[BaseModel]]:
+    sections = {}
+    for name, field in Settings.model_fields.items():
+        assert isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel), name
+        sections[name] = field.annotation
+    return sections
+
+
+def _settings_paths() -> set[tuple[str, str]]:
+    return {(section, key) for section, model in _sections().items() for key in model.model_fields}
+
+
+def _default(section: str, key: str) -> Any:
+    return _sections()[section].model_fields[key].get_default(call_default_factory=True)
+
+
+def _comparable(value: Any) -> Any:
+    """Python defaults and YAML values side by side: tuples as lists, paths as strings."""
+    if isinstance(value, tuple):
+        return [_comparable(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _chart_files() -> list[Path]:
+    return sorted(path for path in CHART.rglob("*") if path.is_file())
+
+
+def _values() -> dict[str, Any]:
+    values: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
+    return values
+
+
+# -- static checks (no helm needed) -----------------------------------------------------------
+
+
+def test_every_env_var_name_in_the_chart_is_a_setting() -> None:
+    sections = _sections()
+    found: dict[str, set[str]] = {}
+    for path in _chart_files():
+        for name in ENV_NAME.findall(path.read_text()):
+            found.setdefault(name, set()).add(str(path.relative_to(CHART)))
+    assert found, "no CLIP_WORKER_* names found in the chart: the scan is broken"
+    # The names the templates spell out literally must be among them, or this test checks nothing.
+    literal = {env_var(*path) for path in CHART_OWNED}
+    assert literal <= found.keys(), f"templates no longer name {sorted(literal - found.keys())}"
+
+    wrong = {}
+    for name, files in found.items():
+        parts = name[len(ENV_PREFIX) :].split(ENV_NESTED_DELIMITER)
+        if len(parts) != 2:
+            wrong[name] = (files, "not CLIP_WORKER_<SECTION>__<NAME>")
+            continue
+        section, key = (part.lower() for part in parts)
+        if section not in sections:
+            wrong[name] = (files, f"no settings section {section!r}; sections: {sorted(sections)}")
+        elif key not in sections[section].model_fields:
+            wrong[name] = (files, f"{section} has no setting {key!r}")
+    assert not wrong, f"env var names in the chart that worker.config does not read: {wrong}"
+
+
+def test_values_config_covers_exactly_the_settings_the_chart_does_not_set() -> None:
+    config = _values()["config"]
+    in_values = {(section, key) for section, fields in config.items() for key in fields}
+    paths = _settings_paths()
+    assert paths >= CHART_OWNED, f"chart-owned settings missing from worker.config: {CHART_OWNED - paths}"
+    unknown = in_values - paths
+    assert not unknown, f"values.yaml config keys that are not settings: {sorted(unknown)}"
+    owned = in_values & CHART_OWNED
+    assert not owned, f"values.yaml config must not hold chart-owned settings: {sorted(owned)}"
+    missing = paths - CHART_OWNED - in_values
+    assert not missing, (
+        f"settings not exposed in helm/clip-embedding-worker/values.yaml `config:` "
+        f"(add them with the worker's default): {sorted(missing)}"
+    )
+
+
+def test_values_config_defaults_equal_the_settings_defaults() -> None:
+    config = _values()["config"]
+    differ = {
+        f"{section}.{key}": (value, _comparable(_default(section, key)))
+        for section, fields in config.items()
+        for key, value in fields.items()
+        if value != _comparable(_default(section, key))
+    }
+    assert not differ, f"values.yaml defaults (left) differ from worker.config (right): {differ}"
+
+
+def test_model_section_keeps_the_original_operator_names_and_defaults() -> None:
+    # The operator's parameters, by name and default; the chart must expose all of them.
+    operator = {
+        "model_name": "ViT-B-32",
+        "pretrained": "openai",
+        "device": "auto",
+        "normalize": True,
+        "feature_field_name": None,
+        "inference_batch_size": 32,
+        "use_fp16": True,
+        "preprocess_workers": 4,
+    }
+    model = _values()["config"]["model"]
+    assert {key: model.get(key, "<missing>") for key in operator} == operator
+    assert {key: _default("model", key) for key in operator} == operator
+    assert model["preprocess_mode"] == _default("model", "preprocess_mode") == "fast"
+
+
+# -- helm --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The helm binary and a private HOME for it; fails (no skips in this project) when absent."""
+    if not (HELM.is_file() and os.access(HELM, os.X_OK)):
+        pytest.fail(
+            f"helm not found at {HELM}. Provision it from the repository root (Go >= 1.26, ~2.5 min cold, "
+            f"~10 s with a warm Go cache):\n    {HELM_PROVISION}",
+            pytrace=False,
+        )
+    home = tmp_path_factory.mktemp("helm-home")
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }
+    version = subprocess.run([str(HELM), "version", "--short"], capture_output=True, text=True, env=env, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("v3."), (version.stdout, version.stderr)
+    return {"bin": str(HELM), "env": env}
+
+
+def _helm(helm: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm["bin"], *args], capture_output=True, text=True, env=helm["env"], timeout=120)
+
+
+def _render(helm: dict[str, Any], *args: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """`helm template` into {(kind, name): object}."""
+    done = _helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
+    assert done.returncode == 0, f"helm template {args} failed:\n{done.stderr}"
+    objects = {}
+    for doc in yaml.safe_load_all(done.stdout):
+        if doc:
+            key = (doc["kind"], doc["metadata"]["name"])
+            assert key not in objects, f"rendered twice: {key}"
+            objects[key] = doc
+    return objects
+
+
+def _render_fails(helm: dict[str, Any], *args: str) -> str:
+    done = _helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
+    assert done.returncode != 0, f"helm template {args} rendered, but the chart should refuse:\n{done.stdout}"
+    return done.stderr
+
+
+def _one(objects: dict[tuple[str, str], dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [obj for (k, _), obj in objects.items() if k == kind]
+    assert len(found) == 1, f"expected one {kind}, got {[name for (k, name) in objects if k == kind]}"
+    return found[0]
+
+
+def _worker(sts: dict[str, Any]) -> dict[str, Any]:
+    containers = sts["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["worker"]
+    container: dict[str, Any] = containers[0]
+    return container
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    names = [entry["name"] for entry in container["env"]]
+    assert len(names) == len(set(names)), f"duplicate env entries: {names}"
+    return {entry["name"]: entry for entry in container["env"]}
+
+
+def _settings_from_pod(
+    objects: dict[tuple[str, str], dict[str, Any]], monkeypatch: pytest.MonkeyPatch, secrets: dict[tuple[str, str], str]
+) -> Settings:
+    """What the worker in pod -0 would read: the ConfigMap (envFrom), then the env list (which wins)."""
+    sts = _one(objects, "StatefulSet")
+    container = _worker(sts)
+    environment: dict[str, str] = {}
+    for source in container["envFrom"]:
+        if "configMapRef" in source and source["configMapRef"]["name"] == FULLNAME:
+            environment.update(objects[("ConfigMap", FULLNAME)]["data"])
+    for name, entry in _env(container).items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        if "value" in entry:
+            environment[name] = entry["value"]
+        elif "fieldRef" in entry["valueFrom"]:
+            assert entry["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", entry
+            environment[name] = f"{sts['metadata']['name']}-0"
+        elif "secretKeyRef" in entry["valueFrom"]:
+            ref = entry["valueFrom"]["secretKeyRef"]
+            environment[name] = secrets[(ref["name"], ref["key"])]
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+    for name, value in environment.items():
+        assert isinstance(value, str), f"{name}: env values must be strings, got {value!r}"
+        monkeypatch.setenv(name, value)
+    return load_settings()
+
+
+def test_helm_lint(helm: dict[str, Any]) -> None:
+    for extra in ([], ["-f", str(ALL_FEATURES)]):
+        done = _helm(helm, "lint", "--strict", str(CHART), *extra)
+        assert done.returncode == 0 and "0 chart(s) failed" in done.stdout, (extra, done.stdout, done.stderr)
+
+
+def test_default_render(helm: dict[str, Any]) -> None:
+    objects = _render(helm)
+    kinds = sorted(kind for kind, _ in objects)
+    assert kinds == ["ConfigMap", "PodDisruptionBudget", "Service", "ServiceAccount", "StatefulSet"], kinds
+
+    sts = objects[("StatefulSet", FULLNAME)]
+    spec, pod = sts["spec"], sts["spec"]["template"]["spec"]
+    container = _worker(sts)
+    env = _env(container)
+    port = Settings().pipeline.metrics_port
+
+    assert spec["replicas"] == 1
+    assert spec["podManagementPolicy"] == "Parallel"
+    # GPU.
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    # Probes: the worker's paths on its metrics port.
+    assert container["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+    probes = {name: container[name]["httpGet"] for name in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert probes == {
+        "startupProbe": {"path": "/livez", "port": "metrics"},
+        "livenessProbe": {"path": "/livez", "port": "metrics"},
+        "readinessProbe": {"path": "/readyz", "port": "metrics"},
+    }
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, "model load needs minutes"
+    # Static membership: the group instance id is the pod name.
+    assert env[env_var("kafka", "group_instance_id")]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env_var("kafka", "sasl_password") not in env
+    # Shutdown grace.
+    assert pod["terminationGracePeriodSeconds"] > Settings().pipeline.shutdown_grace_seconds
+    # Non-root, read-only root, writable /tmp, memory /dev/shm and the model cache.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+    cache_dir = env[env_var("model", "cache_dir")]["value"]
+    assert any(cache_dir.startswith(path + "/") for path, name in mounts.items() if name == "model-cache")
+    assert "emptyDir" in volumes["model-cache"]
+    # Service: headless, governing the StatefulSet, selecting its pods, carrying the metrics port.
+    service = objects[("Service", f"{FULLNAME}-headless")]
+    assert spec["serviceName"] == service["metadata"]["name"]
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": port, "targetPort": "metrics", "protocol": "TCP"}]
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    for selector in (
+        service["spec"]["selector"],
+        spec["selector"]["matchLabels"],
+        objects[("PodDisruptionBudget", FULLNAME)]["spec"]["selector"]["matchLabels"],
+    ):
+        assert selector.items() <= labels.items(), selector
+    assert pod["serviceAccountName"] == FULLNAME and ("ServiceAccount", FULLNAME) in objects
+    assert sts["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+
+def test_default_render_loads_as_the_worker_defaults(helm: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = _settings_from_pod(_render(helm), monkeypatch, secrets={})
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+    defaults = Settings()
+    assert loaded.kafka.group_instance_id == f"{FULLNAME}-0"
+    assert loaded.model.cache_dir == Path("/cache/open_clip")
+    assert loaded.kafka.sasl_password is None
+    owned = {"kafka": {"group_instance_id"}, "model": {"cache_dir"}}
+    assert loaded.model_dump(exclude=owned) == defaults.model_dump(exclude=owned)
+
+
+def test_all_features_render(helm: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    objects = _render(helm, "-f", str(ALL_FEATURES))
+    values = yaml.safe_load(ALL_FEATURES.read_text())
+    sts = objects[("StatefulSet", FULLNAME)]
+    pod = sts["spec"]["template"]["spec"]
+    container = _worker(sts)
+    env = _env(container)
+
+    # KEDA owns the replica count.
+    assert "replicas" not in sts["spec"]
+    # The SASL password only by reference, never as a value, anywhere.
+    password = env[env_var("kafka", "sasl_password")]
+    assert password == {
+        "name": env_var("kafka", "sasl_password"),
+        "valueFrom": {"secretKeyRef": {"name": "clip-worker-kafka", "key": "sasl-password"}},
+    }
+    assert env[env_var("kafka", "sasl_username")]["valueFrom"]["secretKeyRef"]["key"] == "sasl-username"
+    config_map = objects[("ConfigMap", FULLNAME)]["data"]
+    assert not any("PASSWORD" in name for name in config_map)
+    assert env[env_var("kafka", "group_instance_id")]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert {"secretRef": {"name": "clip-worker-s3"}} in container["envFrom"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["runtimeClassName"] == "nvidia"
+
+    # The worker reads it all back as configured.
+    settings = _settings_from_pod(
+        objects,
+        monkeypatch,
+        secrets={("clip-worker-kafka", "sasl-password"): "s3cret", ("clip-worker-kafka", "sasl-username"): "clip"},
+    )
+    assert settings.model.model_name == "ViT-L-14"
+    assert settings.model.half_dtype == "bfloat16"
+    assert settings.model.max_image_pixels == 100_000_000
+    assert settings.model.cache_dir == Path("/cache/open_clip")
+    assert settings.kafka.group_instance_id == f"{FULLNAME}-0"
+    assert settings.kafka.sasl_password is not None and settings.kafka.sasl_password.get_secret_value() == "s3cret"
+    assert settings.kafka.sasl_username == "clip"
+    assert settings.kafka.client_config == {"ssl.ca.location": "/etc/kafka-ca/ca.crt"}
+    assert settings.kafka.consumer_config == {"session.timeout.ms": "120000"}
+    assert settings.s3.allowed_sources == ("photos", "raw/2026/")
+    assert settings.s3.backoff_initial_seconds == 0.25
+    assert settings.pipeline.delivery == "exactly-once"
+    assert settings.pipeline.shutdown_grace_seconds == 55.5
+    assert settings.pipeline.metrics_port == 9500
+
+    # Grace, port.
+    assert pod["terminationGracePeriodSeconds"] == math.ceil(55.5) + 15
+    assert container["ports"][0]["containerPort"] == 9500
+    service = objects[("Service", f"{FULLNAME}-headless")]
+    assert service["spec"]["ports"][0]["port"] == 9500
+
+    # Model cache: one claim per pod.
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "model-cache"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "50Gi"
+    assert "model-cache" not in {v["name"] for v in pod["volumes"]}
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenScaled": "Retain", "whenDeleted": "Delete"}
+
+    # KEDA: the StatefulSet, on the worker's own group, topic and brokers.
+    scaled = objects[("ScaledObject", FULLNAME)]
+    assert scaled["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": FULLNAME}
+    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (0, 12)
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "kafka"
+    meta = trigger["metadata"]
+    assert all(isinstance(value, str) for value in meta.values()), meta
+    assert meta["bootstrapServers"] == config_map[env_var("kafka", "bootstrap_servers")]
+    assert meta["consumerGroup"] == config_map[env_var("kafka", "group_id")] == values["config"]["kafka"]["group_id"]
+    assert meta["topic"] == config_map[env_var("kafka", "input_topic")]
+    assert meta["lagThreshold"] == "500"
+    assert meta["excludePersistentLag"] == "true"
+    assert meta["offsetResetPolicy"] == "earliest"
+    assert (meta["sasl"], meta["tls"]) == ("scram_sha512", "enable")
+    auth = objects[("TriggerAuthentication", trigger["authenticationRef"]["name"])]
+    params = {entry["parameter"]: entry for entry in auth["spec"]["env"]}
+    assert params.keys() == {"username", "password"}
+    for entry in params.values():
+        assert entry["containerName"] == container["name"] and entry["name"] in env
+
+    # ServiceMonitor on the Service's metrics port.
+    monitor = objects[("ServiceMonitor", FULLNAME)]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+
+    # IRSA.
+    annotations = objects[("ServiceAccount", FULLNAME)]["metadata"]["annotations"]
+    assert annotations["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+
+
+@pytest.mark.parametrize("grace", [0.5, 25.0, 100.5, 3600.0])
+def test_termination_grace_exceeds_the_shutdown_grace(helm: dict[str, Any], grace: float) -> None:
+    objects = _render(helm, "--set-json", f"config.pipeline.shutdown_grace_seconds={grace}")
+    tgps = objects[("StatefulSet", FULLNAME)]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert isinstance(tgps, int) and tgps > grace
+    # The worker gets the same number the pod's grace was derived from.
+    assert float(objects[("ConfigMap", FULLNAME)]["data"][env_var("pipeline", "shutdown_grace_seconds")]) == grace
+
+
+def test_explicit_termination_grace_is_checked(helm: dict[str, Any]) -> None:
+    objects = _render(helm, "--set", "terminationGracePeriodSeconds=30")
+    assert objects[("StatefulSet", FULLNAME)]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 30
+    error = _render_fails(helm, "--set", "terminationGracePeriodSeconds=25")
+    assert "must exceed config.pipeline.shutdown_grace_seconds" in error
+    assert "terminationGraceMarginSeconds" in _render_fails(helm, "--set", "terminationGraceMarginSeconds=0")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "config.kafka.sasl_password=hunter2"], "kafkaAuth.existingSecret"),
+        (["--set", "config.kafka.group_instance_id=fixed"], "pod name"),
+        (["--set", "config.model.cache_dir=/models"], "modelCache.mountPath"),
+        (
+            ["--set", "config.kafka.security_protocol=SASL_SSL", "--set", "config.kafka.sasl_username=u"],
+            "kafkaAuth.existingSecret",
+        ),
+        (["--set", "kafkaAuth.existingSecret=s"], "not SASL_"),
+        (["--set", "config.pipeline.metrics_port=null"], "metrics_port must be set"),
+        (["--set", "modelCache.type=hostPath"], "modelCache.type"),
+        (["--set", "modelCache.type=existingClaim"], "modelCache.existingClaim"),
+    ],
+)
+def test_chart_refuses_bad_values(helm: dict[str, Any], args: list[str], message: str) -> None:
+    error = _render_fails(helm, *args)
+    assert message in error
+    assert "hunter2" not in error
+
+
+def test_gpu_count_zero_requests_no_gpu(helm: dict[str, Any]) -> None:
+    objects = _render(helm, "--set", "gpu.count=0")
+    limits = _worker(objects[("StatefulSet", FULLNAME)])["resources"]["limits"]
+    assert "nvidia.com/gpu" not in limits and limits["memory"] == "16Gi"
