@@ -4,6 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Rebuilt whenever pyproject.toml changes.
 INSTALLED := $(VENV)/.installed
+# A real helm renders the chart in tests/test_helm_chart.py; built from its Go module (~2.5 min
+# the first time on a machine, seconds once Go's caches are warm).
+HELM := .cache/bin/helm
+HELM_VERSION := v3.22.0
 
 .PHONY: test demo lint typecheck pytest bench-cpu gpu-wheels clean
 
@@ -22,8 +26,11 @@ lint: $(INSTALLED)
 typecheck: $(INSTALLED)
 	$(PY) -m mypy
 
-pytest: $(INSTALLED)
+pytest: $(INSTALLED) $(HELM)
 	$(PY) -m pytest
+
+$(HELM):
+	GOBIN=$(CURDIR)/.cache/bin GOFLAGS=-mod=mod go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
 demo: $(INSTALLED)
 	$(PY) -m demo

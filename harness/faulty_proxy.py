@@ -3,7 +3,8 @@
 moto serves S3 faithfully but never fails on purpose. Tests point the worker at this proxy
 instead, tell it which keys should fail and how often (a 503 SlowDown, a 500, or a connection
 reset), and the worker sees those faults on the wire exactly as it would from AWS, then the real
-object once the faults are used up.
+object once the faults are used up. "denied" (a 403 AccessDenied) is the one permanent fault: give it
+enough `times` that it never clears.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
 from urllib.parse import urlsplit
 
-FaultKind = Literal["slowdown", "internal-error", "reset"]
+FaultKind = Literal["slowdown", "internal-error", "reset", "denied"]
 _ERROR_BODIES = {
     "slowdown": (503, b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"),
     "internal-error": (500, b"<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>"),
+    "denied": (403, b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"),
 }
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 
 from worker import __version__
@@ -23,6 +24,7 @@ from worker.errors import ConfigError, FatalError, RecordError
 from worker.health import HealthServer
 from worker.metrics import Metrics
 from worker.pipeline.build import build_runtime
+from worker.pipeline.runtime import Runtime
 
 log = logging.getLogger("worker")
 
@@ -36,14 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings()
+        if args.command == "run":
+            return _run(settings)
         embedder = Embedder.load(settings.model)
         if args.command == "check":
             print(f"model {settings.model.model_name} ({settings.model.pretrained}) on {embedder.device}, "
                   f"dim {embedder.dim}, field {embedder.field_name}")
             return 0
-        if args.command == "embed":
-            return _embed_files(embedder, args.files)
-        return _run(settings, embedder)
+        return _embed_files(embedder, args.files)
     except ConfigError as exc:
         print(f"clip-worker: {exc}", file=sys.stderr)
         return 2
@@ -52,22 +54,28 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _run(settings: Settings, embedder: Embedder) -> int:
+def _run(settings: Settings) -> int:
+    """Serve health first (the model load can take minutes), then load, wire and run."""
     metrics = Metrics()
-    runtime = build_runtime(settings, embedder=embedder, metrics=metrics)
+    runtime: Runtime | None = None
     health = None
     if settings.pipeline.metrics_port is not None:
+        # Live while loading, then while the loop turns; ready once the model is loaded and the loop
+        # runs. Not "holds partitions": pods beyond the partition count must not block a rollout.
         health = HealthServer(
             port=settings.pipeline.metrics_port,
             registry=metrics.registry,
-            last_loop_at=lambda: runtime.last_loop_at,
-            ready=lambda: bool(runtime.assigned),
+            last_loop_at=lambda: runtime.last_loop_at if runtime else time.monotonic(),
+            ready=lambda: runtime is not None and time.monotonic() - runtime.last_loop_at < 5.0,
+            stall_seconds=settings.pipeline.liveness_stall_seconds,
         )
         health.start()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: runtime.request_stop())
-    log.info("clip-embedding-worker %s consuming %s", __version__, settings.kafka.input_topic)
     try:
+        embedder = Embedder.load(settings.model)
+        runtime = build_runtime(settings, embedder=embedder, metrics=metrics)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: runtime.request_stop() if runtime else None)
+        log.info("clip-embedding-worker %s consuming %s", __version__, settings.kafka.input_topic)
         runtime.run()
     finally:
         if health is not None:

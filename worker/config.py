@@ -155,6 +155,9 @@ class PipelineSettings(_Section):
         25.0, gt=0, description="On SIGTERM, time to drain, flush and commit; keep under the pod's grace period."
     )
     metrics_port: int | None = Field(9400, description="Port of /metrics, /livez and /readyz; unset disables.")
+    liveness_stall_seconds: float = Field(
+        60.0, gt=0, description="/livez fails once the poll loop has not turned for this long."
+    )
 
 
 class Settings(BaseSettings):

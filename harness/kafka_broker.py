@@ -1,0 +1,299 @@
+"""A real single-node Apache Kafka 4.x broker (KRaft, broker+controller in one JVM) for tests and demos.
+
+Why a real broker: rebalances, offset commits, transactions and broker restarts are what the worker has
+to get right, and no mock reproduces them. Why not Docker: it is not available everywhere we run tests.
+The broker jars come from Maven Central (harness/pom.xml) and are cached under .cache/kafka/libs.
+
+Choices worth knowing:
+- auto.create.topics.enable=false: tests create their topics (with a deliberate partition count), and
+  a worker that writes to a wrong topic fails loudly. Override any setting with ``properties=``.
+- Every replication factor and min.insync.replicas is 1 (a single node), so transactions work; the
+  internal topics have 4 partitions, not 50 (a quicker first ``init_transactions``).
+- broker.session.timeout.ms=3000: after a SIGKILL the restarted controller refuses the broker's new
+  registration until the dead incarnation's session expires (9 s by default).
+- JVM start-up is tuned for a small machine: C1 only, serial GC, and an AppCDS class archive that the
+  first cleanly stopped broker writes into the jar cache (later starts map it instead of loading classes;
+  after a JDK upgrade it is ignored: delete .cache/kafka/libs/broker.jsa).
+- Where util-linux ``setpriv`` exists the JVM gets PDEATHSIG=KILL: if the Python process that started it
+  dies (even by SIGKILL), the broker dies too instead of lingering. Start brokers from a long-lived thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # the documented path
+
+POM = Path(__file__).with_name("pom.xml")
+CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "kafka"
+LIBS_DIR = CACHE_DIR / "libs"
+_STAMP = ".pom-sha256"  # the jar cache is valid for the pom.xml with this digest
+_CDS_ARCHIVE = "broker.jsa"  # lives in LIBS_DIR so that it is thrown away together with the jars
+JVM_FLAGS = ("-Xmx512m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
+_SERVER_PROPERTIES = """\
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:{controller}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs={data}
+auto.create.topics.enable=false
+group.initial.rebalance.delay.ms=0
+broker.session.timeout.ms=3000
+broker.heartbeat.interval.ms=500
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+"""
+_LOG4J2_PROPERTIES = (  # everything the broker logs goes to broker.log in its temp dir
+    "appender.f.type=File\nappender.f.name=F\nappender.f.fileName={log}\nappender.f.layout.type=PatternLayout\n"
+    "appender.f.layout.pattern=[%d] %p %m (%c)%n\nrootLogger.level=INFO\nrootLogger.appenderRef.f.ref=F\n")
+
+
+def ensure_jars() -> Path:
+    """Return the directory of broker jars, downloading them with Maven first if needed (atomically)."""
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest()
+    stamp = LIBS_DIR / _STAMP
+    if stamp.is_file() and stamp.read_text() == digest:
+        return LIBS_DIR
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="libs-tmp-", dir=CACHE_DIR))
+    cmd = ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies", "-DincludeScope=runtime",
+           f"-DoutputDirectory={tmp}"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+        (tmp / _STAMP).write_text(digest)
+        if stamp.is_file() and stamp.read_text() == digest:
+            return LIBS_DIR  # another process won the race
+        if LIBS_DIR.exists():  # jars for an older pom.xml
+            stale = CACHE_DIR / f"stale-{tmp.name}"
+            LIBS_DIR.rename(stale)
+            shutil.rmtree(stale)
+        tmp.rename(LIBS_DIR)
+        return LIBS_DIR
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class KafkaBroker:
+    """One broker process with a fresh data dir; ``stop``/``kill`` + ``start`` keep its ports and data."""
+
+    def __init__(self, *, properties: Mapping[str, str] | None = None, keep_logs: bool = False,
+                 startup_timeout: float = 60.0) -> None:
+        self.keep_logs = keep_logs
+        self._properties = dict(properties or {})
+        self._startup_timeout = startup_timeout
+        self._log_dir: Path | None = None
+        self._port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._cds_pending: Path | None = None  # class archive this JVM writes when it exits
+        self._admin: AdminClient | None = None
+
+    @property
+    def log_dir(self) -> Path:
+        """Temp dir with server.properties, data/, broker.log (log4j) and jvm.log (stdout/stderr)."""
+        if self._log_dir is None:
+            raise RuntimeError("broker was never started")
+        return self._log_dir
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self._port}"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    @property
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def admin(self) -> AdminClient:
+        if self._admin is None:
+            self._admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+        return self._admin
+
+    def _java(self, main: str, *args: str, extra_flags: tuple[str, ...] = ()) -> list[str]:
+        libs = ensure_jars()
+        cds = libs / _CDS_ARCHIVE
+        java = str(Path(os.environ["JAVA_HOME"]) / "bin" / "java") if "JAVA_HOME" in os.environ else "java"
+        return [java, *JVM_FLAGS, *([f"-XX:SharedArchiveFile={cds}"] if cds.is_file() else []), *extra_flags,
+                f"-Dlog4j2.configurationFile={self.log_dir / 'log4j2.properties'}",
+                "-cp", os.pathsep.join(sorted(str(p) for p in libs.glob("*.jar"))), main, *args]
+
+    def _prepare(self) -> None:
+        """First start only: pick ports, write the configs and format the storage."""
+        self._log_dir = Path(tempfile.mkdtemp(prefix="kafka-broker-"))
+        self._port, controller = _free_port(), _free_port()
+        props = _SERVER_PROPERTIES.format(port=self._port, controller=controller, data=self.log_dir / "data")
+        props += "".join(f"{k}={v}\n" for k, v in self._properties.items())  # later lines win
+        (self.log_dir / "server.properties").write_text(props)
+        (self.log_dir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES.format(log=self.log_dir / "broker.log"))
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cmd = self._java("kafka.tools.StorageTool", "format", "-t", cluster_id,
+                         "-c", str(self.log_dir / "server.properties"), "--standalone")
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            log_dir, self._log_dir = self._log_dir, None  # a later start() prepares afresh
+            raise RuntimeError(f"formatting Kafka storage failed:\n{done.stdout}{done.stderr}\nfiles: {log_dir}")
+
+    def start(self) -> None:
+        """Start the broker (formatting its storage the first time); wait until it serves consumer groups."""
+        if self._process is not None:
+            raise RuntimeError("broker is already running")
+        if self._log_dir is None:
+            self._prepare()
+        flags: tuple[str, ...] = ()
+        if not (ensure_jars() / _CDS_ARCHIVE).is_file():
+            self._cds_pending = ensure_jars() / f"{_CDS_ARCHIVE}.{uuid.uuid4().hex}.tmp"
+            flags = (f"-XX:ArchiveClassesAtExit={self._cds_pending}",)
+        cmd = self._java("kafka.Kafka", str(self.log_dir / "server.properties"), extra_flags=flags)
+        if shutil.which("setpriv"):
+            cmd = ["setpriv", "--pdeathsig", "KILL", *cmd]
+        with open(self.log_dir / "jvm.log", "ab") as out:
+            self._process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                             start_new_session=True)  # Ctrl-C goes to Python, which stops it
+        try:
+            self._wait_until_serving()
+        except BaseException:
+            self.kill()
+            raise
+
+    def _wait_until_serving(self) -> None:
+        probe = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0})
+        deadline = time.monotonic() + self._startup_timeout
+        while self.is_running and time.monotonic() < deadline:
+            with contextlib.suppress(KafkaException):
+                if probe.list_topics(timeout=1).brokers:
+                    # Load the group coordinator too, or the first group to join gets NOT_COORDINATOR and
+                    # librdkafka backs off for ~3 s.
+                    probe.describe_consumer_groups(["harness-warmup"], request_timeout=5)["harness-warmup"].result()
+                    return
+            time.sleep(0.1)
+        assert self._process is not None
+        problem = "was not ready in time" if self.is_running else f"exited with {self._process.returncode}"
+        tails = "".join(f"\n--- {name} ---\n" + "\n".join((self.log_dir / name).read_text(errors="replace")
+                                                            .splitlines()[-40:])
+                        for name in ("broker.log", "jvm.log") if (self.log_dir / name).is_file())
+        raise RuntimeError(f"Kafka broker {problem}; logs kept in {self.log_dir}{tails}")
+
+    def stop(self, *, timeout: float = 30.0) -> None:
+        """Shut down cleanly (SIGTERM; SIGKILL after ``timeout``) and reap; ports and data are kept."""
+        self._end(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the broker (an unclean crash) and reap it; ``start()`` brings it back."""
+        self._end(None)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def _end(self, timeout: float | None) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        clean = False
+        if timeout is not None:
+            process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                clean = process.wait(timeout) is not None
+        process.kill()  # no-op when it has exited
+        process.wait()
+        # Promote the class archive this JVM wrote on a clean exit; drop a possibly truncated one.
+        pending, self._cds_pending = self._cds_pending, None
+        if pending is not None and pending.is_file():
+            if clean and pending.stat().st_size > 0:
+                os.replace(pending, pending.with_name(_CDS_ARCHIVE))
+            else:
+                pending.unlink()
+
+    def close(self, *, keep_logs: bool = False) -> None:
+        """Stop the broker and delete its temp dir unless ``keep_logs`` (or the ``keep_logs`` attribute)."""
+        self.stop()
+        self._admin = None  # its librdkafka threads would keep logging "connection refused"
+        if self._log_dir is not None and not (keep_logs or self.keep_logs):
+            shutil.rmtree(self._log_dir, ignore_errors=True)
+
+    def __enter__(self) -> KafkaBroker:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        failed = exc_type is not None and issubclass(exc_type, Exception)
+        self.close(keep_logs=failed)
+        if (failed or self.keep_logs) and self._log_dir is not None:
+            print(f"Kafka broker logs kept in {self._log_dir}", file=sys.stderr)
+
+    def create_topic(self, name: str, partitions: int = 1, *, config: Mapping[str, str] | None = None,
+                     timeout: float = 30.0) -> None:
+        """Create a topic and wait until every partition has a leader."""
+        futures = self.admin().create_topics([NewTopic(name, partitions, 1, config=dict(config or {}))],
+                                             operation_timeout=timeout, request_timeout=timeout)
+        futures[name].result(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            topic = self.admin().list_topics(name, timeout=timeout).topics.get(name)
+            if (topic is not None and topic.error is None and len(topic.partitions) == partitions
+                    and all(p.leader >= 0 for p in topic.partitions.values())):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {name} has no leaders after {timeout}s")
+            time.sleep(0.05)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run a throwaway single-node Kafka broker until Ctrl-C.")
+    parser.add_argument("--topic", action="append", default=[], metavar="NAME[:PARTITIONS]",
+                        help="create this topic after start (repeatable)")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the data and log dir on exit")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop the broker cleanly on SIGTERM too
+    with KafkaBroker(keep_logs=args.keep_logs) as broker:
+        for spec in args.topic:
+            name, _, partitions = spec.partition(":")
+            broker.create_topic(name, int(partitions or 1))
+        print(f"bootstrap.servers={broker.bootstrap_servers}  (logs: {broker.log_dir}; Ctrl-C stops)", flush=True)
+        try:
+            while broker.is_running:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            return
+        raise RuntimeError(f"the broker exited unexpectedly; see {broker.log_dir / 'broker.log'}")
+
+
+if __name__ == "__main__":
+    main()

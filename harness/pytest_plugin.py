@@ -1,0 +1,111 @@
+"""pytest fixtures for a real Kafka broker and a real HTTP S3 endpoint (load via ``pytest_plugins``).
+
+Why these scopes: starting a broker costs a couple of seconds, so one broker serves the whole session and
+tests stay apart by using their own topics (``topic_factory``) and consumer groups. A test that stops,
+kills or restarts the broker takes ``private_kafka_broker`` so nobody else sees the outage. S3 is one
+moto server per session with a fresh bucket per test (``s3_bucket``).
+
+Broker logs are deleted after a green run and kept after a failure (or with KAFKA_HARNESS_KEEP_LOGS=1);
+kept paths are listed in the terminal summary.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
+
+import pytest
+
+from harness.kafka_broker import KafkaBroker
+from harness.s3_server import S3Server
+
+_KEEP_LOGS = os.environ.get("KAFKA_HARNESS_KEEP_LOGS", "") not in ("", "0")
+_failed_key = pytest.StashKey[bool]()
+_kept_key = pytest.StashKey[list[str]]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        item.stash[_failed_key] = True
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    for path in config.stash.get(_kept_key, []):
+        terminalreporter.write_line(f"Kafka broker logs kept in {path}")
+
+
+def _close(broker: KafkaBroker, config: pytest.Config, *, failed: bool) -> None:
+    keep = failed or _KEEP_LOGS
+    broker.close(keep_logs=keep)
+    if keep:
+        config.stash.setdefault(_kept_key, []).append(str(broker.log_dir))
+
+
+def unique_name(request: pytest.FixtureRequest, *, max_length: int) -> str:
+    """``<test name>-<random>`` in lower case letters, digits and dashes (legal for topics and buckets)."""
+    suffix = uuid.uuid4().hex[:8]
+    stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")
+    return f"{stem[: max_length - len(suffix) - 1].rstrip('-')}-{suffix}"
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(request: pytest.FixtureRequest) -> Iterator[KafkaBroker]:
+    """The session's shared broker. Do not stop it; use ``private_kafka_broker`` for that."""
+    broker = KafkaBroker()
+    broker.start()
+    yield broker
+    _close(broker, request.config, failed=request.session.testsfailed > 0)
+
+
+@pytest.fixture
+def private_kafka_broker(request: pytest.FixtureRequest) -> Iterator[KafkaBroker]:
+    """A broker for this test alone, free to ``stop()``, ``kill()``, ``start()`` and ``restart()``."""
+    broker = KafkaBroker()
+    broker.start()
+    yield broker
+    _close(broker, request.config, failed=request.node.stash.get(_failed_key, False))
+
+
+@pytest.fixture
+def topic_factory(kafka_broker: KafkaBroker, request: pytest.FixtureRequest) -> Callable[..., str]:
+    """``topic_factory(partitions=1)`` creates a uniquely named topic on the session broker; returns its name."""
+
+    def create(partitions: int = 1) -> str:
+        name = unique_name(request, max_length=200)
+        kafka_broker.create_topic(name, partitions)
+        return name
+
+    return create
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_client(s3_server: S3Server) -> Iterator[Any]:
+    client = s3_server.client()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def s3_bucket(s3_client: Any, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty bucket for this test; emptied and deleted afterwards."""
+    name = unique_name(request, max_length=63)
+    s3_client.create_bucket(Bucket=name)
+    yield name
+    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=name):
+        if page.get("Contents"):
+            s3_client.delete_objects(Bucket=name, Delete={"Objects": [{"Key": o["Key"]} for o in page["Contents"]]})
+    s3_client.delete_bucket(Bucket=name)
