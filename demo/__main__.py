@@ -108,7 +108,8 @@ def _summary(model: ModelSettings, outputs: list, dead: list, *, total: int, wal
     for i in order:
         print(f"  {records[i]['id']:<40} cosine {similarity[i]:.4f}")
     if model.pretrained == "none":
-        print("(random weights: neighbours mean little. Real weights: CLIP_WORKER_MODEL__PRETRAINED=<tag or checkpoint path>)")
+        print("(random weights: neighbours mean little. "
+              "Real weights: CLIP_WORKER_MODEL__PRETRAINED=<tag or checkpoint path>)")
     print(f"worker exit code:  {exit_code}")
 
 

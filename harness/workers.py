@@ -58,7 +58,9 @@ class InProcessWorker:
     def __enter__(self) -> InProcessWorker:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._thread.is_alive():
             self.stop()
 

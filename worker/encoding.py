@@ -26,7 +26,7 @@ from worker.messages import ImageRequest
 from worker.schemas import load_schema
 
 _TEMPLATE_FIELD = "image_clip_emb_vit_b_32"
-Headers = list[tuple[str, bytes]]
+Headers = list[tuple[str, str | bytes | None]]
 # Serialises a record dict through a Schema Registry (Confluent framing) for a topic.
 RegistrySerializer = Callable[[dict[str, Any], str], bytes]
 
@@ -42,7 +42,7 @@ class Source:
 
 def embedding_schema(field_name: str) -> dict[str, Any]:
     """schemas/image-embedding.avsc with the embedding field renamed to `field_name`."""
-    schema = copy.deepcopy(load_schema("image-embedding.avsc"))
+    schema: dict[str, Any] = copy.deepcopy(load_schema("image-embedding.avsc"))
     for avro_field in schema["fields"]:
         if avro_field["name"] == _TEMPLATE_FIELD:
             avro_field["name"] = field_name
@@ -109,5 +109,6 @@ class EmbeddingEncoder:
 
     def decode(self, value: bytes) -> dict[str, Any]:
         """Read back a plain Avro value written by encode() (tests, the demo, consumers in Python)."""
-        record: dict[str, Any] = fastavro.schemaless_reader(io.BytesIO(value), self._parsed, None)
+        record = fastavro.schemaless_reader(io.BytesIO(value), self._parsed, None)
+        assert isinstance(record, dict), "the schema is a record"
         return record

@@ -48,6 +48,11 @@ def consumer_config(kafka: KafkaSettings, pipeline: PipelineSettings) -> dict[st
     return conf | kafka.consumer_config
 
 
+def is_cooperative(conf: dict[str, Any]) -> bool:
+    """Whether assignments change incrementally (cooperative-sticky, or the KIP-848 protocol)."""
+    return conf.get("group.protocol") == "consumer" or conf.get("partition.assignment.strategy") == "cooperative-sticky"
+
+
 def producer_config(kafka: KafkaSettings, pipeline: PipelineSettings) -> dict[str, Any]:
     conf = _common(kafka) | {"acks": "all", "enable.idempotence": True, "linger.ms": 5}
     if pipeline.delivery == "exactly-once":

@@ -40,7 +40,9 @@ def output_count(broker: KafkaBroker, topic: str) -> int:
         consumer.close()
 
 
-def wait_for_outputs(broker: KafkaBroker, topic: str, at_least: int, worker: WorkerProcess, timeout: float = 120) -> None:
+def wait_for_outputs(
+    broker: KafkaBroker, topic: str, at_least: int, worker: WorkerProcess, timeout: float = 120
+) -> None:
     deadline = time.monotonic() + timeout
     while output_count(broker, topic) < at_least:
         assert worker.process is not None and worker.process.poll() is None, worker.log_tail()

@@ -26,10 +26,12 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
+from worker import registry
 from worker.config import Settings
 from worker.encoding import EmbeddingEncoder, embedding_schema
 from worker.engine import Embedder
 from worker.errors import ConfigError
+from worker.kafka_config import consumer_config, is_cooperative, producer_config
 from worker.metrics import Metrics, record_lag
 from worker.pipeline.batching import Batcher
 from worker.pipeline.deadletter import DeadLetterStage
@@ -40,8 +42,6 @@ from worker.pipeline.produce import AckedEmitter, Emitter, InOrderEmitter, Outbo
 from worker.pipeline.runtime import Runtime, Stages
 from worker.pipeline.stages import ThreadStage, fetch_step, preprocess_step
 from worker.source import S3Source, make_s3_client
-from worker.kafka_config import consumer_config, producer_config
-from worker import registry
 
 
 def build_runtime(
@@ -50,7 +50,8 @@ def build_runtime(
     kafka, pipeline, model = settings.kafka, settings.pipeline, settings.model
     if not settings.s3.allowed_sources:
         raise ConfigError("CLIP_WORKER_S3__ALLOWED_SOURCES", "empty: name the buckets the worker may read")
-    consumer = Consumer(consumer_config(kafka, pipeline) | {"stats_cb": lambda s: record_lag(metrics, s)})
+    consumer_conf = consumer_config(kafka, pipeline)
+    consumer = Consumer(consumer_conf | {"stats_cb": lambda s: record_lag(metrics, s)})
     outbox = Outbox(Producer(producer_config(kafka, pipeline)))
     tracker = OffsetTracker()
     emitter: Emitter = (
@@ -100,16 +101,23 @@ def build_runtime(
     )
     source = S3Source(client=s3_client or make_s3_client(settings.s3), settings=settings.s3)
     fetch = ThreadStage(
-        name="fetch", workers=settings.s3.fetch_workers, step=fetch_step(source, metrics), next=preprocess, failures=dead_letters
+        name="fetch",
+        workers=settings.s3.fetch_workers,
+        step=fetch_step(source, metrics),
+        next=preprocess,
+        failures=dead_letters,
     )
     return Runtime(
         consumer=consumer,
         outbox=outbox,
         emitter=emitter,
         tracker=tracker,
-        stages=Stages(fetch=fetch, preprocess=preprocess, batcher=batcher, inference=inference, dead_letters=dead_letters),
+        stages=Stages(
+            fetch=fetch, preprocess=preprocess, batcher=batcher, inference=inference, dead_letters=dead_letters
+        ),
         input_topic=kafka.input_topic,
         settings=pipeline,
         metrics=metrics,
+        cooperative=is_cooperative(consumer_conf),
         confluent_decoder=registry.input_decoder(registry_client, kafka.input_topic) if registry_client else None,
     )

@@ -26,7 +26,7 @@ from confluent_kafka import KafkaError
 from worker import __version__
 from worker.errors import FatalError
 from worker.metrics import Metrics
-from worker.pipeline.produce import Emitter, OutRecord
+from worker.pipeline.produce import Emitter, Headers, OutRecord
 from worker.pipeline.work import Work
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ Policy = Literal["dead-letter", "skip", "stop"]
 _MAX_MESSAGE = 1000
 
 
-def dead_letter_headers(work: Work, error: Exception, *, stage: str) -> list[tuple[str, bytes]]:
+def dead_letter_headers(work: Work, error: Exception, *, stage: str) -> Headers:
     source = work.source
     added = {
         "dlt.original.topic": source.topic,

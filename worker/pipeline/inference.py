@@ -12,13 +12,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from worker.engine import PreparedImage
 from worker.errors import EmbedError
 from worker.metrics import Metrics
 from worker.pipeline.pool import WorkPool
 from worker.pipeline.stages import FailureSink, Receiver
 from worker.pipeline.work import Work
 
-EmbedFn = Callable[[Sequence[object]], list[np.ndarray | EmbedError]]
+EmbedFn = Callable[[Sequence[PreparedImage]], list[np.ndarray | EmbedError]]
 
 
 class InferenceStage:
@@ -37,7 +38,11 @@ class InferenceStage:
 
     def _run(self, batch: list[Work]) -> list[np.ndarray | EmbedError]:
         started = time.perf_counter()
-        results = self._embed([work.prepared for work in batch])
+        images = []
+        for work in batch:
+            assert work.prepared is not None, "only preprocessed work reaches the device"
+            images.append(work.prepared)
+        results = self._embed(images)
         self._metrics.inference_seconds.observe(time.perf_counter() - started)
         self._metrics.batch_size.observe(len(batch))
         return results

@@ -21,9 +21,18 @@ class WorkPool(Generic[T, R]):
         self.outstanding = 0
 
     def submit(self, item: T) -> None:
+        def done(future: Future[R]) -> None:
+            outcome: R | BaseException
+            if future.cancelled():  # only at shutdown, where nothing reads the outcome any more
+                outcome = CancelledError()
+            else:
+                error = future.exception()
+                outcome = error if error is not None else future.result()
+            self._done.put((item, outcome))
+
         future = self._executor.submit(self._fn, item)
         self.outstanding += 1
-        future.add_done_callback(lambda f: self._done.put((item, _outcome(f))))
+        future.add_done_callback(done)
 
     def finished(self) -> Iterator[tuple[T, R | BaseException]]:
         """What finished since the last call; never blocks."""
@@ -38,9 +47,3 @@ class WorkPool(Generic[T, R]):
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-
-def _outcome(future: Future[R]) -> R | BaseException:
-    if future.cancelled():  # only at shutdown, where nothing reads the outcome any more
-        return CancelledError()
-    exc = future.exception()
-    return exc if exc is not None else future.result()

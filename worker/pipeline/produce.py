@@ -21,7 +21,7 @@ from confluent_kafka import KafkaError, Producer
 from worker.pipeline.offsets import OffsetTracker
 from worker.pipeline.work import Work
 
-Headers = list[tuple[str, bytes]]
+Headers = list[tuple[str, str | bytes | None]]
 
 
 @dataclass(frozen=True, slots=True)

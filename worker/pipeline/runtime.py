@@ -24,7 +24,7 @@ from worker.pipeline.batching import Batcher
 from worker.pipeline.deadletter import DeadLetterStage
 from worker.pipeline.inference import InferenceStage
 from worker.pipeline.offsets import OffsetTracker
-from worker.pipeline.produce import Emitter, InOrderEmitter, Outbox
+from worker.pipeline.produce import Emitter, Headers, InOrderEmitter, Outbox
 from worker.pipeline.stages import ThreadStage
 from worker.pipeline.work import Work
 
@@ -55,6 +55,7 @@ class Runtime:
         input_topic: str,
         settings: PipelineSettings,
         metrics: Metrics,
+        cooperative: bool,
         confluent_decoder: ConfluentDecoder | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -67,6 +68,7 @@ class Runtime:
         self._settings = settings
         self._metrics = metrics
         self._decoder = confluent_decoder
+        self._cooperative = cooperative
         self._clock = clock
         self._transactional = isinstance(emitter, InOrderEmitter)
         self._paused = False
@@ -129,7 +131,7 @@ class Runtime:
             generation=generation,
             key=message.key(),
             value=message.value(),
-            headers=list(message.headers() or []),
+            headers=_headers(message),
             timestamp_ms=message.timestamp()[1] if message.timestamp()[0] else None,
         )
         try:
@@ -216,7 +218,7 @@ class Runtime:
             self._tracker.assign((tp.topic, tp.partition))
             self.assigned.add((tp.topic, tp.partition))
         if self._paused and partitions:  # assign now, so that they can be paused before any fetch
-            if consumer.rebalance_protocol() == "COOPERATIVE":
+            if self._cooperative:
                 consumer.incremental_assign(partitions)
             else:
                 consumer.assign(partitions)
@@ -298,3 +300,8 @@ class Runtime:
             self._consumer.close()
             if self._transactional:
                 self._outbox.producer.abort_transaction()  # the empty one begun after the last commit
+
+
+def _headers(message: Message) -> Headers:
+    headers = message.headers() or []
+    return list(headers.items()) if isinstance(headers, dict) else list(headers)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from worker.engine import PreparedImage
 from worker.errors import RecordError, RetriesExhausted
 from worker.metrics import Metrics
 from worker.pipeline.pool import WorkPool
@@ -79,7 +80,7 @@ def fetch_step(source: S3Source, metrics: Metrics) -> Callable[[Work], None]:
     return step
 
 
-def preprocess_step(prepare: Callable[[bytes], object]) -> Callable[[Work], None]:
+def preprocess_step(prepare: Callable[[bytes], PreparedImage]) -> Callable[[Work], None]:
     """Decode and preprocess the fetched bytes; the bytes are dropped once the image is prepared."""
 
     def step(work: Work) -> None:

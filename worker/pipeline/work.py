@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worker.messages import ImageRequest
 from worker.encoding import Source
+from worker.engine import PreparedImage
+from worker.messages import ImageRequest
 
 
 @dataclass(slots=True, eq=False)
@@ -19,12 +20,12 @@ class Work:
     generation: int
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, str | bytes | None]]
     timestamp_ms: int | None
     request: ImageRequest | None = None
     fetch_attempts: int = 0
     data: bytes | None = None
-    prepared: object | None = None
+    prepared: PreparedImage | None = None
     ready_at: float = 0.0  # monotonic time it entered the batcher
     embedding: np.ndarray | None = None
 
