@@ -162,7 +162,8 @@ class KafkaBroker:
         (self.log_dir / "server.properties").write_text(props)
         (self.log_dir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES.format(log=self.log_dir / "broker.log"))
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        cmd = self._java("kafka.tools.StorageTool", "format", "-t", cluster_id,
+        # "--cluster-id=" form: a urlsafe id can start with "-", which would parse as an option (1 in 64).
+        cmd = self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
                          "-c", str(self.log_dir / "server.properties"), "--standalone")
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:

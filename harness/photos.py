@@ -129,6 +129,7 @@ def _variants() -> tuple[tuple[str, bytes], ...]:
     animated = _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     return (
         ("progressive.jpg", _encode(photo, "JPEG", quality=90, progressive=True)),
+        ("multi-picture.mpo", _encode(photo, "MPO", save_all=True, append_images=[frames[1]], quality=90)),
         ("grey.jpg", _encode(photo.convert("L"), "JPEG", quality=90)),
         ("cmyk.jpg", _encode(photo.convert("CMYK"), "JPEG", quality=90)),
         ("rgb.png", _encode(photo, "PNG")),

@@ -7,6 +7,7 @@ SIGTERM like one.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -48,6 +49,9 @@ class InProcessWorker:
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise TimeoutError("worker did not stop within its timeout")
+        # Let its Kafka clients go now, not at some later garbage collection that finds the broker gone.
+        del self.runtime
+        gc.collect()
         if self.error is not None:
             raise self.error
 

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import open_clip
-import pytest
 import torch
 from PIL import Image
 

@@ -75,6 +75,7 @@ class BadMessage(RecordError):
 
 class SourceError(RecordError):
     stage = "fetch"
+    attempts: int = 0  # S3 requests made for this record before it failed for good
 
 
 class SourceForbidden(SourceError):
@@ -94,9 +95,7 @@ class SourceTooLarge(SourceError):
 
 
 class RetriesExhausted(SourceError):
-    def __init__(self, message: str, *, attempts: int) -> None:
-        super().__init__(message)
-        self.attempts = attempts
+    pass
 
 
 class ImageError(RecordError):

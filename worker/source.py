@@ -75,15 +75,21 @@ class S3Source:
         self._sleep = sleep
 
     def fetch(self, uri: S3Uri) -> tuple[bytes, int]:
-        """The object's bytes and the number of attempts it took; raises a SourceError."""
+        """The object's bytes and the number of attempts it took; raises a SourceError that says
+        how many requests were made (0 when the allowlist refused it)."""
         self._allowlist.check(uri)
         settings = self._settings
         for attempt in range(1, settings.max_attempts + 1):
             try:
                 return self._get(uri), attempt
+            except SourceError as exc:
+                exc.attempts = attempt
+                raise
             except SourceUnavailable as exc:
                 if attempt == settings.max_attempts:
-                    raise RetriesExhausted(f"{exc} (after {attempt} attempts)", attempts=attempt) from exc
+                    exhausted = RetriesExhausted(f"{exc} (after {attempt} attempts)")
+                    exhausted.attempts = attempt
+                    raise exhausted from exc
                 ceiling = min(settings.backoff_max_seconds, settings.backoff_initial_seconds * 2 ** (attempt - 1))
                 self._sleep(random.uniform(0, ceiling))
         raise AssertionError("unreachable: the loop returns or raises")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -97,3 +98,68 @@ def test_a_device_slower_than_a_third_of_the_poll_interval_causes_no_rebalance(
     assert worker.counter("clip_worker_rebalances_total", kind="lost") == 0
     seen = ids_of(read_all(kafka_broker.bootstrap_servers, settings.kafka.output_topic))
     assert seen == {r.id: 1 for r in requests}, "every id once: no rebalance, no redo"
+
+
+class GatedDevice(SlowDevice):
+    """A device that makes no progress until the test opens the gate: its worker stays paused."""
+
+    def __init__(self, inner: Embedder) -> None:
+        super().__init__(inner, delay=0.0)
+        self.gate = threading.Event()
+
+    def embed(self, images: Sequence[Any]) -> list[Any]:
+        self.gate.wait()
+        return super().embed(images)
+
+
+def test_partitions_assigned_while_paused_are_paused_too(
+    kafka_broker: KafkaBroker,
+    photo_bucket: tuple[str, list[str]],
+    make_settings: Callable[..., Settings],
+    s3_client: Any,
+) -> None:
+    bucket, keys = photo_bucket
+    limit = 24
+    settings = make_settings(
+        bucket, input_partitions=6, pipeline={"max_in_flight": limit}, model={"inference_batch_size": 8}
+    )
+    requests = requests_for(bucket, keys, 600)
+    produce_requests(kafka_broker.bootstrap_servers, settings.kafka.input_topic, requests)
+    embedder = Embedder.load(settings.model)
+    # The second worker owns every partition first, so the ones the first worker gets back when the
+    # second leaves were never paused by the first: only pausing them on assignment keeps them quiet.
+    second = InProcessWorker(settings, embedder=SlowDevice(embedder, delay=0.2), s3_client=s3_client).start()
+    stuck = GatedDevice(embedder)
+    first = InProcessWorker(settings, embedder=stuck, s3_client=s3_client)
+    highest_in_flight = 0.0
+
+    def sample_until(condition: Callable[[], bool], timeout: float = 60) -> None:
+        nonlocal highest_in_flight
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "condition not reached in time"
+            highest_in_flight = max(highest_in_flight, first.counter("clip_worker_records_in_flight"))
+            time.sleep(0.005)
+
+    def first_is_full() -> bool:
+        return (
+            first.counter("clip_worker_consumer_paused") == 1
+            and first.counter("clip_worker_records_in_flight") == limit
+        )
+
+    sample_until(lambda: second.counter("clip_worker_records_embedded_total") >= 8)
+    first.start()
+    try:
+        sample_until(first_is_full)
+        second.stop()  # its partitions go to the first worker, which is paused with a stuck device
+        sample_until(lambda: len(first.runtime.assigned) == 6)
+        watch_until = time.monotonic() + 2.0
+        sample_until(lambda: time.monotonic() > watch_until)
+        assert highest_in_flight <= limit, "partitions assigned while paused were fetched from"
+    finally:
+        stuck.gate.set()
+
+    wait_until_committed(kafka_broker.bootstrap_servers, settings.kafka.group_id, settings.kafka.input_topic)
+    first.stop()
+    seen = ids_of(read_all(kafka_broker.bootstrap_servers, settings.kafka.output_topic))
+    assert set(seen) == {r.id for r in requests}

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from worker.engine import PreparedImage
-from worker.errors import RecordError, RetriesExhausted
+from worker.errors import RecordError, SourceError
 from worker.metrics import Metrics
 from worker.pipeline.pool import WorkPool
 from worker.pipeline.work import Work
@@ -68,14 +68,12 @@ def fetch_step(source: S3Source, metrics: Metrics) -> Callable[[Work], None]:
         assert work.request is not None, "the fetch stage only takes decoded requests"
         try:
             work.data, work.fetch_attempts = source.fetch(work.request.uri)
-            metrics.fetched_bytes.inc(len(work.data))
-            metrics.fetch_retries.inc(work.fetch_attempts - 1)
-        except RetriesExhausted as exc:
+        except SourceError as exc:
             work.fetch_attempts = exc.attempts
+            metrics.fetch_retries.inc(max(0, exc.attempts - 1))
             raise
-        except RecordError:
-            work.fetch_attempts = max(work.fetch_attempts, 1)
-            raise
+        metrics.fetched_bytes.inc(len(work.data))
+        metrics.fetch_retries.inc(work.fetch_attempts - 1)
 
     return step
 
