@@ -23,7 +23,9 @@ from urllib.parse import urlsplit
 FaultKind = Literal["slowdown", "internal-error", "reset", "denied"]
 _ERROR_BODIES = {
     "slowdown": (503, b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"),
-    "internal-error": (500, b"<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>"),
+    "internal-error": (
+        500, b"<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>"
+    ),
     "denied": (403, b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"),
 }
 
@@ -69,12 +71,13 @@ class FaultyS3Proxy:
                     upstream.request(self.command, self.path, body=body_in, headers=dict(self.headers))
                     response = upstream.getresponse()
                     payload = response.read()
-                    headers = [(k, v) for k, v in response.getheaders() if k.lower() not in ("transfer-encoding", "connection")]
-                    self._reply(response.status, headers, payload, set_length=False)
+                    hop_by_hop = ("transfer-encoding", "connection")
+                    headers = [(k, v) for k, v in response.getheaders() if k.lower() not in hop_by_hop]
+                    self._reply(response.status, headers, payload)
                 finally:
                     upstream.close()
 
-            def _reply(self, status: int, headers: list[tuple[str, str]], body: bytes, *, set_length: bool = True) -> None:
+            def _reply(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
                 self.send_response(status)
                 for name, value in headers:
                     if name.lower() != "content-length":

@@ -107,7 +107,9 @@ class KafkaSettings(_Section):
         default_factory=dict, description="Extra librdkafka properties for the producer only (JSON object)."
     )
     transaction_timeout_ms: int = Field(
-        60_000, ge=1000, description="exactly-once: must exceed the slowest batch; bounds how long a crash blocks readers."
+        60_000,
+        ge=1000,
+        description="exactly-once: must exceed the slowest batch; bounds how long a crash blocks readers.",
     )
 
 

@@ -29,7 +29,9 @@ class Metrics:
             "clip_worker_records_dead_lettered_total", "Dead-letter records acknowledged by the broker.", registry=r
         )
         self.fetch_retries = Counter(
-            "clip_worker_fetch_retries_total", "S3 requests beyond the first per record, whether it was then fetched or failed.", registry=r
+            "clip_worker_fetch_retries_total",
+            "S3 requests beyond the first per record, whether it was then fetched or failed.",
+            registry=r,
         )
         self.fetched_bytes = Counter("clip_worker_fetched_bytes_total", "Image bytes read from S3.", registry=r)
         self.batch_size = Histogram(

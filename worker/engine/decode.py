@@ -53,14 +53,14 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"BM", "BMP"),
 )
 
-# What non-images usually are, so that the reason names it.
+# What non-images usually are, so that the reason names it (matched against the lower-cased start).
 _NON_IMAGE_HINTS: tuple[tuple[bytes, str], ...] = (
-    (b"%PDF", "a PDF document"),
+    (b"%pdf", "a PDF document"),
     (b"<!doctype html", "an HTML page"),
     (b"<html", "an HTML page"),
     (b"<?xml", "an XML document"),
     (b"<svg", "an SVG drawing (vector images are not rasterised)"),
-    (b"PK\x03\x04", "a ZIP archive"),
+    (b"pk\x03\x04", "a ZIP archive"),
     (b"{", "JSON or other text"),
 )
 
@@ -110,9 +110,8 @@ def _translate(exc: Exception, *, data: bytes | None, fmt: str) -> ImageError:
         return DecompressionBomb(str(exc))
     message = str(exc) or type(exc).__name__
     # Pillow reports a short read as OSError("image file is truncated ...") or OSError("Truncated
-    # File Read"), and libjpeg's own early end as "broken data stream"; the message is all there is.
-    lowered = message.lower()
-    if isinstance(exc, OSError) and ("truncated" in lowered or "broken data stream" in lowered):
+    # File Read"); the message is all that tells it from a decoder's "broken data stream".
+    if isinstance(exc, OSError) and "truncated" in message.lower():
         return TruncatedImage(f"{fmt} data ends early: {message}")
     return CorruptImage(f"{fmt} data is damaged: {message}")
 
@@ -120,7 +119,7 @@ def _translate(exc: Exception, *, data: bytes | None, fmt: str) -> ImageError:
 # What Pillow's parsers and decoders raise on bad input. MemoryError is left out on purpose: the pixel
 # limit is checked first, so running out of memory is the process's problem, not this record's.
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError, struct.error,
-               ZeroDivisionError, Image.DecompressionBombWarning)
+               ZeroDivisionError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 def raise_pillow_limit(max_pixels: int) -> None:
@@ -173,7 +172,7 @@ def load_rgb(image: Image.Image, *, draft_size: tuple[int, int] | None = None) -
     width, height = image.size
     scale = 1
     try:
-        if draft_size is not None and fmt == "JPEG":
+        if draft_size is not None and fmt in ("JPEG", "MPO"):  # MPO: a phone's multi-picture JPEG
             # Pillow picks the largest libjpeg scale 1/8..1 that keeps both sides >= the request, and
             # answers with the box the whole file covers in decoded pixels: (0, 0, width/s, height/s).
             drafted = image.draft("RGB", (max(1, draft_size[0]), max(1, draft_size[1])))

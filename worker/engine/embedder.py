@@ -131,10 +131,10 @@ class Embedder:
             norms_host = norms.squeeze(-1).cpu().numpy()
         results: list[EmbedResult] = []
         for vector, norm in zip(vectors, norms_host, strict=True):
-            if not np.isfinite(norm) or not np.isfinite(vector).all():
-                results.append(EmbedError(f"non-finite embedding (overflow in {self.dtype}?)"))
-            elif norm == 0.0:
+            if norm == 0.0:
                 results.append(EmbedError("zero embedding: it cannot be normalised"))
+            elif not np.isfinite(norm) or not np.isfinite(vector).all():
+                results.append(EmbedError(f"non-finite embedding (overflow in {self.dtype}?)"))
             else:
                 results.append(vector.copy())  # an independent (dim,) array, not a view of the batch
         return results

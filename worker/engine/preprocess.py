@@ -5,11 +5,11 @@ model's own ``PreprocessCfg``), so the tensor is bit for bit what open_clip give
 whole image is decoded, resized, then cropped, and the float tensor is 4x the bytes of the pixels.
 
 fast: a JPEG is decoded by reduced DCT straight to the smallest libjpeg scale (1/8..1) that is still
-no smaller than the resize target, and only the pixels that survive the crop are resampled (PIL's
-``resize(box=...)``), giving a uint8 HxWx3 array. It goes to the device as uint8 (a quarter of the
-bytes) and is converted and normalised there. The geometry (resized size, crop offsets, padding,
-interpolation) replicates open_clip's transform for every ``resize_mode``, so for a non-JPEG the
-result matches exact mode to within rounding; the JPEG difference is measured by the quality tests.
+no smaller than the resize target, then resized and cropped to a uint8 HxWx3 array. It goes to the
+device as uint8 (a quarter of the bytes) and is converted and normalised there. The geometry (resized
+size, crop offsets, padding, interpolation) replicates open_clip's transform for every ``resize_mode``,
+so whenever no reduced DCT applies (non-JPEGs, small JPEGs) the pixels are exact mode's, bit for bit;
+the reduced-DCT difference is measured by the quality tests.
 
 Both run in the runtime's preprocessing threads: nothing here holds shared mutable state, and
 Pillow releases the GIL while it decodes and resamples.
@@ -94,19 +94,17 @@ def plan(width: int, height: int, cfg: PreprocessCfg) -> Plan:
 
 
 def fast_pixels(decoded: DecodedImage, p: Plan) -> np.ndarray:
-    """Resample only the kept region of a (possibly reduced-DCT) decode to a uint8 (H, W, 3) array."""
-    left, top, width, height = p.region
+    """Resize the (possibly reduced-DCT) decode to the transform's size, crop or pad: uint8 (H, W, 3)."""
     image = decoded.image
-    if p.resized == (decoded.width, decoded.height) and decoded.scale == 1:
-        region = image.crop((left, top, left + width, top + height))  # torchvision skips a same-size resize
-    else:
-        # Map the kept region of the resized image back into the decoded pixel grid. PIL's kernel for
-        # a box is the one for the whole image (same scale, same centres), so this equals resize-then-
-        # crop to within rounding, without resampling pixels the crop throws away.
-        fx = decoded.width / p.resized[0] / decoded.scale
-        fy = decoded.height / p.resized[1] / decoded.scale
-        box = (left * fx, top * fy, (left + width) * fx, (top + height) * fy)
-        region = image.resize((width, height), p.resample, box=box)
+    if p.resized != (decoded.width, decoded.height) or decoded.scale != 1:  # torchvision skips same-size
+        # The box is the whole file in decoded pixels (a 1001-px side at 1/4 is 250.25 of 251 pixels).
+        # Resizing all of it and then cropping, like torchvision, rather than resampling only the kept
+        # box: Pillow 13 picks the order of its two passes from the sizes involved, so a box resize
+        # can round differently; this way a full-size decode gives exact mode's pixels bit for bit.
+        box = (0.0, 0.0, decoded.width / decoded.scale, decoded.height / decoded.scale)
+        image = image.resize(p.resized, p.resample, box=box)
+    left, top, width, height = p.region
+    region = image.crop((left, top, left + width, top + height))
     if (width, height) != p.output:
         canvas = Image.new("RGB", p.output, (p.fill,) * 3)
         canvas.paste(region, p.offset)
