@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from worker.config import Settings, env_var, load_settings
+from worker.errors import ConfigError
+from worker.kafka_config import consumer_config, is_cooperative, producer_config
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def every_env_var() -> list[str]:
+    return [
+        env_var(section, name)
+        for section, field in Settings.model_fields.items()
+        for name in field.annotation.model_fields  # type: ignore[union-attr]
+    ]
+
+
+def test_the_original_operators_parameters_keep_their_defaults() -> None:
+    model = Settings().model
+    assert (model.model_name, model.pretrained, model.device, model.normalize) == ("ViT-B-32", "openai", "auto", True)
+    assert (model.feature_field_name, model.inference_batch_size, model.use_fp16, model.preprocess_workers) == (
+        None, 32, True, 4)
+    assert model.output_field == "image_clip_emb_vit_b_32"
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIP_WORKER_MODEL__MODEL_NAME", "ViT-L-14")
+    monkeypatch.setenv("CLIP_WORKER_S3__ALLOWED_SOURCES", '["photos", "raw/2026/"]')
+    monkeypatch.setenv("CLIP_WORKER_KAFKA__SASL_PASSWORD", "hunter2")
+    settings = load_settings()
+    assert settings.model.output_field == "image_clip_emb_vit_l_14"
+    assert settings.s3.allowed_sources == ("photos", "raw/2026/")
+    assert settings.kafka.sasl_password == SecretStr("hunter2")
+    assert "hunter2" not in repr(settings), "secrets never show in logs"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CLIP_WORKER_MODEL__INFERENCE_BATCH_SIZE", "0"),
+        ("CLIP_WORKER_MODEL__DEVICE", "gpu"),
+        ("CLIP_WORKER_PIPELINE__DELIVERY", "at-most-once"),
+        ("CLIP_WORKER_S3__MAX_ATTEMPTS", "many"),
+    ],
+)
+def test_an_invalid_value_fails_naming_its_variable(variable: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert caught.value.setting == variable
+
+
+def test_the_readme_documents_every_setting() -> None:
+    text = README.read_text()
+    assert [name for name in every_env_var() if f"`{name}`" not in text] == []
+
+
+def test_kafka_clients_follow_the_delivery_contract() -> None:
+    settings = Settings(kafka={"group_instance_id": "pod-0", "sasl_password": "s3cret",
+                               "consumer_config": {"session.timeout.ms": "6000"}})
+    consumer = consumer_config(settings.kafka, settings.pipeline)
+    assert consumer["enable.auto.offset.store"] is False, "offsets are stored only for finished records"
+    assert consumer["enable.auto.commit"] is True and consumer["group.instance.id"] == "pod-0"
+    assert consumer["session.timeout.ms"] == "6000" and consumer["sasl.password"] == "s3cret"
+    assert is_cooperative(consumer)
+    producer = producer_config(settings.kafka, settings.pipeline)
+    assert producer["message.timeout.ms"] == 0 and producer["acks"] == "all" and "transactional.id" not in producer
+
+    exactly_once = Settings(kafka={"group_instance_id": "pod-0", "group_protocol": "consumer"},
+                            pipeline={"delivery": "exactly-once"})
+    consumer = consumer_config(exactly_once.kafka, exactly_once.pipeline)
+    assert consumer["enable.auto.commit"] is False
+    assert "partition.assignment.strategy" not in consumer, "KIP-848 forbids it on the client"
+    assert is_cooperative(consumer)
+    producer = producer_config(exactly_once.kafka, exactly_once.pipeline)
+    assert producer["transactional.id"] == "clip-embedding-worker-pod-0", "stable, so a restart fences the old one"
