@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -25,6 +26,7 @@ from worker.health import HealthServer
 from worker.metrics import Metrics
 from worker.pipeline.build import build_runtime
 from worker.pipeline.runtime import Runtime
+from worker.pipeline.transactions import ClientWedged
 
 log = logging.getLogger("worker")
 
@@ -49,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"clip-worker: {exc}", file=sys.stderr)
         return 2
+    except ClientWedged as exc:
+        log.error("stopping: %s", exc)
+        logging.shutdown()
+        os._exit(1)  # a wedged librdkafka client can hang its own destructor at interpreter exit
     except FatalError as exc:
         log.error("stopping: %s", exc)
         return 1

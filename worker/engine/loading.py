@@ -173,8 +173,11 @@ def load_vision_tower(settings: ModelSettings) -> VisionTower:
     # device's libraries now rather than on the first record, and tells the embedding size.
     size = (preprocess_cfg.size, preprocess_cfg.size) if isinstance(preprocess_cfg.size, int) else preprocess_cfg.size
     probe = torch.randn((1, 3, *size), generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        out = forward(module, probe.to(device=device, dtype=dtype))
+    try:
+        with torch.inference_mode():
+            out = forward(module, probe.to(device=device, dtype=dtype))
+    except RuntimeError as exc:  # no room on the device, or this dtype is not supported there
+        raise ConfigError(env_var("model", "device"), f"{name} cannot run on {device} in {dtype}: {exc}") from exc
     if out.ndim != 2:
         raise ConfigError(env_var("model", "model_name"), f"{name}'s vision tower returns shape {tuple(out.shape)}")
     dim = int(out.shape[-1])

@@ -26,6 +26,7 @@ from worker.pipeline.inference import InferenceStage
 from worker.pipeline.offsets import OffsetTracker
 from worker.pipeline.produce import Emitter, Headers, InOrderEmitter, Outbox
 from worker.pipeline.stages import ThreadStage
+from worker.pipeline.transactions import ClientWedged, TransactionCommitter
 from worker.pipeline.work import Work
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ class Runtime:
         self._cooperative = cooperative
         self._clock = clock
         self._transactional = isinstance(emitter, InOrderEmitter)
+        self._transactions = (
+            TransactionCommitter(producer=outbox.producer, metrics=metrics) if self._transactional else None
+        )
         self._paused = False
         self._stop_deadline: float | None = None
         self._closed = False
@@ -88,14 +92,17 @@ class Runtime:
         self._consumer.subscribe(
             [self._input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
-        if self._transactional:
-            self._outbox.producer.init_transactions()
-            self._outbox.producer.begin_transaction()
+        if self._transactions is not None:
+            self._transactions.start()
+        error: BaseException | None = None
         try:
             while not self._finished_stopping():
                 self.step()
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
-            self._close()
+            self._close(error)
 
     def step(self) -> None:
         """One turn of the loop; never blocks for longer than a poll timeout."""
@@ -180,23 +187,11 @@ class Runtime:
         assert isinstance(emitter, InOrderEmitter)
         if not moved and not emitter.sent and not force:
             return
-        producer = self._outbox.producer
-        try:
-            if moved:
-                offsets = [TopicPartition(t, p, o) for (t, p), o in moved.items()]
-                producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata())
-            producer.commit_transaction()
-            self._metrics.transactions.labels(outcome="committed").inc()
-        except KafkaException as exc:
-            error = exc.args[0]
-            if not error.txn_requires_abort():
-                raise FatalError(f"transaction failed: {error.str()}") from exc
-            log.warning("transaction aborted, rewinding to the committed offsets: %s", error.str())
-            producer.abort_transaction()
-            self._metrics.transactions.labels(outcome="aborted").inc()
+        offsets = [TopicPartition(t, p, o) for (t, p), o in moved.items()]
+        assert self._transactions is not None
+        if not self._transactions.commit(offsets, self._consumer.consumer_group_metadata()):
             self._rewind()
         emitter.sent = 0
-        producer.begin_transaction()
 
     def _rewind(self) -> None:
         """After an abort: drop all in-flight work and seek every partition back to its commit."""
@@ -285,11 +280,13 @@ class Runtime:
             return True
         return False
 
-    def _close(self) -> None:
+    def _close(self, error: BaseException | None) -> None:
         """Flush outputs, then commit offsets, then leave the group: in that order."""
         stages = self._stages
         for stage in (stages.fetch, stages.preprocess, stages.inference):
             stage.close()
+        if isinstance(error, ClientWedged):
+            return  # nothing can be flushed or committed through a wedged client; the successor fences it
         try:
             self._outbox.flush(max(1.0, (self._stop_deadline or self._clock()) - self._clock()))
             self._commit(force=True)
@@ -298,8 +295,8 @@ class Runtime:
         finally:
             self._closed = True  # the revocation that close() triggers has nothing left to commit
             self._consumer.close()
-            if self._transactional:
-                self._outbox.producer.abort_transaction()  # the empty one begun after the last commit
+            if self._transactions is not None:
+                self._transactions.abort_open()
 
 
 def _headers(message: Message) -> Headers:
