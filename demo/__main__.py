@@ -88,8 +88,8 @@ def _summary(model: ModelSettings, outputs: list, dead: list, *, total: int, wal
     records = [decoder.decode(m.value()) for m in outputs]
     vectors = np.array([r[model.output_field] for r in records], dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1)
-    stamps = sorted(r["embedded_at"] for r in records)
-    span = max((stamps[-1] - stamps[0]) / 1000, 1e-3)
+    stamps = sorted(r["embedded_at"].timestamp() for r in records)  # timestamp-millis decodes as datetime
+    span = max(stamps[-1] - stamps[0], 1e-3)
     print("\n=== clip-embedding-worker demo ===")
     print(f"records in:        {total}")
     print(f"records out:       {len(records)} to {OUTPUT}, {len(dead)} dead-lettered to {DLQ}")
