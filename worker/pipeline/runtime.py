@@ -124,7 +124,9 @@ class Runtime:
     def _take(self, message: Message) -> None:
         error = message.error()
         if error is not None:
-            if error.fatal():
+            if error.fatal() or error.code() == KafkaError._FATAL:
+                # e.g. a static member fenced after its session timed out during a broker outage:
+                # this client instance is done; a restarted process rejoins and resumes at the commit.
                 raise FatalError(f"consumer error: {error.str()}")
             if error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error: %s", error.str())
@@ -292,6 +294,8 @@ class Runtime:
             self._commit(force=True)
             if not self._transactional:
                 self._commit_stored(self._consumer)
+        except KafkaException as exc:  # a fenced or failed client: what was not committed is redone
+            log.warning("final commit failed: %s", exc.args[0].str())
         finally:
             self._closed = True  # the revocation that close() triggers has nothing left to commit
             self._consumer.close()
