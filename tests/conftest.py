@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import io
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
 
+from harness.faulty_proxy import FaultyS3Proxy, faulty_proxy
 from harness.models import TINY_MODEL_NAME, write_random_checkpoint
 from harness.photos import photo_corpus
+from harness.s3_server import S3Server
 
 pytest_plugins = ["harness.pytest_plugin"]
 
@@ -40,3 +45,29 @@ def photo_bucket(s3_client: Any, s3_bucket: str, small_photos: list[tuple[str, b
     for name, data in small_photos:
         s3_client.put_object(Bucket=s3_bucket, Key=name, Body=data)
     return s3_bucket, [name for name, _ in small_photos]
+
+
+@pytest.fixture
+def proxy(s3_server: S3Server) -> Iterator[FaultyS3Proxy]:
+    """The fault-injecting proxy in front of the S3 server: point a client at proxy.endpoint_url."""
+    with faulty_proxy(s3_server.endpoint_url) as p:
+        yield p
+
+
+@dataclass(frozen=True)
+class Credentials:
+    access_key_id: str
+    secret: str
+
+
+@pytest.fixture
+def aws_credentials(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Credentials:
+    """The S3 server's environment, credentials included, for clients that use the standard AWS chain,
+    as in a pod. The key and secret are unique to the test (moto takes any), so that finding them
+    anywhere they should not be cannot be a coincidence."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    credentials = Credentials(access_key_id=f"AKIA{uuid.uuid4().hex[:16].upper()}", secret=uuid.uuid4().hex * 2)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", credentials.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", credentials.secret)
+    return credentials

@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from harness.faulty_proxy import FaultyS3Proxy, faulty_proxy
-from harness.s3_server import S3Server
+from harness.faulty_proxy import FaultyS3Proxy
+from tests.conftest import Credentials
 from worker.config import S3Settings
 from worker.errors import (
     RetriesExhausted,
@@ -26,16 +26,9 @@ def source_for(client: Any, **settings: Any) -> S3Source:
 
 
 @pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[FaultyS3Proxy]:
-    with faulty_proxy(s3_server.endpoint_url) as p:
-        yield p
-
-
-@pytest.fixture
-def proxied_client(proxy: FaultyS3Proxy, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """The worker's own client (its timeouts, no botocore retries), credentials from the standard chain."""
-    for name, value in s3_server.env().items():
-        monkeypatch.setenv(name, value)
+def proxied_client(proxy: FaultyS3Proxy, aws_credentials: Credentials) -> Iterator[Any]:
+    """The worker's own client (its timeouts, no botocore retries) through the fault-injecting proxy
+    (tests/conftest.py), credentials from the standard chain (aws_credentials sets the environment)."""
     client = make_s3_client(S3Settings(endpoint_url=proxy.endpoint_url, region="us-east-1", timeout_seconds=5))
     yield client
     client.close()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from harness.kafka_broker import KafkaBroker
 from harness.models import tiny_model_settings
 from harness.s3_server import S3Server
 from worker.config import Settings
+from worker.engine import Embedder, EmbedResult, PreparedImage
 from worker.messages import ImageRequest, S3Uri
 
 
@@ -59,3 +61,21 @@ def requests_for(bucket: str, keys: list[str], n: int) -> list[ImageRequest]:
 
 def ids_of(messages: list[Message]) -> Counter[str]:
     return Counter(m.key().decode() for m in messages)  # type: ignore[union-attr]
+
+
+class SlowDevice:
+    """The real embedder, with every batch taking `delay` seconds longer: a device falling behind.
+    Records the size of every batch it is given."""
+
+    def __init__(self, inner: Embedder, *, delay: float) -> None:
+        self._inner = inner
+        self._delay = delay
+        self.batch_sizes: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def embed(self, images: Sequence[PreparedImage]) -> list[EmbedResult]:
+        self.batch_sizes.append(len(images))
+        time.sleep(self._delay)
+        return self._inner.embed(images)

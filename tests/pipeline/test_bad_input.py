@@ -13,9 +13,8 @@ import functools
 import json
 import random
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,13 +23,13 @@ import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME, Message, Producer
 from PIL import Image
 
-from harness.faulty_proxy import FaultKind, FaultyS3Proxy, faulty_proxy
+from harness.faulty_proxy import FaultKind, FaultyS3Proxy
 from harness.kafka_broker import KafkaBroker
 from harness.kafka_io import committed_and_end_offsets, read_all, wait_until_committed
-from harness.models import TINY_MODEL_NAME, tiny_model_settings, write_random_checkpoint
-from harness.photos import PHOTO_NAMES, encode_jpeg, resize_long_side, source_photo
-from harness.s3_server import S3Server
+from harness.models import TINY_MODEL_NAME, tiny_model_settings
+from harness.photos import encode_jpeg, resize_long_side, source_photo
 from harness.workers import InProcessWorker
+from tests.conftest import Credentials
 from worker import __version__
 from worker.config import Settings
 from worker.encoding import EmbeddingEncoder
@@ -39,22 +38,16 @@ from worker.errors import FatalError
 
 MAX_ATTEMPTS = 4
 FIELD = "image_clip_emb_tiny_vit"
-# 2000 seeded random bytes that start with no image signature (checked in small_photos).
+# 2000 seeded random bytes that start with no image signature (the bad-random case pins NotAnImage).
 RANDOM_BYTES = random.Random(20260).randbytes(2000)
+# The tiny model in fast mode, in batches of 8, on two preprocessing threads: the worker's settings
+# and the module's embedder are built from this one dict, so that they agree.
+MODEL: dict[str, Any] = {"preprocess_mode": "fast", "inference_batch_size": 8, "preprocess_workers": 2}
 
 
 # -- fixtures ------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_random_checkpoint(TINY_MODEL_NAME, tmp_path_factory.mktemp("ckpt") / "tiny.pt", seed=7)
-
-
-@pytest.fixture(scope="module")
-def small_photos() -> list[bytes]:
-    """The bundled photos as ~160 px JPEGs (4-10 kB): cheap to fetch and decode on two cores."""
-    return [encode_jpeg(resize_long_side(Image.fromarray(source_photo(n)), 160), quality=85) for n in PHOTO_NAMES]
+# tiny_checkpoint, small_photos (160 px JPEGs, 4-10 kB), proxy and aws_credentials come from
+# tests/conftest.py; make_settings from tests/pipeline/conftest.py.
 
 
 @pytest.fixture(scope="module")
@@ -62,34 +55,32 @@ def big_photo() -> bytes:
     return encode_jpeg(resize_long_side(Image.fromarray(source_photo("astronaut")), 640), quality=95)
 
 
-@pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[FaultyS3Proxy]:
-    with faulty_proxy(s3_server.endpoint_url) as p:
-        yield p
-
-
-@dataclass(frozen=True)
-class Credentials:
-    access_key_id: str
-    secret: str
-
-
-@pytest.fixture
-def aws_credentials(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Credentials:
-    """The worker's credentials come from the environment, as in a pod; the secret is unique to this
-    test so that finding it anywhere it should not be cannot be a coincidence."""
-    for name, value in s3_server.env().items():
-        monkeypatch.setenv(name, value)
-    credentials = Credentials(access_key_id=f"AKIA{uuid.uuid4().hex[:16].upper()}", secret=uuid.uuid4().hex * 2)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", credentials.access_key_id)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", credentials.secret)
-    return credentials
-
-
 @pytest.fixture(scope="module")
 def embedder(tiny_checkpoint: Path) -> Embedder:
-    return Embedder.load(tiny_model_settings(tiny_checkpoint, preprocess_mode="fast", inference_batch_size=8,
-                                             preprocess_workers=2))
+    return Embedder.load(tiny_model_settings(tiny_checkpoint, **MODEL))
+
+
+@pytest.fixture
+def worker_settings(
+    make_settings: Callable[..., Settings], s3_bucket: str, proxy: FaultyS3Proxy, aws_credentials: Credentials
+) -> Callable[..., Settings]:
+    """worker_settings(input_partitions=..., max_object_bytes=..., **pipeline) -> make_settings for the
+    test's bucket, with fresh topics, reading S3 through the proxy with quick retries and the
+    credentials of the environment (aws_credentials), and committing every 200 ms."""
+
+    def make(*, input_partitions: int, max_object_bytes: int = 32 * 1024 * 1024, **pipeline: Any) -> Settings:
+        return make_settings(
+            s3_bucket,
+            input_partitions=input_partitions,
+            model=MODEL,
+            kafka={"consumer_config": {"auto.commit.interval.ms": "200"}},
+            s3={"endpoint_url": proxy.endpoint_url, "max_object_bytes": max_object_bytes, "fetch_workers": 4,
+                "max_attempts": MAX_ATTEMPTS, "backoff_initial_seconds": 0.001, "backoff_max_seconds": 0.01,
+                "timeout_seconds": 5},
+            pipeline=pipeline,
+        )
+
+    return make
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -129,22 +120,6 @@ def produce_located(bootstrap: str, topic: str, records: list[tuple[bytes, bytes
     assert producer.flush(30) == 0 and not errors, errors
     assert len(located) == len(records), "keys must be unique"
     return located
-
-
-def settings_for(
-    broker: KafkaBroker, *, input_topic: str, output_topic: str, dlq: str, bucket: str, proxy: FaultyS3Proxy,
-    checkpoint: Path, max_object_bytes: int = 32 * 1024 * 1024, **pipeline: Any,
-) -> Settings:
-    return Settings(
-        model=tiny_model_settings(checkpoint, preprocess_mode="fast", inference_batch_size=8, preprocess_workers=2),
-        kafka={"bootstrap_servers": broker.bootstrap_servers, "group_id": f"g-{input_topic}",
-               "input_topic": input_topic, "output_topic": output_topic, "dead_letter_topic": dlq,
-               "consumer_config": {"auto.commit.interval.ms": "200"}},
-        s3={"endpoint_url": proxy.endpoint_url, "region": "us-east-1", "allowed_sources": (bucket,),
-            "max_object_bytes": max_object_bytes, "fetch_workers": 4, "max_attempts": MAX_ATTEMPTS,
-            "backoff_initial_seconds": 0.001, "backoff_max_seconds": 0.01, "timeout_seconds": 5},
-        pipeline={"metrics_port": None, **pipeline},
-    )
 
 
 def failed_counts(worker: InProcessWorker) -> Counter[tuple[str, str]]:
@@ -198,38 +173,39 @@ def test_every_bad_record_is_dead_lettered_once_and_every_good_one_embedded(
     s3_bucket: str,
     proxy: FaultyS3Proxy,
     aws_credentials: Credentials,
-    topic_factory: Callable[..., str],
+    worker_settings: Callable[..., Settings],
     tiny_checkpoint: Path,
     embedder: Embedder,
-    small_photos: list[bytes],
+    small_photos: list[tuple[str, bytes]],
     big_photo: bytes,
 ) -> None:
     bucket = s3_bucket
     uri = functools.partial(s3_uri, bucket)
+    photos = [data for _, data in small_photos]
     # Good objects, plain and behind transient faults that clear within the attempt budget.
     good: dict[str, str] = {}  # id -> key
-    for i, data in enumerate(small_photos):
+    for i, data in enumerate(photos):
         s3_client.put_object(Bucket=bucket, Key=f"good-{i:02d}.jpg", Body=data)
     for i in range(12):
-        good[f"good-{i:02d}"] = f"good-{i % len(small_photos):02d}.jpg"
+        good[f"good-{i:02d}"] = f"good-{i % len(photos):02d}.jpg"
     transient: dict[FaultKind, int] = {"slowdown": 1, "internal-error": 2, "reset": 2}
     for kind, times in transient.items():
         key = f"flaky-{kind}.jpg"
-        s3_client.put_object(Bucket=bucket, Key=key, Body=small_photos[0])
+        s3_client.put_object(Bucket=bucket, Key=key, Body=photos[0])
         proxy.fail(key, kind=kind, times=times)
         good[f"flaky-{kind}"] = key
-    limit = max(len(p) for p in small_photos) + 256
+    limit = max(len(p) for p in photos) + 256
     assert len(big_photo) > limit
-    truncated = small_photos[1][: len(small_photos[1]) // 2]
+    truncated = photos[1][: len(photos[1]) // 2]
     bad_objects = {
-        "denied.jpg": small_photos[2],  # readable to moto; the proxy answers 403 every time
+        "denied.jpg": photos[2],  # readable to moto; the proxy answers 403 every time
         "too-big.jpg": big_photo,
         "random.jpg": RANDOM_BYTES,
         "truncated.jpg": truncated,
         "page.html": b"<!DOCTYPE html><html><head><title>Not Found</title></head><body>404</body></html>",
         "doc.pdf": b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog >>\nendobj\ntrailer\n%%EOF\n",
         "empty.jpg": b"",
-        "throttled.jpg": small_photos[3],
+        "throttled.jpg": photos[3],
     }
     for key, data in bad_objects.items():
         s3_client.put_object(Bucket=bucket, Key=key, Body=data)
@@ -268,12 +244,12 @@ def test_every_bad_record_is_dead_lettered_once_and_every_good_one_embedded(
     interleaved += good_records[len(bad_records):] + bad_records[len(good_records):]
     assert len(interleaved) == len(good) + len(bad) == 29
 
-    input_topic, output_topic, dlq = topic_factory(partitions=3), topic_factory(), topic_factory()
+    settings = worker_settings(input_partitions=3, max_object_bytes=limit)
+    kafka = settings.kafka
+    input_topic, output_topic, dlq = kafka.input_topic, kafka.output_topic, kafka.dead_letter_topic
     produced = produce_located(kafka_broker.bootstrap_servers, input_topic, interleaved)
-    settings = settings_for(kafka_broker, input_topic=input_topic, output_topic=output_topic, dlq=dlq,
-                            bucket=bucket, proxy=proxy, checkpoint=tiny_checkpoint, max_object_bytes=limit)
     with InProcessWorker(settings, embedder=embedder) as worker:
-        committed = wait_until_committed(kafka_broker.bootstrap_servers, f"g-{input_topic}", input_topic, timeout=60)
+        committed = wait_until_committed(kafka_broker.bootstrap_servers, kafka.group_id, input_topic, timeout=60)
         worker.stop()
 
     # Offsets: the group committed the end of every partition of the input.
@@ -331,30 +307,28 @@ def test_dlt_attempts_counts_the_requests_made(
     s3_client: Any,
     s3_bucket: str,
     proxy: FaultyS3Proxy,
-    aws_credentials: Credentials,
-    topic_factory: Callable[..., str],
-    tiny_checkpoint: Path,
+    worker_settings: Callable[..., Settings],
     embedder: Embedder,
-    small_photos: list[bytes],
+    small_photos: list[tuple[str, bytes]],
 ) -> None:
     """dlt.attempts is documented as "fetch attempts made". A SlowDown then a 403 is two requests; an
     allowlist refusal is made before any request, so zero."""
-    s3_client.put_object(Bucket=s3_bucket, Key="revoked.jpg", Body=small_photos[0])
+    s3_client.put_object(Bucket=s3_bucket, Key="revoked.jpg", Body=small_photos[0][1])
     proxy.fail("revoked.jpg", kind="slowdown", times=1)
     proxy.fail("revoked.jpg", kind="denied", times=1000)
     records = [
         (b"revoked", request("revoked", f"s3://{s3_bucket}/revoked.jpg")),
         (b"foreign", request("foreign", "s3://some-other-bucket/x.jpg")),
     ]
-    input_topic, output_topic, dlq = topic_factory(), topic_factory(), topic_factory()
-    produce_located(kafka_broker.bootstrap_servers, input_topic, records)
-    settings = settings_for(kafka_broker, input_topic=input_topic, output_topic=output_topic, dlq=dlq,
-                            bucket=s3_bucket, proxy=proxy, checkpoint=tiny_checkpoint)
+    settings = worker_settings(input_partitions=1)
+    kafka = settings.kafka
+    produce_located(kafka_broker.bootstrap_servers, kafka.input_topic, records)
     with InProcessWorker(settings, embedder=embedder) as worker:
-        wait_until_committed(kafka_broker.bootstrap_servers, f"g-{input_topic}", input_topic, timeout=60)
+        wait_until_committed(kafka_broker.bootstrap_servers, kafka.group_id, kafka.input_topic, timeout=60)
         worker.stop()
 
-    letters = {m.key(): dict(m.headers() or []) for m in read_all(kafka_broker.bootstrap_servers, dlq)}
+    dead_letters = read_all(kafka_broker.bootstrap_servers, kafka.dead_letter_topic)
+    letters = {m.key(): dict(m.headers() or []) for m in dead_letters}
     assert set(letters) == {b"revoked", b"foreign"}
     assert letters[b"revoked"]["dlt.exception.class"] == b"SourceAccessDenied"
     assert proxy.faults_served == 2, "one SlowDown, then one 403 (not retried)"
@@ -372,14 +346,11 @@ def test_skip_policy_drops_bad_records_and_still_commits_past_them(
     kafka_broker: KafkaBroker,
     s3_client: Any,
     s3_bucket: str,
-    proxy: FaultyS3Proxy,
-    aws_credentials: Credentials,
-    topic_factory: Callable[..., str],
-    tiny_checkpoint: Path,
+    worker_settings: Callable[..., Settings],
     embedder: Embedder,
-    small_photos: list[bytes],
+    small_photos: list[tuple[str, bytes]],
 ) -> None:
-    s3_client.put_object(Bucket=s3_bucket, Key="good.jpg", Body=small_photos[0])
+    s3_client.put_object(Bucket=s3_bucket, Key="good.jpg", Body=small_photos[0][1])
     s3_client.put_object(Bucket=s3_bucket, Key="random.jpg", Body=RANDOM_BYTES)
     uri = functools.partial(s3_uri, s3_bucket)
     goods = [(f"good-{i}".encode(), request(f"good-{i}", uri("good.jpg"))) for i in range(6)]
@@ -389,12 +360,12 @@ def test_skip_policy_drops_bad_records_and_still_commits_past_them(
         (b"bad-random", request("bad-random", uri("random.jpg"))),
     ]
     records = [goods[0], bads[0], goods[1], goods[2], bads[1], goods[3], bads[2], goods[4], goods[5]]
-    input_topic, output_topic, dlq = topic_factory(partitions=2), topic_factory(), topic_factory()
+    settings = worker_settings(input_partitions=2, on_error="skip")
+    kafka = settings.kafka
+    input_topic, output_topic, dlq = kafka.input_topic, kafka.output_topic, kafka.dead_letter_topic
     produce_located(kafka_broker.bootstrap_servers, input_topic, records)
-    settings = settings_for(kafka_broker, input_topic=input_topic, output_topic=output_topic, dlq=dlq,
-                            bucket=s3_bucket, proxy=proxy, checkpoint=tiny_checkpoint, on_error="skip")
     with InProcessWorker(settings, embedder=embedder) as worker:
-        committed = wait_until_committed(kafka_broker.bootstrap_servers, f"g-{input_topic}", input_topic, timeout=60)
+        committed = wait_until_committed(kafka_broker.bootstrap_servers, kafka.group_id, input_topic, timeout=60)
         worker.stop()
 
     assert sum(committed.values()) == len(records), "skipped records are committed past"
@@ -422,21 +393,18 @@ def test_stop_policy_stops_the_worker_without_committing_the_bad_record(
     kafka_broker: KafkaBroker,
     s3_client: Any,
     s3_bucket: str,
-    proxy: FaultyS3Proxy,
-    aws_credentials: Credentials,
-    topic_factory: Callable[..., str],
-    tiny_checkpoint: Path,
+    worker_settings: Callable[..., Settings],
     embedder: Embedder,
-    small_photos: list[bytes],
+    small_photos: list[tuple[str, bytes]],
 ) -> None:
-    s3_client.put_object(Bucket=s3_bucket, Key="good.jpg", Body=small_photos[0])
+    s3_client.put_object(Bucket=s3_bucket, Key="good.jpg", Body=small_photos[0][1])
     s3_client.put_object(Bucket=s3_bucket, Key="page.html", Body=b"<html><body>oops</body></html>")
     uri = functools.partial(s3_uri, s3_bucket)
     bad_value = bad_value or request("bad", uri("page.html"))
-    input_topic, output_topic, dlq = topic_factory(), topic_factory(), topic_factory()
-    group = f"g-{input_topic}"
-    settings = settings_for(kafka_broker, input_topic=input_topic, output_topic=output_topic, dlq=dlq,
-                            bucket=s3_bucket, proxy=proxy, checkpoint=tiny_checkpoint, on_error="stop")
+    settings = worker_settings(input_partitions=1, on_error="stop")
+    kafka = settings.kafka
+    input_topic, output_topic, dlq = kafka.input_topic, kafka.output_topic, kafka.dead_letter_topic
+    group = kafka.group_id
     bootstrap = kafka_broker.bootstrap_servers
     worker = InProcessWorker(settings, embedder=embedder).start()
     try:
@@ -465,20 +433,17 @@ def test_too_many_failures_in_a_row_stop_the_worker(
     kafka_broker: KafkaBroker,
     s3_client: Any,
     s3_bucket: str,
-    proxy: FaultyS3Proxy,
-    aws_credentials: Credentials,
-    topic_factory: Callable[..., str],
-    tiny_checkpoint: Path,
+    worker_settings: Callable[..., Settings],
     embedder: Embedder,
-    small_photos: list[bytes],
+    small_photos: list[tuple[str, bytes]],
 ) -> None:
-    s3_client.put_object(Bucket=s3_bucket, Key="good.jpg", Body=small_photos[0])
+    s3_client.put_object(Bucket=s3_bucket, Key="good.jpg", Body=small_photos[0][1])
     uri = functools.partial(s3_uri, s3_bucket)
-    input_topic, output_topic, dlq = topic_factory(), topic_factory(), topic_factory()
-    group = f"g-{input_topic}"
+    settings = worker_settings(input_partitions=1, max_consecutive_failures=3)
+    kafka = settings.kafka
+    input_topic, dlq = kafka.input_topic, kafka.dead_letter_topic
+    group = kafka.group_id
     bootstrap = kafka_broker.bootstrap_servers
-    settings = settings_for(kafka_broker, input_topic=input_topic, output_topic=output_topic, dlq=dlq,
-                            bucket=s3_bucket, proxy=proxy, checkpoint=tiny_checkpoint, max_consecutive_failures=3)
     worker = InProcessWorker(settings, embedder=embedder).start()
     try:
         produce_located(bootstrap, input_topic, [(f"a-{i}".encode(), request(f"a-{i}", uri("good.jpg")))

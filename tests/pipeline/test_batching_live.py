@@ -10,79 +10,40 @@ from __future__ import annotations
 import itertools
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME, Message, Producer
-from PIL import Image
 
 from harness.kafka_broker import KafkaBroker
 from harness.kafka_io import produce_requests, read_all, wait_until_committed
-from harness.models import TINY_MODEL_NAME, tiny_model_settings, write_random_checkpoint
-from harness.photos import PHOTO_NAMES, encode_jpeg, resize_long_side, source_photo
-from harness.s3_server import S3Server
+from harness.models import TINY_MODEL_NAME
 from harness.workers import InProcessWorker
+from tests.pipeline.conftest import SlowDevice, requests_for
 from worker.config import Settings
 from worker.encoding import EmbeddingEncoder
-from worker.engine import Embedder, EmbedResult, PreparedImage
-from worker.messages import ImageRequest, S3Uri, encode_request_json
+from worker.engine import Embedder
+from worker.messages import encode_request_json
 
 FIELD = "image_clip_emb_tiny_vit"
 
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_random_checkpoint(TINY_MODEL_NAME, tmp_path_factory.mktemp("ckpt") / "tiny.pt", seed=7)
-
-
-@pytest.fixture
-def photo_keys(s3_client: Any, s3_bucket: str) -> list[str]:
-    """The bundled photos as ~160 px JPEGs in the test's bucket; returns their keys."""
-    keys = []
-    for name in PHOTO_NAMES:
-        data = encode_jpeg(resize_long_side(Image.fromarray(source_photo(name)), 160), quality=85)
-        s3_client.put_object(Bucket=s3_bucket, Key=f"{name}.jpg", Body=data)
-        keys.append(f"{name}.jpg")
-    return keys
-
-
-class SlowDevice:
-    """The real Embedder, with each device batch taking `delay` seconds longer; records batch sizes."""
-
-    def __init__(self, inner: Embedder, *, delay: float) -> None:
-        self._inner = inner
-        self._delay = delay
-        self.batch_sizes: list[int] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def embed(self, images: Sequence[PreparedImage]) -> list[EmbedResult]:
-        self.batch_sizes.append(len(images))
-        time.sleep(self._delay)
-        return self._inner.embed(images)
+# tiny_checkpoint and photo_bucket (the photos at 160 px) come from tests/conftest.py; make_settings
+# and SlowDevice (which records the batch sizes) from tests/pipeline/conftest.py.
 
 
 def settings_for(
-    broker: KafkaBroker, s3_server: S3Server, *, input_topic: str, output_topic: str, bucket: str,
-    checkpoint: Path, batch_size: int, **pipeline: Any,
+    make_settings: Callable[..., Settings], bucket: str, *, input_partitions: int, batch_size: int, **pipeline: Any
 ) -> Settings:
-    return Settings(
-        model=tiny_model_settings(checkpoint, preprocess_mode="fast", inference_batch_size=batch_size,
-                                  preprocess_workers=2),
-        kafka={"bootstrap_servers": broker.bootstrap_servers, "group_id": f"g-{input_topic}",
-               "input_topic": input_topic, "output_topic": output_topic, "dead_letter_topic": f"{input_topic}-dlq",
-               "consumer_config": {"auto.commit.interval.ms": "200"}},
-        s3={"endpoint_url": s3_server.endpoint_url, "region": "us-east-1", "allowed_sources": (bucket,),
-            "fetch_workers": 4},
-        pipeline={"metrics_port": None, **pipeline},
+    """The tiny model in fast mode in batches of `batch_size`, fresh topics, offsets committed every 200 ms."""
+    return make_settings(
+        bucket,
+        input_partitions=input_partitions,
+        model={"preprocess_mode": "fast", "inference_batch_size": batch_size, "preprocess_workers": 2},
+        kafka={"consumer_config": {"auto.commit.interval.ms": "200"}},
+        s3={"fetch_workers": 4},
+        pipeline=pipeline,
     )
-
-
-def requests_for(bucket: str, keys: list[str], n: int, prefix: str = "img") -> list[ImageRequest]:
-    return [ImageRequest(id=f"{prefix}-{i:04d}", uri=S3Uri(bucket, keys[i % len(keys)])) for i in range(n)]
 
 
 def decoder(checkpoint: Path) -> EmbeddingEncoder:
@@ -113,19 +74,17 @@ SLACK_MS = 1500
 
 def test_a_trickle_waits_at_most_max_batch_wait_and_goes_in_batches_of_one(
     kafka_broker: KafkaBroker,
-    s3_server: S3Server,
     s3_client: Any,
-    s3_bucket: str,
-    photo_keys: list[str],
-    topic_factory: Callable[..., str],
+    photo_bucket: tuple[str, list[str]],
+    make_settings: Callable[..., Settings],
     tiny_checkpoint: Path,
 ) -> None:
-    input_topic, output_topic = topic_factory(), topic_factory()
+    bucket, keys = photo_bucket
+    settings = settings_for(make_settings, bucket, input_partitions=1, batch_size=32, max_batch_wait_ms=WAIT_MS)
+    input_topic, output_topic = settings.kafka.input_topic, settings.kafka.output_topic
     bootstrap = kafka_broker.bootstrap_servers
-    settings = settings_for(kafka_broker, s3_server, input_topic=input_topic, output_topic=output_topic,
-                            bucket=s3_bucket, checkpoint=tiny_checkpoint, batch_size=32, max_batch_wait_ms=WAIT_MS)
     embedder = Embedder.load(settings.model)
-    warmup, *trickle = requests_for(s3_bucket, photo_keys, 6)
+    warmup, *trickle = requests_for(bucket, keys, 6)
     produced_at: dict[str, int] = {}
 
     def delivered(err: Any, msg: Message) -> None:
@@ -141,7 +100,7 @@ def test_a_trickle_waits_at_most_max_batch_wait_and_goes_in_batches_of_one(
             producer.produce(input_topic, encode_request_json(request), request.id.encode(), on_delivery=delivered)
             assert producer.flush(10) == 0
             time.sleep(0.6)
-        wait_until_committed(bootstrap, f"g-{input_topic}", input_topic, timeout=30)
+        wait_until_committed(bootstrap, settings.kafka.group_id, input_topic, timeout=30)
         worker.stop()
 
     outputs = read_all(bootstrap, output_topic)
@@ -168,23 +127,20 @@ LOADED_DELAY = 0.6
 
 def test_under_load_batches_leave_full(
     kafka_broker: KafkaBroker,
-    s3_server: S3Server,
     s3_client: Any,
-    s3_bucket: str,
-    photo_keys: list[str],
-    topic_factory: Callable[..., str],
-    tiny_checkpoint: Path,
+    photo_bucket: tuple[str, list[str]],
+    make_settings: Callable[..., Settings],
 ) -> None:
     n, batch = 320, 32
-    input_topic, output_topic = topic_factory(partitions=2), topic_factory()
+    bucket, keys = photo_bucket
+    settings = settings_for(make_settings, bucket, input_partitions=2, batch_size=batch)
+    input_topic, output_topic = settings.kafka.input_topic, settings.kafka.output_topic
     bootstrap = kafka_broker.bootstrap_servers
-    requests = requests_for(s3_bucket, photo_keys, n)
+    requests = requests_for(bucket, keys, n)
     produce_requests(bootstrap, input_topic, requests)
-    settings = settings_for(kafka_broker, s3_server, input_topic=input_topic, output_topic=output_topic,
-                            bucket=s3_bucket, checkpoint=tiny_checkpoint, batch_size=batch)
     device = SlowDevice(Embedder.load(settings.model), delay=LOADED_DELAY)
     with InProcessWorker(settings, embedder=device, s3_client=s3_client) as worker:
-        wait_until_committed(bootstrap, f"g-{input_topic}", input_topic, timeout=60)
+        wait_until_committed(bootstrap, settings.kafka.group_id, input_topic, timeout=60)
         worker.stop()
 
     outputs = read_all(bootstrap, output_topic)
@@ -207,20 +163,17 @@ def test_under_load_batches_leave_full(
 
 def test_a_slow_device_pauses_the_consumer_at_max_in_flight(
     kafka_broker: KafkaBroker,
-    s3_server: S3Server,
     s3_client: Any,
-    s3_bucket: str,
-    photo_keys: list[str],
-    topic_factory: Callable[..., str],
-    tiny_checkpoint: Path,
+    photo_bucket: tuple[str, list[str]],
+    make_settings: Callable[..., Settings],
 ) -> None:
     n, max_in_flight = 300, 40
-    input_topic, output_topic = topic_factory(partitions=2), topic_factory()
+    bucket, keys = photo_bucket
+    settings = settings_for(make_settings, bucket, input_partitions=2, batch_size=16, max_in_flight=max_in_flight)
+    input_topic, output_topic = settings.kafka.input_topic, settings.kafka.output_topic
     bootstrap = kafka_broker.bootstrap_servers
-    requests = requests_for(s3_bucket, photo_keys, n)
+    requests = requests_for(bucket, keys, n)
     produce_requests(bootstrap, input_topic, requests)
-    settings = settings_for(kafka_broker, s3_server, input_topic=input_topic, output_topic=output_topic,
-                            bucket=s3_bucket, checkpoint=tiny_checkpoint, batch_size=16, max_in_flight=max_in_flight)
     device = SlowDevice(Embedder.load(settings.model), delay=0.15)
     in_flight: list[float] = []
     paused: list[float] = []
@@ -232,7 +185,7 @@ def test_a_slow_device_pauses_the_consumer_at_max_in_flight(
             in_flight.append(sample("clip_worker_records_in_flight") or 0.0)
             paused.append(sample("clip_worker_consumer_paused") or 0.0)
             time.sleep(0.002)
-        wait_until_committed(bootstrap, f"g-{input_topic}", input_topic, timeout=30)
+        wait_until_committed(bootstrap, settings.kafka.group_id, input_topic, timeout=30)
         worker.stop()
 
     pauses = sum(1 for before, after in itertools.pairwise(paused) if (before, after) == (0, 1))

@@ -41,7 +41,9 @@ def test_broker_stopped_and_restarted_mid_stream(
         bucket,
         bootstrap=broker.bootstrap_servers,
         kafka={"group_instance_id": "worker-0", "consumer_config": {"session.timeout.ms": "6000"}},
-        pipeline={"delivery": delivery},
+        # A small in-flight bound keeps the consumer paused much of the time, so that the outage
+        # often lands while it is paused: partitions it gets back must not stay paused.
+        pipeline={"delivery": delivery, "max_in_flight": 100},
     )
     kafka = settings.kafka
     for topic, partitions in ((kafka.input_topic, 3), (kafka.output_topic, 2), (kafka.dead_letter_topic, 1)):

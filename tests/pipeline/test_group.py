@@ -10,24 +10,9 @@ from typing import Any
 from harness.kafka_broker import KafkaBroker
 from harness.kafka_io import produce_requests, read_all, wait_until_committed
 from harness.workers import InProcessWorker
-from tests.pipeline.conftest import ids_of, requests_for
+from tests.pipeline.conftest import SlowDevice, ids_of, requests_for
 from worker.config import Settings
 from worker.engine import Embedder
-
-
-class SlowDevice:
-    """The real embedder, with every batch taking `delay` seconds longer: a device falling behind."""
-
-    def __init__(self, inner: Embedder, *, delay: float) -> None:
-        self._inner = inner
-        self._delay = delay
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def embed(self, images: Sequence[Any]) -> list[Any]:
-        time.sleep(self._delay)
-        return self._inner.embed(images)
 
 
 def wait_for_embedded(worker: InProcessWorker, at_least: float, timeout: float = 60) -> None:
@@ -69,7 +54,7 @@ def test_members_joining_and_leaving_mid_stream_lose_no_record(
     for worker in (first, second, third):
         assert worker.counter("clip_worker_rebalances_total", kind="assigned") >= 1
     assert first.counter("clip_worker_rebalances_total", kind="revoked") >= 1, "the leaver gave its partitions up"
-    assert second.counter("clip_worker_rebalances_total", kind="revoked") >= 1, "the joiner took some from the others"
+    assert third.counter("clip_worker_records_embedded_total") > 0, "the joiner took partitions over"
 
 
 def test_a_device_slower_than_a_third_of_the_poll_interval_causes_no_rebalance(

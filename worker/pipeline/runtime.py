@@ -214,12 +214,19 @@ class Runtime:
         for tp in partitions:
             self._tracker.assign((tp.topic, tp.partition))
             self.assigned.add((tp.topic, tp.partition))
-        if self._paused and partitions:  # assign now, so that they can be paused before any fetch
+        if partitions:
+            # Assign here rather than after the callback, so that the partitions take the loop's
+            # pause state before any fetch: paused if it is paused, and resumed otherwise, because
+            # librdkafka keeps the pause flag of a partition that this consumer paused, lost and
+            # got back (after a session timeout that partition would otherwise never be read again).
             if self._cooperative:
                 consumer.incremental_assign(partitions)
             else:
                 consumer.assign(partitions)
-            consumer.pause(partitions)
+            if self._paused:
+                consumer.pause(partitions)
+            else:
+                consumer.resume(partitions)
         log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
