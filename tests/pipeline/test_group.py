@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import pytest
+
 from harness.kafka_broker import KafkaBroker
 from harness.kafka_io import produce_requests, read_all, wait_until_committed
 from harness.workers import InProcessWorker
@@ -22,14 +24,18 @@ def wait_for_embedded(worker: InProcessWorker, at_least: float, timeout: float =
         time.sleep(0.05)
 
 
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])  # consumer: KIP-848
 def test_members_joining_and_leaving_mid_stream_lose_no_record(
+    protocol: str,
     kafka_broker: KafkaBroker,
     photo_bucket: tuple[str, list[str]],
     make_settings: Callable[..., Settings],
     s3_client: Any,
 ) -> None:
     bucket, keys = photo_bucket
-    settings = make_settings(bucket, input_partitions=6, pipeline={"max_in_flight": 100})
+    settings = make_settings(
+        bucket, input_partitions=6, kafka={"group_protocol": protocol}, pipeline={"max_in_flight": 100}
+    )
     requests = requests_for(bucket, keys, 1500)
     produce_requests(kafka_broker.bootstrap_servers, settings.kafka.input_topic, requests)
     embedder = Embedder.load(settings.model)  # thread-safe to share: one device thread per worker uses it
@@ -49,7 +55,7 @@ def test_members_joining_and_leaving_mid_stream_lose_no_record(
     seen = ids_of(read_all(kafka_broker.bootstrap_servers, settings.kafka.output_topic))
     assert set(seen) == {r.id for r in requests}, "no id is missing"
     duplicates = sum(count - 1 for count in seen.values())
-    print(f"group of 3 (join, leave): 1500 inputs, {duplicates} duplicates")
+    print(f"group of 3 (join, leave), {protocol} protocol: 1500 inputs, {duplicates} duplicates")
     assert duplicates < 300, "only in-flight work of moved partitions may be redone"
     for worker in (first, second, third):
         assert worker.counter("clip_worker_rebalances_total", kind="assigned") >= 1

@@ -1,0 +1,56 @@
+"""Confluent Schema Registry framing, through confluent-kafka's own in-memory registry client.
+
+No Schema Registry server can run here (it is not on Maven Central); what is tested is our use of
+confluent-kafka's serializers: the wire format (magic byte, schema id, Avro body) and that what one
+side writes the other reads.
+"""
+
+import io
+import json
+import struct
+
+import fastavro
+import numpy as np
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from worker import registry
+from worker.encoding import EmbeddingEncoder, Source, embedding_schema
+from worker.messages import ImageRequest, S3Uri, decode_request
+from worker.schemas import load_schema
+
+REQUEST = ImageRequest(id="img-1", uri=S3Uri("photos", "a.jpg"), metadata={"k": "v"})
+
+
+def mock_registry() -> SchemaRegistryClient:
+    return SchemaRegistryClient.new_client({"url": "mock://registry"})
+
+
+def test_outputs_are_confluent_framed_avro_with_the_registered_schema_id() -> None:
+    client = mock_registry()
+    schema = embedding_schema("image_clip_emb_vit_b_32")
+    encoder = EmbeddingEncoder(
+        field_name="image_clip_emb_vit_b_32", model_name="ViT-B-32", pretrained="openai", normalized=True,
+        registry_serializer=registry.output_serializer(client, schema, auto_register=True),
+    )
+    vector = np.linspace(-1, 1, 512, dtype=np.float32)
+    value = encoder.encode(request=REQUEST, embedding=vector, source=Source("in", 2, 7), topic="embeddings")
+
+    magic, schema_id = struct.unpack(">bI", value[:5])
+    registered = client.get_latest_version("embeddings-value")
+    assert (magic, schema_id) == (0, registered.schema_id)
+    record = fastavro.schemaless_reader(io.BytesIO(value[5:]), fastavro.parse_schema(schema), None)
+    assert record["id"] == "img-1" and record["input_partition"] == 2 and record["input_offset"] == 7
+    assert np.array_equal(np.asarray(record["image_clip_emb_vit_b_32"], dtype=np.float32), vector)
+
+
+def test_confluent_framed_inputs_are_read_through_the_registry() -> None:
+    client = mock_registry()
+    serializer = AvroSerializer(client, json.dumps(load_schema("image-reference.avsc")))
+    value = serializer(
+        {"id": "img-1", "uri": "s3://photos/a.jpg", "metadata": {"k": "v"}},
+        SerializationContext("images", MessageField.VALUE),
+    )
+    assert value[:1] == b"\x00"
+    assert decode_request(value, confluent=registry.input_decoder(client, "images")) == REQUEST
