@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import io
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,10 +74,6 @@ class EmbeddingEncoder:
             ("avro.schema.fingerprint", fingerprint(canonical, "CRC-64-AVRO").encode()),
             ("embedding.field", field_name.encode()),
         ]
-
-    @property
-    def schema_json(self) -> str:
-        return json.dumps(self.schema)
 
     def record(self, *, request: ImageRequest, embedding: np.ndarray, source: Source) -> dict[str, Any]:
         return {

@@ -25,7 +25,7 @@ def test_offsets_need_not_be_contiguous() -> None:
         tracker.add(TP, offset)
     assert tracker.finish(TP, 7, generation) == []
     assert tracker.finish(TP, 3, generation) == [3, 7]
-    assert tracker.positions() == {TP: 8}
+    assert tracker.take_committable() == {TP: 8}
 
 
 def test_work_of_an_earlier_assignment_moves_nothing() -> None:
@@ -50,6 +50,6 @@ def test_partitions_are_independent() -> None:
     tracker.add(other, 9)
     tracker.finish(other, 9, g1)
     assert tracker.take_committable() == {other: 10}
-    assert tracker.in_flight_of(TP) == 1
+    assert tracker.in_flight() == 1
     tracker.finish(TP, 5, g0)
     assert tracker.take_committable() == {TP: 6}

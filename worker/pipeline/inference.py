@@ -34,7 +34,6 @@ class InferenceStage:
         self._next = next
         self._failures = failures
         self._max_batches = max_batches
-        self.batches_done = 0
 
     def _run(self, batch: list[Work]) -> list[np.ndarray | EmbedError]:
         started = time.perf_counter()
@@ -55,7 +54,6 @@ class InferenceStage:
 
     def poll(self) -> None:
         for batch, outcome in self._pool.finished():
-            self.batches_done += 1
             if isinstance(outcome, BaseException):  # the embedder broke its contract: every record fails
                 for work in batch:
                     self._failures.fail(work, EmbedError(f"batch failed: {outcome!r}"), stage="embed")
@@ -68,9 +66,6 @@ class InferenceStage:
                     work.embedding = result
                     self._next.submit(work)
 
-    @property
-    def outstanding(self) -> int:
-        return self._pool.outstanding
 
     def close(self) -> None:
         self._pool.shutdown()

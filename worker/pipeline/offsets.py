@@ -41,10 +41,6 @@ class OffsetTracker:
         """Forget a partition: its in-flight work belongs to another consumer now."""
         self._partitions.pop(tp, None)
 
-    def generation(self, tp: TopicPartition) -> int | None:
-        state = self._partitions.get(tp)
-        return state.generation if state else None
-
     def is_current(self, tp: TopicPartition, generation: int) -> bool:
         state = self._partitions.get(tp)
         return state is not None and state.generation == generation
@@ -76,10 +72,6 @@ class OffsetTracker:
     def in_flight(self) -> int:
         return sum(len(state.pending) for state in self._partitions.values())
 
-    def in_flight_of(self, tp: TopicPartition) -> int:
-        state = self._partitions.get(tp)
-        return len(state.pending) if state else 0
-
     def take_committable(self) -> dict[TopicPartition, int]:
         """Offsets that moved since the last call, to hand to store_offsets / a transaction."""
         moved: dict[TopicPartition, int] = {}
@@ -88,10 +80,3 @@ class OffsetTracker:
                 moved[tp] = state.committable
                 state.stored = state.committable
         return moved
-
-    def positions(self) -> dict[TopicPartition, int]:
-        """The committable offset of every partition whose watermark ever moved."""
-        return {tp: s.committable for tp, s in self._partitions.items() if s.committable is not None}
-
-    def partitions(self) -> list[TopicPartition]:
-        return list(self._partitions)

@@ -1,9 +1,8 @@
 """The main loop: poll, hand records down the stages, store or commit what finished, repeat.
 
 Only this thread talks to the consumer, and it never waits on S3 or the device, so poll() runs
-every few milliseconds and max.poll.interval.ms is never at risk. Backpressure pauses all assigned
-partitions when `max_in_flight` records are unfinished and resumes below half of that (pause
-drops prefetched messages, so it should not flap); partitions assigned while paused are paused too.
+every few milliseconds and max.poll.interval.ms is never at risk (backpressure.py pauses the input
+when the rest falls behind). Rebalances are handled here too, since they touch every piece of state.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from worker.encoding import Source
 from worker.errors import BadMessage, FatalError
 from worker.messages import ConfluentDecoder, decode_request
 from worker.metrics import Metrics
+from worker.pipeline.backpressure import Backpressure
 from worker.pipeline.batching import Batcher
 from worker.pipeline.deadletter import DeadLetterStage
 from worker.pipeline.inference import InferenceStage
@@ -71,11 +71,12 @@ class Runtime:
         self._decoder = confluent_decoder
         self._cooperative = cooperative
         self._clock = clock
-        self._transactional = isinstance(emitter, InOrderEmitter)
         self._transactions = (
-            TransactionCommitter(producer=outbox.producer, metrics=metrics) if self._transactional else None
+            TransactionCommitter(producer=outbox.producer, metrics=metrics)
+            if isinstance(emitter, InOrderEmitter)
+            else None
         )
-        self._paused = False
+        self._backpressure = Backpressure(consumer=consumer, max_in_flight=settings.max_in_flight, metrics=metrics)
         self._stop_deadline: float | None = None
         self._closed = False
         self.last_loop_at = clock()
@@ -108,8 +109,8 @@ class Runtime:
         """One turn of the loop; never blocks for longer than a poll timeout."""
         self.last_loop_at = self._clock()
         stopping = self._stop_deadline is not None
-        if stopping and not self._paused:
-            self._pause()
+        if stopping and not self._backpressure.paused:
+            self._backpressure.pause()
             self._stages.batcher.flush()
         room = self._settings.max_in_flight - self._tracker.in_flight()
         messages = self._consumer.consume(max(1, min(room, _MAX_CONSUME)), self._poll_timeout())
@@ -117,7 +118,8 @@ class Runtime:
             self._take(message)
         self._advance()
         self._commit()
-        self._apply_backpressure()
+        if not stopping:
+            self._backpressure.update(self._tracker.in_flight())
 
     # -- the data path ---------------------------------------------------------------------------
 
@@ -170,7 +172,7 @@ class Runtime:
     # -- offsets and transactions ----------------------------------------------------------------
 
     def _commit(self, *, force: bool = False) -> None:
-        if self._transactional:
+        if self._transactions is not None:
             self._commit_transaction(force=force)
             return
         moved = self._tracker.take_committable()
@@ -207,26 +209,19 @@ class Runtime:
                 offset, _high = self._consumer.get_watermark_offsets(committed, timeout=30)
             self._consumer.seek(TopicPartition(committed.topic, committed.partition, offset))
 
-    # -- rebalancing and backpressure ------------------------------------------------------------
+    # -- rebalancing -----------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._metrics.rebalances.labels(kind="assigned").inc()
         for tp in partitions:
             self._tracker.assign((tp.topic, tp.partition))
             self.assigned.add((tp.topic, tp.partition))
-        if partitions:
-            # Assign here rather than after the callback, so that the partitions take the loop's
-            # pause state before any fetch: paused if it is paused, and resumed otherwise, because
-            # librdkafka keeps the pause flag of a partition that this consumer paused, lost and
-            # got back (after a session timeout that partition would otherwise never be read again).
+        if partitions and self._backpressure.paused:  # assign now, so they are paused before any fetch
             if self._cooperative:
                 consumer.incremental_assign(partitions)
             else:
                 consumer.assign(partitions)
-            if self._paused:
-                consumer.pause(partitions)
-            else:
-                consumer.resume(partitions)
+            consumer.pause(partitions)
         log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -236,8 +231,8 @@ class Runtime:
             return
         self._metrics.rebalances.labels(kind="revoked").inc()
         self._outbox.flush(self._settings.shutdown_grace_seconds)
-        self._commit(force=self._transactional)
-        if not self._transactional:
+        self._commit(force=self._transactions is not None)
+        if self._transactions is None:
             self._commit_stored(consumer)
         self._forget(partitions)
 
@@ -247,6 +242,9 @@ class Runtime:
         self._forget(partitions)
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
+        # librdkafka keeps the pause flag of a partition this consumer paused and gave up: were it
+        # assigned back after a session timeout, it would never be fetched again. Clear it now.
+        self._backpressure.release(partitions)
         for tp in partitions:
             key = (tp.topic, tp.partition)
             self._tracker.revoke(key)
@@ -260,22 +258,6 @@ class Runtime:
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError._NO_OFFSET:
                 log.warning("commit failed: %s", exc.args[0].str())
-
-    def _apply_backpressure(self) -> None:
-        if self._stop_deadline is not None:
-            return
-        in_flight = self._tracker.in_flight()
-        if not self._paused and in_flight >= self._settings.max_in_flight:
-            self._pause()
-        elif self._paused and in_flight <= self._settings.max_in_flight // 2:
-            self._consumer.resume(self._consumer.assignment())
-            self._paused = False
-            self._metrics.paused.set(0)
-
-    def _pause(self) -> None:
-        self._consumer.pause(self._consumer.assignment())
-        self._paused = True
-        self._metrics.paused.set(1)
 
     # -- shutdown --------------------------------------------------------------------------------
 
@@ -299,7 +281,7 @@ class Runtime:
         try:
             self._outbox.flush(max(1.0, (self._stop_deadline or self._clock()) - self._clock()))
             self._commit(force=True)
-            if not self._transactional:
+            if self._transactions is None:
                 self._commit_stored(self._consumer)
         except KafkaException as exc:  # a fenced or failed client: what was not committed is redone
             log.warning("final commit failed: %s", exc.args[0].str())

@@ -53,9 +53,6 @@ class ThreadStage:
             else:
                 self._next.submit(work)
 
-    @property
-    def outstanding(self) -> int:
-        return self._pool.outstanding
 
     def close(self) -> None:
         self._pool.shutdown()
