@@ -73,6 +73,18 @@ def _partitions(consumer: Consumer, topic: str) -> list[int]:
     return sorted(metadata.topics[topic].partitions)
 
 
+def written_count(bootstrap: str, topic: str) -> int:
+    """Records written to `topic` so far, committed or not (transaction markers included)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4()}"})
+    try:
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in _partitions(consumer, topic)
+        )
+    finally:
+        consumer.close()
+
+
 def committed_and_end_offsets(bootstrap: str, group: str, topic: str) -> tuple[dict[int, int], dict[int, int]]:
     """The group's committed offset and the end offset of each partition of `topic`."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})

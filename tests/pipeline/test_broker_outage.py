@@ -18,11 +18,10 @@ from pathlib import Path
 import pytest
 
 from harness.kafka_broker import KafkaBroker
-from harness.kafka_io import committed_and_end_offsets, produce_requests, read_all
+from harness.kafka_io import committed_and_end_offsets, produce_requests, read_all, written_count
 from harness.s3_server import S3Server
 from harness.workers import WorkerProcess, settings_env
 from tests.pipeline.conftest import ids_of, requests_for
-from tests.pipeline.test_delivery import output_count
 from worker.config import Settings
 
 
@@ -56,7 +55,7 @@ def test_broker_stopped_and_restarted_mid_stream(
     worker = WorkerProcess(env, log_path=tmp_path / "worker.log").start()
     try:
         deadline = time.monotonic() + 60
-        while output_count(broker, kafka.output_topic) < 200:
+        while written_count(broker.bootstrap_servers, kafka.output_topic) < 200:
             assert time.monotonic() < deadline, worker.log_tail()
             time.sleep(0.05)
         broker.stop()

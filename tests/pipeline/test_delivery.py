@@ -11,10 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from confluent_kafka import TopicPartition
 
 from harness.kafka_broker import KafkaBroker
-from harness.kafka_io import committed_and_end_offsets, produce_requests, read_all, wait_until_committed
+from harness.kafka_io import (
+    committed_and_end_offsets,
+    produce_requests,
+    read_all,
+    wait_until_committed,
+    written_count,
+)
 from harness.s3_server import S3Server
 from harness.workers import WorkerProcess, settings_env
 from tests.pipeline.conftest import ids_of, requests_for
@@ -24,27 +29,11 @@ from worker.encoding import EmbeddingEncoder
 N_KILL = 2000
 
 
-def output_count(broker: KafkaBroker, topic: str) -> int:
-    """Records written to `topic` so far, committed or not (transaction markers included)."""
-    admin_consumer = broker.admin()
-    metadata = admin_consumer.list_topics(topic, timeout=10)
-    from confluent_kafka import Consumer
-
-    consumer = Consumer({"bootstrap.servers": broker.bootstrap_servers, "group.id": "probe"})
-    try:
-        return sum(
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in metadata.topics[topic].partitions
-        )
-    finally:
-        consumer.close()
-
-
 def wait_for_outputs(
     broker: KafkaBroker, topic: str, at_least: int, worker: WorkerProcess, timeout: float = 120
 ) -> None:
     deadline = time.monotonic() + timeout
-    while output_count(broker, topic) < at_least:
+    while written_count(broker.bootstrap_servers, topic) < at_least:
         assert worker.process is not None and worker.process.poll() is None, worker.log_tail()
         assert time.monotonic() < deadline, f"fewer than {at_least} outputs in time\n{worker.log_tail()}"
         time.sleep(0.1)
@@ -74,7 +63,8 @@ def test_sigkill_at_three_random_points_loses_no_record(
     for attempt in range(3):  # each life makes some fresh progress, a random amount, then dies
         worker = WorkerProcess(env, log_path=tmp_path / f"worker-{attempt}.log").start()
         try:
-            kill_points.append(output_count(kafka_broker, settings.kafka.output_topic) + rng.randint(100, 450))
+            written = written_count(kafka_broker.bootstrap_servers, settings.kafka.output_topic)
+            kill_points.append(written + rng.randint(100, 450))
             wait_for_outputs(kafka_broker, settings.kafka.output_topic, kill_points[-1], worker)
         finally:
             worker.kill()
