@@ -38,7 +38,7 @@ from PIL import features
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run as a script
 
 from harness.photos import photo_corpus
-from worker.engine.decode import decode_rgb
+from worker.engine.decode import decode_image
 from worker.engine.preprocess import Preprocessor, fast_pixels, plan
 
 MAX_PIXELS = 64_000_000
@@ -57,7 +57,7 @@ def modes(cfg: PreprocessCfg) -> dict[str, Callable[[bytes], object]]:
     fast = Preprocessor(cfg, mode="fast", max_pixels=MAX_PIXELS)
 
     def fast_no_draft(data: bytes) -> object:
-        decoded = decode_rgb(data, max_pixels=MAX_PIXELS)
+        decoded = decode_image(data, max_pixels=MAX_PIXELS)
         return fast_pixels(decoded, plan(decoded.width, decoded.height, cfg))
 
     return {"exact": exact.prepare, "fast-no-draft": fast_no_draft, "fast": fast.prepare}

@@ -1,4 +1,5 @@
-"""exact is open_clip's transform bit for bit; fast has its geometry, decodes JPEGs small, and is thread-safe."""
+"""exact is open_clip's transform on the file as opened, bit for bit; fast has its geometry and modes, decodes JPEGs
+small, and is thread-safe."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from open_clip.transform import PreprocessCfg
+from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
 from harness.models import TINY_MODEL_NAME, register_model_configs
@@ -23,30 +24,6 @@ MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(3, 1, 1)
 STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(3, 1, 1)
 
 
-def original_operator_tensor(preprocess: object, data: bytes) -> torch.Tensor:
-    """What the original operator fed the model: PIL open, convert to RGB if needed, open_clip's transform."""
-    image = Image.open(io.BytesIO(data))
-    if image.mode != "RGB":
-        with warnings.catch_warnings():  # Pillow warns on palette alpha; the pixels are what count here
-            warnings.simplefilter("ignore")
-            image = image.convert("RGB")
-    tensor = preprocess(image)  # type: ignore[operator]
-    assert isinstance(tensor, torch.Tensor)
-    return tensor
-
-
-def test_exact_mode_is_bitwise_open_clips_transform(
-    tiny_checkpoint: Path, tiny_exact: Embedder, corpus: list[tuple[str, bytes]]
-) -> None:
-    register_model_configs()
-    _model, _train, preprocess = open_clip.create_model_and_transforms(TINY_MODEL_NAME, pretrained=str(tiny_checkpoint))
-    samples = [*corpus, *variant_images().items()]
-    for name, data in samples:
-        expected = original_operator_tensor(preprocess, data)
-        got = tiny_exact.prepare(data).pixels
-        assert got.dtype == expected.dtype and torch.equal(got, expected), name
-
-
 CFGS = {
     "shortest-224": PreprocessCfg(size=224),
     "shortest-bilinear": PreprocessCfg(size=(224, 224), interpolation="bilinear"),
@@ -56,6 +33,99 @@ CFGS = {
     "squash": PreprocessCfg(size=(224, 224), resize_mode="squash", interpolation="bilinear"),
 }
 SIZES = [(224, 224), (225, 300), (300, 225), (640, 427), (427, 640), (150, 100), (40, 400), (1000, 31), (333, 333)]
+
+
+def open_clip_tensor(transform: object, data: bytes) -> torch.Tensor:
+    """What open_clip gives for the file: its transform on ``Image.open``, nothing done before it."""
+    with warnings.catch_warnings():  # its convert("RGB") warns on palette alpha (this test's thread only)
+        warnings.simplefilter("ignore")
+        tensor = transform(Image.open(io.BytesIO(data)))  # type: ignore[operator]
+    assert isinstance(tensor, torch.Tensor)
+    return tensor
+
+
+def encoded(image: Image.Image, fmt: str, **params: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **params)
+    return out.getvalue()
+
+
+def palette_files() -> dict[str, bytes]:
+    """The files whose mode made exact mode differ from open_clip: palettes with alpha, animations."""
+    photo = Image.fromarray(source_photo("chelsea")).resize((300, 200))
+    palette = photo.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    frames = [photo.rotate(angle).quantize(colors) for angle, colors in ((0, 16), (90, 64), (180, 256))]
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(photo.size))
+    return {
+        "palette-alpha.png": encoded(palette, "PNG", transparency=bytes(range(0, 256, 4))),
+        "palette-transparent-index.gif": encoded(palette, "GIF", transparency=3),
+        "animated-palettes.gif": encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50),
+        "animated.webp": encoded(rgba, "WEBP", save_all=True, append_images=[photo.rotate(90)], duration=50),
+        "animated.png": encoded(rgba, "PNG", save_all=True, append_images=[photo.rotate(90).convert("RGBA")]),
+        "rgba.png": encoded(rgba, "PNG"),
+        "grey-alpha.png": encoded(rgba.convert("LA"), "PNG"),
+        "bilevel.png": encoded(photo.convert("1"), "PNG"),
+        "cmyk.tiff": encoded(photo.convert("CMYK"), "TIFF"),
+    }
+
+
+PALETTE_FILES = palette_files()
+
+
+def test_exact_mode_is_bitwise_open_clips_transform(
+    tiny_checkpoint: Path, tiny_exact: Embedder, corpus: list[tuple[str, bytes]]
+) -> None:
+    register_model_configs()
+    _model, _train, preprocess = open_clip.create_model_and_transforms(TINY_MODEL_NAME, pretrained=str(tiny_checkpoint))
+    samples = [*corpus, *variant_images().items(), *PALETTE_FILES.items()]
+    for name, data in samples:
+        expected = open_clip_tensor(preprocess, data)
+        got = tiny_exact.prepare(data).pixels
+        assert got.dtype == expected.dtype and torch.equal(got, expected), name
+
+
+def test_palette_and_animated_samples_are_what_they_claim() -> None:
+    """Guards the samples, so that the tests on them test the cases they are named after."""
+    opened = {name: Image.open(io.BytesIO(data)) for name, data in PALETTE_FILES.items()}
+    palette_alpha = opened["palette-alpha.png"]
+    assert palette_alpha.mode == "P" and isinstance(palette_alpha.info["transparency"], bytes)
+    assert opened["palette-transparent-index.gif"].info["transparency"] == 3
+    gif = opened["animated-palettes.gif"]
+    palettes = []
+    for frame in range(gif.n_frames):
+        gif.seek(frame)
+        palettes.append(gif.convert("RGB").getcolors(256 * 256))
+    assert gif.n_frames == 3 and len({len(colors or []) for colors in palettes}) == 3
+    assert opened["animated.webp"].n_frames == 2 and opened["animated.png"].n_frames == 2
+    assert [opened[name].mode for name in ("rgba.png", "grey-alpha.png", "bilevel.png", "cmyk.tiff")] == [
+        "RGBA", "LA", "1", "CMYK"
+    ]
+
+
+@pytest.mark.parametrize("cfg_name", ["shortest-224", "longest-pad", "longest-non-square"])
+@pytest.mark.parametrize("name", sorted(PALETTE_FILES))
+def test_both_modes_give_open_clips_pixels_for_palettes_alpha_and_animations(name: str, cfg_name: str) -> None:
+    """open_clip resizes in the file's own mode (NEAREST for P, premultiplied for RGBA) and pads with its fill
+    per band (a palette index for P); both modes must do the same, without a warning (they are errors here)."""
+    cfg = CFGS[cfg_name]
+    fast = Preprocessor(cfg, mode="fast", max_pixels=10**8)
+    exact = Preprocessor(cfg, mode="exact", max_pixels=10**8)
+    data = PALETTE_FILES[name]
+    want = open_clip_tensor(image_transform_v2(cfg, is_train=False), data)
+    assert torch.equal(exact.prepare(data).pixels, want)
+    assert torch.equal(fast.collate([fast.prepare(data)], device=torch.device("cpu"), dtype=torch.float32)[0], want)
+
+
+@pytest.mark.parametrize("name", ["palette-alpha.png", "animated-palettes.gif", "rgba.png", "bilevel.png"])
+def test_converting_to_rgb_before_open_clips_transform_would_give_other_pixels(name: str) -> None:
+    """The cause of the old mismatch: open_clip converts to RGB after resizing, not before."""
+    transform = image_transform_v2(CFGS["shortest-224"], is_train=False)
+    data = PALETTE_FILES[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted_first = transform(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert not torch.equal(converted_first, open_clip_tensor(transform, data))
 
 
 @pytest.mark.parametrize("cfg_name", sorted(CFGS))
@@ -128,8 +198,10 @@ def test_fast_mode_ships_a_quarter_of_the_bytes(tiny_fast: Embedder, tiny_exact:
 
 @pytest.mark.parametrize("mode", ["fast", "exact"])
 def test_prepare_is_thread_safe(mode: str, tiny_fast: Embedder, tiny_exact: Embedder) -> None:
+    """Same pixels from any thread, and no Pillow warning escapes one (warnings are errors here; the palette
+    files would warn if their transparency reached convert("RGB"))."""
     embedder = tiny_fast if mode == "fast" else tiny_exact
-    blobs = [data for _, data in photo_corpus(long_sides=(640, 1024))] * 2
+    blobs = [*(data for _, data in photo_corpus(long_sides=(640, 1024))), *PALETTE_FILES.values()] * 2
     sequential = [embedder.prepare(data).pixels for data in blobs]
     with ThreadPoolExecutor(max_workers=4) as pool:
         threaded = list(pool.map(lambda data: embedder.prepare(data).pixels, blobs))

@@ -1,4 +1,4 @@
-"""Untrusted bytes to a decoded RGB image, or a typed ImageError: the one place PIL's errors are translated.
+"""Untrusted bytes to a decoded image, or a typed ImageError: the one place PIL's errors are translated.
 
 Every object the worker fetches is hostile until decoded: it may be empty, cut short, damaged, a PDF,
 an HTML error page, or a small file that claims billions of pixels. Pillow answers each of these with
@@ -6,21 +6,23 @@ a different exception (or a warning), some of them plain ``OSError``s told apart
 module turns all of them into the ``worker.errors`` classes once, so that no caller ever sees a PIL
 exception and the dead-letter record says what was wrong with the image.
 
-Colour handling is open_clip's (and the original operator's): whatever Pillow decodes is converted
-with ``convert("RGB")``, so alpha is dropped, not composited, and CMYK is converted naively. The one
-exception is high-bit-depth greyscale (``I;16``, ``I``, ``F``): ``convert("RGB")`` clips it to white,
-which would embed a blank picture, so it is refused instead. EXIF orientation is not applied, because
-open_clip's transform does not apply it either.
+The decoded image keeps the mode Pillow gave it, because open_clip's transform resizes in that mode
+and converts to RGB last; ``worker.engine.modes`` says why and what is changed (high bit depth is
+scaled to 8 bits rather than clipped). With ``exif_orientation`` the EXIF orientation is applied
+(``worker.engine.orientation``); open_clip does not apply it, so it is off by default.
 """
 
 from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from worker.engine.modes import for_transform
+from worker.engine.orientation import oriented, upright
 from worker.errors import (
     CorruptImage,
     DecompressionBomb,
@@ -28,7 +30,6 @@ from worker.errors import (
     ImageError,
     NotAnImage,
     TruncatedImage,
-    UnsupportedImage,
 )
 
 # Pillow registers its plugins lazily inside Image.open, mutating module globals; doing it once here,
@@ -64,16 +65,16 @@ _NON_IMAGE_HINTS: tuple[tuple[bytes, str], ...] = (
     (b"{", "JSON or other text"),
 )
 
-# convert("RGB") clips these to 0..255 instead of scaling them: the picture would be lost.
-_HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+# libjpeg decodes these by reduced DCT (MPO: a phone's multi-picture JPEG). Their EXIF precedes the pixels.
+_REDUCED_DCT_FORMATS = frozenset({"JPEG", "MPO"})
 
 
 @dataclass(frozen=True, slots=True)
 class DecodedImage:
-    """An RGB image, plus what is needed to map its pixels back to the file's geometry."""
+    """An image in a mode open_clip's transform takes, plus what maps its pixels back to the file's geometry."""
 
     image: Image.Image
-    width: int  # the file's own size, before any reduced-DCT decode
+    width: int  # the file's own size (upright, with exif_orientation), before any reduced-DCT decode
     height: int
     format: str
     scale: int  # reduced-DCT factor: image.size is the file's size divided by this (1, 2, 4 or 8)
@@ -148,45 +149,44 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
     return image
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode == "RGB":
-        return image
-    if image.mode in _HIGH_DEPTH_MODES:
-        raise UnsupportedImage(f"mode {image.mode} (high bit depth): converting it to RGB would clip it to white")
-    if image.mode in ("L", "P", "RGB") and isinstance(image.info.get("transparency"), bytes):
-        # convert("RGB") ignores per-palette-entry alpha anyway and only warns about it; drop it
-        # first so the pixels are the same and no warning is raised from a worker thread.
-        del image.info["transparency"]
-    try:
-        return image.convert("RGB")
-    except ValueError as exc:
-        raise UnsupportedImage(f"mode {image.mode} cannot be converted to RGB: {exc}") from None
+def load_image(
+    image: Image.Image,
+    *,
+    exif_orientation: bool = False,
+    draft_for: Callable[[tuple[int, int]], tuple[int, int]] | None = None,
+) -> DecodedImage:
+    """Decode an opened image, upright if ``exif_orientation``, in a mode the transform takes.
 
-
-def load_rgb(image: Image.Image, *, draft_size: tuple[int, int] | None = None) -> DecodedImage:
-    """Decode an opened image to RGB; with ``draft_size``, a JPEG is decoded by reduced DCT to no less.
-
-    Animated images (GIF, WebP, APNG) give their first frame, as Pillow (and so open_clip) does.
+    With ``draft_for`` (the upright file size to the size the image will be resized to), a JPEG is
+    decoded by reduced DCT to no less than that. Animated images (GIF, WebP, APNG) give their first
+    frame, as Pillow (and so open_clip) does.
     """
     fmt = image.format or "image"
-    width, height = image.size
     scale = 1
     try:
-        if draft_size is not None and fmt in ("JPEG", "MPO"):  # MPO: a phone's multi-picture JPEG
+        if fmt not in _REDUCED_DCT_FORMATS:
+            image.load()  # first: a PNG may keep its EXIF after the pixels
+        turn = upright(image) if exif_orientation else None
+        width, height = oriented(image.size, turn)
+        if draft_for is not None and fmt in _REDUCED_DCT_FORMATS:
+            want = oriented(draft_for((width, height)), turn)  # back to the file's axes
             # Pillow picks the largest libjpeg scale 1/8..1 that keeps both sides >= the request, and
             # answers with the box the whole file covers in decoded pixels: (0, 0, width/s, height/s).
-            drafted = image.draft("RGB", (max(1, draft_size[0]), max(1, draft_size[1])))
+            file_width = image.size[0]
+            drafted = image.draft("RGB", (max(1, want[0]), max(1, want[1])))
             if drafted is not None:
-                scale = round(width / drafted[1][2])
+                scale = round(file_width / drafted[1][2])
         image.load()
-        rgb = _to_rgb(image)
+        ready = for_transform(image)
+        if turn is not None:
+            ready = ready.transpose(turn)
     except ImageError:
         raise
     except _PIL_ERRORS as exc:
         raise _translate(exc, data=None, fmt=fmt) from None
-    return DecodedImage(image=rgb, width=width, height=height, format=fmt, scale=scale)
+    return DecodedImage(image=ready, width=width, height=height, format=fmt, scale=scale)
 
 
-def decode_rgb(data: bytes, *, max_pixels: int) -> DecodedImage:
-    """Open, check and fully decode ``data`` to RGB at the file's own size."""
-    return load_rgb(open_image(data, max_pixels=max_pixels))
+def decode_image(data: bytes, *, max_pixels: int, exif_orientation: bool = False) -> DecodedImage:
+    """Open, check and fully decode ``data`` at the file's own size."""
+    return load_image(open_image(data, max_pixels=max_pixels), exif_orientation=exif_orientation)

@@ -1,14 +1,17 @@
 """Image bytes to model input, in two modes: open_clip's own transform (exact) or a faster equivalent.
 
 exact: decode at full size and run open_clip's eval transform (``image_transform_v2`` built from the
-model's own ``PreprocessCfg``), so the tensor is bit for bit what open_clip gives. It is slow: the
-whole image is decoded, resized, then cropped, and the float tensor is 4x the bytes of the pixels.
+model's own ``PreprocessCfg``) on the image as Pillow opened it, so the tensor is bit for bit what
+open_clip gives for ``Image.open(file)``; the only changes are those of ``worker.engine.modes`` (16-
+and 32-bit greyscale scaled, not clipped) and, when the setting is on, the EXIF orientation. It is
+slow: the whole image is decoded, resized, then cropped, and the float tensor is 4x the pixels' bytes.
 
 fast: a JPEG is decoded by reduced DCT straight to the smallest libjpeg scale (1/8..1) that is still
 no smaller than the resize target, then resized and cropped to a uint8 HxWx3 array. It goes to the
 device as uint8 (a quarter of the bytes) and is converted and normalised there. The geometry (resized
 size, crop offsets, padding, interpolation) replicates open_clip's transform for every ``resize_mode``,
-so whenever no reduced DCT applies (non-JPEGs, small JPEGs) the pixels are exact mode's, bit for bit;
+and like open_clip it resizes, crops and pads in the image's own mode and converts to RGB last, so
+whenever no reduced DCT applies (non-JPEGs, small JPEGs) the pixels are exact mode's, bit for bit;
 the reduced-DCT difference is measured by the quality tests.
 
 Both run in the runtime's preprocessing threads: nothing here holds shared mutable state, and
@@ -26,8 +29,9 @@ import numpy as np
 import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
+from torchvision.transforms import functional as tvf
 
-from worker.engine.decode import DecodedImage, decode_rgb, load_rgb, open_image
+from worker.engine.decode import DecodedImage, load_image, open_image
 
 PreprocessMode = Literal["fast", "exact"]
 
@@ -94,7 +98,7 @@ def plan(width: int, height: int, cfg: PreprocessCfg) -> Plan:
 
 
 def fast_pixels(decoded: DecodedImage, p: Plan) -> np.ndarray:
-    """Resize the (possibly reduced-DCT) decode to the transform's size, crop or pad: uint8 (H, W, 3)."""
+    """Resize the (possibly reduced-DCT) decode to the transform's size, crop or pad, convert: uint8 (H, W, 3)."""
     image = decoded.image
     if p.resized != (decoded.width, decoded.height) or decoded.scale != 1:  # torchvision skips same-size
         # The box is the whole file in decoded pixels (a 1001-px side at 1/4 is 250.25 of 251 pixels).
@@ -106,10 +110,11 @@ def fast_pixels(decoded: DecodedImage, p: Plan) -> np.ndarray:
     left, top, width, height = p.region
     region = image.crop((left, top, left + width, top + height))
     if (width, height) != p.output:
-        canvas = Image.new("RGB", p.output, (p.fill,) * 3)
-        canvas.paste(region, p.offset)
-        region = canvas
-    return np.array(region)  # a writable copy: torch refuses to wrap PIL's read-only buffer
+        # torchvision's own pad, as open_clip's crop-or-pad calls it: the fill per band of the image's
+        # mode (a palette index for P), so that converting afterwards gives open_clip's colour.
+        right, bottom = p.output[0] - p.offset[0] - width, p.output[1] - p.offset[1] - height
+        region = tvf.pad(region, [p.offset[0], p.offset[1], right, bottom], fill=p.fill)
+    return np.array(region.convert("RGB"))  # a writable copy: torch refuses to wrap PIL's read-only buffer
 
 
 def _per_channel(value: float | Sequence[float]) -> tuple[float, ...]:
@@ -119,10 +124,13 @@ def _per_channel(value: float | Sequence[float]) -> tuple[float, ...]:
 class Preprocessor:
     """Turns bytes into PreparedImage (any thread), and batches of them into model input (device thread)."""
 
-    def __init__(self, cfg: PreprocessCfg, *, mode: PreprocessMode, max_pixels: int) -> None:
+    def __init__(
+        self, cfg: PreprocessCfg, *, mode: PreprocessMode, max_pixels: int, exif_orientation: bool = False
+    ) -> None:
         self.cfg = cfg
         self.mode: PreprocessMode = mode
         self.max_pixels = max_pixels
+        self.exif_orientation = exif_orientation
         self._transform: Callable[[Image.Image], torch.Tensor] = image_transform_v2(cfg, is_train=False)
         # Shaped like torchvision's Normalize uses them, so the fast path's arithmetic is the same.
         self._mean = torch.tensor(_per_channel(cfg.mean), dtype=torch.float32).view(1, -1, 1, 1)
@@ -131,15 +139,17 @@ class Preprocessor:
 
     def prepare(self, data: bytes) -> PreparedImage:
         """Decode and preprocess one image. Thread-safe. Raises ImageError subclasses only."""
+        image = open_image(data, max_pixels=self.max_pixels)
         if self.mode == "exact":
-            decoded = decode_rgb(data, max_pixels=self.max_pixels)
+            decoded = load_image(image, exif_orientation=self.exif_orientation)
             pixels = self._transform(decoded.image)
         else:
-            image = open_image(data, max_pixels=self.max_pixels)
-            p = plan(image.size[0], image.size[1], self.cfg)
-            decoded = load_rgb(image, draft_size=p.resized)
-            pixels = torch.from_numpy(fast_pixels(decoded, p))
+            decoded = load_image(image, exif_orientation=self.exif_orientation, draft_for=self._resized)
+            pixels = torch.from_numpy(fast_pixels(decoded, plan(decoded.width, decoded.height, self.cfg)))
         return PreparedImage(pixels, decoded.width, decoded.height, decoded.format, decoded.scale)
+
+    def _resized(self, size: tuple[int, int]) -> tuple[int, int]:
+        return plan(size[0], size[1], self.cfg).resized
 
     def collate(self, images: Sequence[PreparedImage], *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """Stack a batch, move it to ``device`` and return the model's input in ``dtype``."""
