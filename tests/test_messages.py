@@ -42,3 +42,36 @@ def test_bad_messages_say_why(value: bytes, reason: str) -> None:
 def test_forced_json_format_rejects_avro() -> None:
     with pytest.raises(BadMessage, match="malformed JSON"):
         decode_request(encode_request_avro(REQUEST), input_format="json")
+
+
+@pytest.mark.parametrize("image_id", ["{abcd", "[abcde", "{" + "a" * 15, " \n{ab"])
+def test_plain_avro_that_starts_with_whitespace_is_not_taken_for_json(image_id: str) -> None:
+    # An id of 5, 6 or 16 bytes makes the Avro value's first byte "\n", "\f" or " ".
+    request = ImageRequest(id=image_id, uri=S3Uri("photos", "a.jpg"))
+    value = encode_request_avro(request)
+    assert value[:1].isspace()
+    assert decode_request(value) == request
+
+
+def test_json_after_whitespace_is_json_and_its_errors_say_so() -> None:
+    assert decode_request(b"\n  " + encode_request_json(REQUEST)) == REQUEST
+    with pytest.raises(BadMessage, match="malformed JSON"):
+        decode_request(b"\n  {not json")
+
+
+@pytest.mark.parametrize("metadata", [[], "", 0, ["k", "v"]])
+def test_metadata_that_is_not_an_object_is_refused_even_when_empty(metadata: object) -> None:
+    value = json.dumps({"id": "x", "uri": "s3://bucket/k.png", "metadata": metadata}).encode()
+    with pytest.raises(BadMessage, match="metadata"):
+        decode_request(value)
+
+
+def test_null_metadata_is_no_metadata() -> None:
+    value = json.dumps({"id": "x", "uri": "s3://bucket/k.png", "metadata": None}).encode()
+    assert decode_request(value).metadata == {}
+
+
+def test_a_bad_uri_is_quoted_in_the_reason_cut_short() -> None:
+    value = json.dumps({"id": "x", "uri": "https://" + "a" * 100_000}).encode()
+    with pytest.raises(BadMessage, match=r"s3://bucket/key, got 'https://a+\.\.\.\[99808 more characters\]'"):
+        decode_request(value)

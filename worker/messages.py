@@ -3,7 +3,20 @@
 Three encodings are accepted (schemas/image-reference.schema.json and schemas/image-reference.avsc):
 JSON, plain schemaless Avro with the schema of image-reference.avsc, and Avro in the Confluent wire
 format (byte 0 = 0x00, then a 4-byte schema id), read through a Schema Registry. ``auto`` tells them
-apart by the first byte: JSON starts with ``{`` (or ``[``, to say it is not an object), Confluent frames with 0x00.
+apart by the first byte: JSON starts with ``{`` (or ``[``, to say it is not an object), Confluent frames
+with 0x00, and neither is ever the first byte of a plain Avro request (its id length, a zigzag varint).
+JSON may start with whitespace, and so may plain Avro (an id of 5, 6 or 16 bytes): such a value that is
+not valid JSON is read as plain Avro before it is called malformed.
+
+Every input is hostile until decoded: whatever the bytes, ``decode_request`` returns a request or
+raises BadMessage (deep nesting, giant integers, invalid Unicode, a registry client that
+raises anything), and its message quotes input only through worker.text.safe_text. Only a
+RetryableError from the registry client passes through: the registry is down, not the value bad.
+Strings that are not valid Unicode (lone surrogates, which JSON's ``\\ud800`` escape can make) are
+refused: they could never be written to an Avro string, a Kafka key or a header. fastavro reads from an
+in-memory buffer, whose ``read(n)`` returns at most the bytes that are there, so a declared length of
+2**62 costs nothing: the memory a decode takes is bounded by the value's size, and that by the
+consumer's fetch limits.
 """
 
 from __future__ import annotations
@@ -17,12 +30,14 @@ from typing import Any, Literal
 
 import fastavro
 
-from worker.errors import BadMessage
+from worker.errors import BadMessage, RetryableError
 from worker.schemas import load_schema
+from worker.text import safe_text
 
 InputFormat = Literal["json", "avro", "auto"]
 _S3_URI = re.compile(r"s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/(?P<key>.+)", re.DOTALL)
 _INPUT_AVRO = fastavro.parse_schema(load_schema("image-reference.avsc"))
+_JSON_STARTS = (b"{", b"[")
 
 # Reads a Confluent-framed Avro value through a Schema Registry; None where no registry is set.
 ConfluentDecoder = Callable[[bytes], dict[str, Any]]
@@ -47,7 +62,7 @@ class ImageRequest:
 def parse_s3_uri(text: str) -> S3Uri:
     match = _S3_URI.fullmatch(text)
     if match is None:
-        raise BadMessage(f"uri must look like s3://bucket/key, got {text[:200]!r}")
+        raise BadMessage(f"uri must look like s3://bucket/key, got {safe_text(text, limit=200)!r}")
     return S3Uri(bucket=match["bucket"], key=match["key"])
 
 
@@ -57,52 +72,82 @@ def decode_request(
     """Decode one input message value; raise BadMessage with a reason if it is not a valid request."""
     if not value:
         raise BadMessage("empty message value")
-    if input_format == "json" or (input_format == "auto" and value.lstrip()[:1] in (b"{", b"[")):
+    if input_format == "json" or (input_format == "auto" and value[:1] in _JSON_STARTS):
         return _request_from_fields(_json_fields(value))
+    if input_format == "auto" and value.lstrip()[:1] in _JSON_STARTS:
+        return _json_or_plain_avro(value)
     if value[:1] == b"\x00" and len(value) > 5:
-        if confluent is None:
-            raise BadMessage("Confluent-framed Avro value, but no schema registry is configured")
-        try:
-            return _request_from_fields(confluent(value))
-        except BadMessage:
-            raise
-        except Exception as exc:  # the registry client raises several unrelated types
-            raise BadMessage(f"Confluent Avro value could not be read: {exc}") from exc
+        return _request_from_fields(_confluent_fields(value, confluent))
     return _request_from_fields(_avro_fields(value))
 
 
-def _json_fields(value: bytes) -> dict[str, Any]:
+def _json_or_plain_avro(value: bytes) -> ImageRequest:
+    """Whitespace, then ``{`` or ``[``: JSON, unless it is not and plain Avro is (see the docstring)."""
     try:
-        fields = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadMessage(f"malformed JSON: {exc}") from None
-    if not isinstance(fields, dict):
-        raise BadMessage(f"JSON message must be an object, got {type(fields).__name__}")
-    return fields
+        return _request_from_fields(_json_fields(value))
+    except BadMessage as json_error:
+        try:
+            return _request_from_fields(_avro_fields(value))
+        except BadMessage:
+            raise json_error from None
 
 
-def _avro_fields(value: bytes) -> dict[str, Any]:
+def _json_fields(value: bytes) -> object:
+    try:
+        return json.loads(value)
+    # ValueError covers JSONDecodeError, UnicodeDecodeError and integers past the int-string limit.
+    except (ValueError, RecursionError) as exc:
+        raise BadMessage(f"malformed JSON: {safe_text(exc)}") from None
+
+
+def _avro_fields(value: bytes) -> object:
     buffer = io.BytesIO(value)
     try:
         fields = fastavro.schemaless_reader(buffer, _INPUT_AVRO, None)
     except Exception as exc:  # fastavro raises EOFError, ValueError, UnicodeDecodeError, ...
-        raise BadMessage(f"malformed Avro ImageReference: {exc!r}") from None
-    if buffer.tell() != len(value) or not isinstance(fields, dict):
+        raise BadMessage(f"malformed Avro ImageReference: {safe_text(repr(exc))}") from None
+    if buffer.tell() != len(value):
         raise BadMessage("malformed Avro ImageReference: trailing bytes")
     return fields
 
 
-def _request_from_fields(fields: dict[str, Any]) -> ImageRequest:
+def _confluent_fields(value: bytes, confluent: ConfluentDecoder | None) -> object:
+    if confluent is None:
+        raise BadMessage("Confluent-framed Avro value, but no schema registry is configured")
+    try:
+        return confluent(value)
+    except RetryableError:
+        raise  # the registry is down, not this value: an outage, never a dead letter
+    except Exception as exc:  # the registry client raises several unrelated types, RecursionError included
+        raise BadMessage(f"Confluent Avro value could not be read: {safe_text(exc)}") from exc
+
+
+def _request_from_fields(fields: object) -> ImageRequest:
+    if not isinstance(fields, dict):
+        raise BadMessage(f"message must be an object, got {type(fields).__name__}")
     image_id = fields.get("id")
     uri = fields.get("uri")
+    metadata = fields.get("metadata")
     if not isinstance(image_id, str) or not image_id:
         raise BadMessage("missing or empty field 'id'")
     if not isinstance(uri, str):
         raise BadMessage("missing field 'uri'")
-    metadata = fields.get("metadata") or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+    if metadata is None:  # absent, or JSON null
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(t, str) for t in (*metadata, *metadata.values())):
         raise BadMessage("field 'metadata' must be an object of strings")
-    return ImageRequest(id=image_id, uri=parse_s3_uri(uri), metadata={str(k): v for k, v in metadata.items()})
+    _require_utf8("id", image_id)
+    _require_utf8("uri", uri)
+    for text in (*metadata, *metadata.values()):
+        _require_utf8("metadata", text)
+    return ImageRequest(id=image_id, uri=parse_s3_uri(uri), metadata=dict(metadata))
+
+
+def _require_utf8(name: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadMessage(f"field {name!r} is not valid UTF-8 text") from None
 
 
 def encode_request_json(request: ImageRequest) -> bytes:
