@@ -14,6 +14,8 @@ Choices worth knowing:
 - JVM start-up is tuned for a small machine: C1 only, serial GC, and an AppCDS class archive that the
   first cleanly stopped broker writes into the jar cache (later starts map it instead of loading classes;
   after a JDK upgrade it is ignored: delete .cache/kafka/libs/broker.jsa).
+- ``proxy_port=``: clients that bootstrap through a proxy on that port (harness/tcp_proxy.py) are told
+  to make every later connection through it too; ``bootstrap_servers`` stays direct.
 - Where util-linux ``setpriv`` exists the JVM gets PDEATHSIG=KILL: if the Python process that started it
   dies (even by SIGKILL), the broker dies too instead of lingering. Start brokers from a long-lived thread.
 """
@@ -68,6 +70,15 @@ transaction.state.log.num.partitions=4
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 """
+# With ``proxy_port``: a second client listener whose advertised address is a proxy's port
+# (harness/tcp_proxy.py), so that a client bootstrapping through the proxy makes every later
+# connection through it too. PLAINTEXT stays direct: the broker's own traffic, ``admin()`` and
+# ``create_topic`` never pass through the proxy's faults.
+_PROXIED_LISTENER = """\
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller},PROXIED://127.0.0.1:{proxied}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port},PROXIED://127.0.0.1:{proxy}
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,PROXIED:PLAINTEXT
+"""
 _LOG4J2_PROPERTIES = (  # everything the broker logs goes to broker.log in its temp dir
     "appender.f.type=File\nappender.f.name=F\nappender.f.fileName={log}\nappender.f.layout.type=PatternLayout\n"
     "appender.f.layout.pattern=[%d] %p %m (%c)%n\nrootLogger.level=INFO\nrootLogger.appenderRef.f.ref=F\n")
@@ -111,7 +122,7 @@ class KafkaBroker:
     """One broker process with a fresh data dir; ``stop``/``kill`` + ``start`` keep its ports and data."""
 
     def __init__(self, *, properties: Mapping[str, str] | None = None, keep_logs: bool = False,
-                 startup_timeout: float = 60.0) -> None:
+                 startup_timeout: float = 60.0, proxy_port: int | None = None) -> None:
         self.keep_logs = keep_logs
         self._properties = dict(properties or {})
         self._startup_timeout = startup_timeout
@@ -120,6 +131,8 @@ class KafkaBroker:
         self._process: subprocess.Popen[bytes] | None = None
         self._cds_pending: Path | None = None  # class archive this JVM writes when it exits
         self._admin: AdminClient | None = None
+        self._proxy_port = proxy_port  # advertise this port for the PROXIED listener (see _PROXIED_LISTENER)
+        self._proxied_port = 0
 
     @property
     def log_dir(self) -> Path:
@@ -131,6 +144,13 @@ class KafkaBroker:
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self._port}"
+
+    @property
+    def proxied_listener(self) -> tuple[str, int]:
+        """Where a proxy in front of this broker forwards to: the listener that advertises the proxy."""
+        if not self._proxied_port:
+            raise RuntimeError("this broker has no proxied listener, or was never started")
+        return ("127.0.0.1", self._proxied_port)
 
     @property
     def pid(self) -> int | None:
@@ -158,6 +178,10 @@ class KafkaBroker:
         self._log_dir = Path(tempfile.mkdtemp(prefix="kafka-broker-"))
         self._port, controller = _free_port(), _free_port()
         props = _SERVER_PROPERTIES.format(port=self._port, controller=controller, data=self.log_dir / "data")
+        if self._proxy_port is not None:
+            self._proxied_port = _free_port()
+            props += _PROXIED_LISTENER.format(port=self._port, controller=controller, proxied=self._proxied_port,
+                                              proxy=self._proxy_port)
         props += "".join(f"{k}={v}\n" for k, v in self._properties.items())  # later lines win
         (self.log_dir / "server.properties").write_text(props)
         (self.log_dir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES.format(log=self.log_dir / "broker.log"))

@@ -2,7 +2,8 @@
 
 Why these scopes: starting a broker costs a couple of seconds, so one broker serves the whole session and
 tests stay apart by using their own topics (``topic_factory``) and consumer groups. A test that stops,
-kills or restarts the broker takes ``private_kafka_broker`` so nobody else sees the outage. S3 is one
+kills or restarts the broker takes ``private_kafka_broker`` so nobody else sees the outage; one that
+stalls or cuts the network between clients and broker takes ``proxied_kafka_broker``. S3 is one
 moto server per session with a fresh bucket per test (``s3_bucket``).
 
 Broker logs are deleted after a green run and kept after a failure (or with KAFKA_HARNESS_KEEP_LOGS=1);
@@ -14,13 +15,15 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from harness.kafka_broker import KafkaBroker
 from harness.s3_server import S3Server
+from harness.tcp_proxy import TcpProxy
 
 _KEEP_LOGS = os.environ.get("KAFKA_HARNESS_KEEP_LOGS", "") not in ("", "0")
 _failed_key = pytest.StashKey[bool]()
@@ -72,6 +75,42 @@ def private_kafka_broker(request: pytest.FixtureRequest) -> Iterator[KafkaBroker
     broker.start()
     yield broker
     _close(broker, request.config, failed=request.node.stash.get(_failed_key, False))
+
+
+@dataclass(frozen=True)
+class ProxiedKafka:
+    """A private broker whose clients, bootstrapped at ``bootstrap_servers``, reach it only through
+    ``proxy`` (stall, cut, heal; byte counters). ``direct_bootstrap_servers`` bypasses the proxy: for
+    creating topics and checking results while the proxy is failing."""
+
+    broker: KafkaBroker
+    proxy: TcpProxy
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.proxy.address
+
+    @property
+    def direct_bootstrap_servers(self) -> str:
+        return self.broker.bootstrap_servers
+
+    def create_topic(self, name: str, partitions: int = 1, *, config: Mapping[str, str] | None = None) -> None:
+        self.broker.create_topic(name, partitions, config=config)  # direct: works during a stall or cut
+
+
+@pytest.fixture
+def proxied_kafka_broker(request: pytest.FixtureRequest) -> Iterator[ProxiedKafka]:
+    """A broker for this test alone behind a TCP proxy that every client connection goes through."""
+    proxy = TcpProxy(lambda: broker.proxied_listener)  # the broker picks that port when it starts
+    broker = KafkaBroker(proxy_port=proxy.port)
+    try:
+        broker.start()
+        yield ProxiedKafka(broker=broker, proxy=proxy)
+    finally:
+        try:
+            proxy.close()
+        finally:
+            _close(broker, request.config, failed=request.node.stash.get(_failed_key, False))
 
 
 @pytest.fixture

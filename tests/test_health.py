@@ -37,3 +37,19 @@ def test_probes_follow_the_loop_and_metrics_are_served() -> None:
         assert get(server.port, "/nope")[0] == 404
     finally:
         server.stop()
+
+
+def test_livez_fails_when_records_in_flight_finish_nothing_for_the_stall_time() -> None:
+    stalled = {"seconds": 0.0}
+    server = HealthServer(
+        port=0, host="127.0.0.1", registry=CollectorRegistry(), stall_seconds=30,
+        last_loop_at=time.monotonic, ready=lambda: True, stalled_seconds=lambda: stalled["seconds"],
+    )
+    server.start()
+    try:
+        stalled["seconds"] = 29.0
+        assert get(server.port, "/livez")[0] == 200
+        stalled["seconds"] = 31.0  # the loop turns, but the pipeline behind it is stuck
+        assert get(server.port, "/livez")[0] == 503
+    finally:
+        server.stop()

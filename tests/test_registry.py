@@ -7,16 +7,19 @@ side writes the other reads.
 
 import io
 import json
+import socket
 import struct
 
 import fastavro
 import numpy as np
+import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from worker import registry
 from worker.encoding import EmbeddingEncoder, Source, embedding_schema
+from worker.errors import RegistryUnavailable
 from worker.messages import ImageRequest, S3Uri, decode_request
 from worker.schemas import load_schema
 
@@ -54,3 +57,20 @@ def test_confluent_framed_inputs_are_read_through_the_registry() -> None:
     )
     assert value[:1] == b"\x00"
     assert decode_request(value, confluent=registry.input_decoder(client, "images")) == REQUEST
+
+
+def test_a_registry_that_cannot_be_reached_is_an_outage_not_the_records_fault() -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = SchemaRegistryClient({"url": f"http://127.0.0.1:{port}", "max.retries": 0, "timeout": 2})
+    framed = b"\x00\x00\x00\x00\x07\x02"  # schema id 7, which must be looked up
+    with pytest.raises(RegistryUnavailable):
+        decode_request(framed, confluent=registry.input_decoder(client, "images"))
+    field = "image_clip_emb_vit_b_32"
+    encoder = EmbeddingEncoder(
+        field_name=field, model_name="ViT-B-32", pretrained="openai", normalized=True,
+        registry_serializer=registry.output_serializer(client, embedding_schema(field), auto_register=True),
+    )
+    with pytest.raises(RegistryUnavailable):
+        encoder.encode(request=REQUEST, embedding=np.ones(4, np.float32), source=Source("images", 0, 1), topic="out")

@@ -4,15 +4,20 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness.faulty_proxy import FaultyS3Proxy
 from tests.conftest import Credentials
 from worker.config import S3Settings
 from worker.errors import (
+    ConfigError,
+    CredentialsUnavailable,
+    Outage,
     RetriesExhausted,
-    SourceAccessDenied,
     SourceForbidden,
     SourceNotFound,
+    SourceOutage,
     SourceTooLarge,
     SourceUnavailable,
 )
@@ -59,6 +64,63 @@ def test_allowlist_entries_are_bucket_or_bucket_and_prefix() -> None:
         Allowlist.parse(()).check(S3Uri("photos", "x"))
 
 
+def test_a_prefix_matches_whole_path_segments_only() -> None:
+    for entry in ("raw/2026", "raw/2026/"):
+        allow = Allowlist.parse((entry,))
+        allow.check(S3Uri("raw", "2026/x.jpg"))
+        allow.check(S3Uri("raw", "2026/11/x.jpg"))
+        for key in ("2026-private/x.jpg", "2026", "20", "2026.jpg"):
+            with pytest.raises(SourceForbidden, match="outside the allowed sources"):
+                allow.check(S3Uri("raw", key))
+
+
+@pytest.mark.parametrize(
+    "key", ["public/../private/x.jpg", "public/./x.jpg", "public//x.jpg", "/public/x.jpg", "public/x/"]
+)
+def test_keys_with_empty_or_dot_segments_are_refused_even_where_the_bucket_is_allowed(key: str) -> None:
+    with pytest.raises(SourceForbidden, match="path segments"):
+        Allowlist.parse(("photos", "photos/public")).check(S3Uri("photos", key))
+
+
+def test_dots_inside_a_segment_are_ordinary_characters() -> None:
+    Allowlist.parse(("photos/public",)).check(S3Uri("photos", "public/..x/.hidden/a..b.jpg"))
+
+
+@pytest.mark.parametrize("entry", ["/public", "photos/a//b", "photos/../private", "photos/./x", "photos//"])
+def test_allowlist_entries_that_no_key_could_match_are_config_errors(entry: str) -> None:
+    with pytest.raises(ConfigError, match="bucket/prefix without empty") as caught:
+        Allowlist.parse(("photos", entry))
+    assert caught.value.setting == "CLIP_WORKER_S3__ALLOWED_SOURCES"
+
+
+ENTRIES = ("photos", "raw/2026", "raw/a/b/")
+SEGMENTS = ["", ".", "..", "2026", "2026-private", "a", "b", "x.jpg", "..x", "2026/"]
+keys = st.lists(st.sampled_from(SEGMENTS) | st.text(max_size=5), min_size=1, max_size=5).map("/".join) | st.text()
+
+
+def under_an_entry(bucket: str, parts: list[str]) -> bool:
+    """The rule restated on lists of segments: the key's first segments are an entry's prefix, and more follow."""
+    for entry in ENTRIES:
+        entry_bucket, _, prefix = entry.partition("/")
+        prefix_parts = [part for part in prefix.split("/") if part]
+        if bucket == entry_bucket and len(parts) > len(prefix_parts) and parts[: len(prefix_parts)] == prefix_parts:
+            return True
+    return False
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["photos", "raw", "other"]), keys)
+def test_a_key_passes_exactly_when_it_is_plain_segments_under_an_allowed_prefix(bucket: str, key: str) -> None:
+    parts = key.split("/")
+    expected = all(part not in ("", ".", "..") for part in parts) and under_an_entry(bucket, parts)
+    try:
+        Allowlist.parse(ENTRIES).check(S3Uri(bucket, key))
+    except SourceForbidden:
+        assert not expected
+    else:
+        assert expected
+
+
 def test_missing_key_and_missing_bucket_are_not_found(s3_client: Any, s3_bucket: str) -> None:
     source = source_for(s3_client, allowed_sources=(s3_bucket, "no-such-bucket-here"))
     with pytest.raises(SourceNotFound):
@@ -87,12 +149,18 @@ def test_transient_faults_are_retried_until_they_clear(
     assert proxy.faults_served == 2
 
 
-def test_faults_that_outlast_the_attempts_become_permanent(
+def test_an_object_that_keeps_failing_while_others_are_served_is_the_records_fault(
     proxy: FaultyS3Proxy, proxied_client: Any, s3_client: Any, s3_bucket: str
 ) -> None:
     s3_client.put_object(Bucket=s3_bucket, Key="down.jpg", Body=b"never")
+    s3_client.put_object(Bucket=s3_bucket, Key="fine.jpg", Body=b"fine")
     proxy.fail("down.jpg", kind="slowdown", times=100)
     source = source_for(proxied_client, allowed_sources=(s3_bucket,), max_attempts=3)
+
+    def fetch_others_meanwhile(seconds: float) -> None:  # the backoff of down.jpg: S3 serves fine.jpg
+        source.fetch(S3Uri(s3_bucket, "fine.jpg"))
+
+    source._sleep = fetch_others_meanwhile
     with pytest.raises(RetriesExhausted) as caught:
         source.fetch(S3Uri(s3_bucket, "down.jpg"))
     assert caught.value.attempts == 3
@@ -100,7 +168,19 @@ def test_faults_that_outlast_the_attempts_become_permanent(
     assert proxy.faults_served == 3
 
 
-def test_missing_credentials_are_permanent_not_retried(
+def test_faults_that_outlast_the_attempts_with_nothing_served_meanwhile_are_an_outage(
+    proxy: FaultyS3Proxy, proxied_client: Any, s3_client: Any, s3_bucket: str
+) -> None:
+    s3_client.put_object(Bucket=s3_bucket, Key="down.jpg", Body=b"never")
+    proxy.fail("down.jpg", kind="slowdown", times=100)
+    source = source_for(proxied_client, allowed_sources=(s3_bucket,), max_attempts=3)
+    with pytest.raises(SourceOutage) as caught:
+        source.fetch(S3Uri(s3_bucket, "down.jpg"))
+    assert caught.value.attempts == 3 and isinstance(caught.value, Outage)
+    assert proxy.faults_served == 3
+
+
+def test_missing_credentials_are_an_outage_not_retried_per_record(
     proxy: FaultyS3Proxy, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
@@ -110,7 +190,18 @@ def test_missing_credentials_are_permanent_not_retried(
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     client = make_s3_client(S3Settings(endpoint_url=proxy.endpoint_url, region="us-east-1"))
     source = source_for(client, allowed_sources=(s3_bucket,), max_attempts=3)
-    with pytest.raises(SourceAccessDenied, match="no AWS credentials"):
+    with pytest.raises(CredentialsUnavailable, match="no AWS credentials"):
         source.fetch(S3Uri(s3_bucket, "x.jpg"))
     assert proxy.requests == 0
     client.close()
+
+
+def test_expired_credentials_are_an_outage_not_the_objects_fault(
+    proxy: FaultyS3Proxy, proxied_client: Any, s3_client: Any, s3_bucket: str
+) -> None:
+    s3_client.put_object(Bucket=s3_bucket, Key="a.jpg", Body=b"a")
+    proxy.fail("a.jpg", kind="expired-token", times=1)
+    source = source_for(proxied_client, allowed_sources=(s3_bucket,))
+    with pytest.raises(CredentialsUnavailable, match="ExpiredToken"):
+        source.fetch(S3Uri(s3_bucket, "a.jpg"))
+    assert source.fetch(S3Uri(s3_bucket, "a.jpg")) == (b"a", 1), "fine again once the token is refreshed"

@@ -54,6 +54,11 @@ class ModelSettings(_Section):
     max_image_pixels: int = Field(
         64_000_000, ge=1, description="Images with more pixels are rejected before the full decode."
     )
+    exif_orientation: bool = Field(
+        False,
+        description="Turn each image upright by its EXIF orientation first (as PIL's exif_transpose). "
+        "open_clip does not, so exact mode is open_clip's only while this is off.",
+    )
     model_config_dir: Path | None = Field(
         None, description="A folder (or file) of extra OpenCLIP model configs (JSON) to register before loading."
     )
@@ -134,6 +139,24 @@ class PipelineSettings(_Section):
     max_in_flight: int = Field(
         1024, ge=1, description="Records between poll and delivery before partitions are paused."
     )
+    max_in_flight_bytes: int = Field(
+        1024**3,
+        ge=1,
+        description="Bytes of fetched objects and prepared tensors in flight (stale work included) before "
+        "partitions are paused and fetches wait; a fetch reserves s3.max_object_bytes until its size is known.",
+    )
+    record_timeout_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="Deadline of one record in fetch and in preprocess (it then fails with RecordTimeout), "
+        "and of one batch on the device (the worker then exits: the device is stuck).",
+    )
+    outage_retry_initial_seconds: float = Field(
+        1.0, gt=0, description="During an outage (S3, credentials, schema registry): first wait before a retry."
+    )
+    outage_retry_max_seconds: float = Field(
+        30.0, gt=0, description="During an outage: the cap of the doubling wait between retries."
+    )
     delivery: Literal["at-least-once", "exactly-once"] = Field(
         "at-least-once", description="exactly-once: one Kafka transaction per batch, outputs with offsets."
     )
@@ -158,8 +181,27 @@ class PipelineSettings(_Section):
     )
     metrics_port: int | None = Field(9400, description="Port of /metrics, /livez and /readyz; unset disables.")
     liveness_stall_seconds: float = Field(
-        60.0, gt=0, description="/livez fails once the poll loop has not turned for this long."
+        60.0,
+        gt=0,
+        description="/livez fails once the poll loop has not turned for this long, or records are in flight "
+        "and no offset has been finished for this long (outside a declared outage).",
     )
+
+
+class LogSettings(_Section):
+    """What the worker logs and how: one line per event on stderr (see worker/logs.py)."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Least severe level logged: DEBUG, INFO, WARNING, ERROR or CRITICAL."
+    )
+    format: Literal["text", "json"] = Field(
+        "text", description="text: one readable line per event; json: one JSON object per line, for collectors."
+    )
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper_case_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
 
 class Settings(BaseSettings):
@@ -171,6 +213,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     s3: S3Settings = Field(default_factory=S3Settings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
 
 
 def env_var(*path: str) -> str:

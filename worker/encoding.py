@@ -20,9 +20,10 @@ import fastavro
 import numpy as np
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from worker.errors import EncodeError
+from worker.errors import EncodeError, RegistryUnavailable
 from worker.messages import ImageRequest
 from worker.schemas import load_schema
+from worker.text import safe_text
 
 _TEMPLATE_FIELD = "image_clip_emb_vit_b_32"
 Headers = list[tuple[str, str | bytes | None]]
@@ -99,8 +100,10 @@ class EmbeddingEncoder:
             buffer = io.BytesIO()
             fastavro.schemaless_writer(buffer, self._parsed, record)
             return buffer.getvalue()
+        except RegistryUnavailable:
+            raise  # an outage, not this record's fault
         except Exception as exc:  # fastavro and the registry client raise many unrelated types
-            raise EncodeError(f"{request.id}: output record could not be encoded: {exc!r}") from exc
+            raise EncodeError(f"output record could not be encoded: {safe_text(repr(exc))}") from exc
 
     def decode(self, value: bytes) -> dict[str, Any]:
         """Read back a plain Avro value written by encode() (tests, the demo, consumers in Python)."""

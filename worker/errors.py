@@ -6,17 +6,26 @@ this record ever succeed (retryable or permanent), and at which stage did it fai
 
     WorkerError
     ├── ConfigError                 a setting is invalid; raised at startup, names the setting
-    ├── FatalError                  stop without committing more: policy "stop", dead-letter limit, Kafka
+    ├── FatalError                  stop without committing more: policy "stop", streak limit, Kafka
+    │   ├── ClientFatal             librdkafka says this client is done: fenced, a fatal error
+    │   ├── ClientWedged            a librdkafka call did not return by its deadline
+    │   └── DeviceFailed            the device fails a known-good input, or a batch ran past its deadline
     ├── RetryableError              transient: the same request may succeed later
-    │   └── SourceUnavailable       S3 throttling, 5xx, timeouts, connection resets
+    │   ├── SourceUnavailable       S3 throttling, 5xx, timeouts, connection resets (retried per record)
+    │   ├── KafkaUnavailable        a librdkafka call timed out or the broker is unreachable
+    │   ├── TransactionAborted      the open transaction must be aborted and its work redone
+    │   └── Outage                  the environment failed, not the record: park it, pause, retry later
+    │       ├── SourceOutage        every attempt failed and nothing else could be fetched meanwhile
+    │       ├── CredentialsUnavailable  no credentials, or they expired / were refused as a whole
+    │       └── RegistryUnavailable the schema registry did not answer
     └── RecordError                 permanent for this record: dead-letter it, keep going
         ├── BadMessage              stage decode-message: malformed JSON/Avro, missing field, bad URI
         ├── SourceError             stage fetch
         │   ├── SourceForbidden     bucket or key prefix not in the allowlist
         │   ├── SourceNotFound      no such bucket or key
-        │   ├── SourceAccessDenied  the credentials may not read the object
+        │   ├── SourceAccessDenied  the credentials may not read this object
         │   ├── SourceTooLarge      the object is over the byte limit
-        │   └── RetriesExhausted    a RetryableError that did not clear within the attempt budget
+        │   └── RetriesExhausted    this object kept failing while other objects were fetched fine
         ├── ImageError              stage decode-image
         │   ├── EmptyImage          zero bytes
         │   ├── NotAnImage          bytes of no image format (PDF, HTML, ...)
@@ -24,9 +33,15 @@ this record ever succeed (retryable or permanent), and at which stage did it fai
         │   ├── CorruptImage        the image data is damaged in some other way
         │   ├── UnsupportedImage    a mode or format the model's transform cannot take
         │   └── DecompressionBomb   more pixels than the limit, found before the full decode
+        ├── RecordTimeout           a stage took longer than record_timeout_seconds for this record
+        ├── UnexpectedError         a stage raised something no boundary translated (a bug, or MemoryError)
         ├── EmbedError              stage embed: the device failed for this record alone
         ├── EncodeError             stage encode: the output record could not be serialised
         └── OutputRejected          stage produce: the broker refused the output record for good
+            └── OutputTooLarge      the output record is over the producer's message.max.bytes
+
+Outage versus RecordError is the question the dead-letter topic depends on: only records that will
+never succeed go there; an outage pauses the input and retries the same records until it clears.
 """
 
 from __future__ import annotations
@@ -51,12 +66,52 @@ class ConfigError(WorkerError):
         self.reason = reason
 
 
+class ClientFatal(FatalError):
+    """librdkafka reports this client instance as unusable (fenced, a fatal error): restart it."""
+
+
+class ClientWedged(FatalError):
+    """A librdkafka call did not return by its deadline; the client cannot be closed cleanly."""
+
+
+class DeviceFailed(FatalError):
+    """The device is in a bad state: it fails a known-good input, or a batch outlived its deadline.
+    The worker exits without committing the batch; a restart gets a fresh CUDA context."""
+
+
 class RetryableError(WorkerError):
     """A transient failure: the same request may succeed if tried again after a backoff."""
 
 
 class SourceUnavailable(RetryableError):
     """S3 did not answer usefully this time: throttling, a 5xx, a timeout, a reset connection."""
+
+
+class KafkaUnavailable(RetryableError):
+    """A librdkafka call timed out, or the broker could not be reached this time."""
+
+
+class TransactionAborted(RetryableError):
+    """The open transaction cannot commit: abort it and redo its records from the committed offsets."""
+
+
+class Outage(RetryableError):
+    """Something the records depend on is down. Parked records are retried, never dead-lettered."""
+
+    cause: ClassVar[str] = "unknown"
+
+
+class SourceOutage(Outage):
+    cause = "s3"
+    attempts: int = 0  # S3 requests made for this record in the try that ran into the outage
+
+
+class CredentialsUnavailable(Outage):
+    cause = "credentials"
+
+
+class RegistryUnavailable(Outage):
+    cause = "schema-registry"
 
 
 class RecordError(WorkerError):
@@ -126,6 +181,23 @@ class DecompressionBomb(ImageError):
     pass
 
 
+class RecordTimeout(RecordError):
+    """A stage held this record past record_timeout_seconds; its late result, if any, is dropped."""
+
+    def __init__(self, message: str, *, stage: str) -> None:
+        super().__init__(message)
+        self.stage = stage  # type: ignore[misc]  # per instance: the stage that timed out
+
+
+class UnexpectedError(RecordError):
+    """A stage raised an exception no boundary knows. It fails this record only: no input may stop
+    the worker. The original class is named in the message."""
+
+    def __init__(self, error: BaseException, *, stage: str) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.stage = stage  # type: ignore[misc]
+
+
 class EmbedError(RecordError):
     stage = "embed"
 
@@ -136,3 +208,7 @@ class EncodeError(RecordError):
 
 class OutputRejected(RecordError):
     stage = "produce"
+
+
+class OutputTooLarge(OutputRejected):
+    pass

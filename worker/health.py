@@ -1,6 +1,8 @@
 """The pod's HTTP endpoints: /livez, /readyz and /metrics, served from a daemon thread.
 
-- /livez: 200 while the poll loop turned within `stall_seconds` (a stuck loop gets the pod restarted).
+- /livez: 200 while the poll loop turned within `stall_seconds`, and records in flight have seen an
+  offset finished within it too (outside an outage): a stuck loop, or a pipeline stuck behind a
+  thread that never returns, gets the pod restarted.
 - /readyz: 200 once the model is loaded and the consumer holds at least one partition.
 - /metrics: the worker's Prometheus registry.
 """
@@ -23,11 +25,12 @@ class HealthServer:
         registry: CollectorRegistry,
         last_loop_at: Callable[[], float],
         ready: Callable[[], bool],
+        stalled_seconds: Callable[[], float] = lambda: 0.0,
         stall_seconds: float = 60.0,
         host: str = "0.0.0.0",
     ) -> None:
         checks = {
-            "/livez": lambda: time.monotonic() - last_loop_at() < stall_seconds,
+            "/livez": lambda: time.monotonic() - last_loop_at() < stall_seconds and stalled_seconds() < stall_seconds,
             "/readyz": ready,
         }
 

@@ -50,6 +50,20 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.in_flight_bytes = Gauge(
+            "clip_worker_in_flight_bytes", "Bytes of fetched objects and prepared tensors in flight.", registry=r
+        )
+        self.outage = Gauge(
+            "clip_worker_outage", "1 while records are parked by an outage, by cause.", ["cause"], registry=r
+        )
+        self.outage_retries = Counter(
+            "clip_worker_outage_retries_total", "Parked records handed back to their stage.", registry=r
+        )
+        self.unassigned = Counter(
+            "clip_worker_records_unassigned_total",
+            "Records polled from a partition this consumer does not hold (dropped, not tracked).",
+            registry=r,
+        )
         self.rebalances = Counter(
             "clip_worker_rebalances_total", "Partition assignment changes.", ["kind"], registry=r
         )

@@ -8,6 +8,7 @@ becomes RetriesExhausted. Credentials come from the standard AWS chain and are n
 
 from __future__ import annotations
 
+import io
 import random
 import time
 from collections.abc import Callable
@@ -18,36 +19,71 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError, NoCredentialsError
 
-from worker.config import S3Settings
+from worker.config import S3Settings, env_var
 from worker.errors import (
+    ConfigError,
+    CredentialsUnavailable,
+    RecordTimeout,
     RetriesExhausted,
     SourceAccessDenied,
     SourceError,
     SourceForbidden,
     SourceNotFound,
+    SourceOutage,
     SourceTooLarge,
     SourceUnavailable,
+    WorkerError,
 )
 from worker.messages import S3Uri
+from worker.text import safe_text
 
 _NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
-_DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
+_DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
+# The credentials as a whole, not this object: every other request fails the same way (an outage).
+_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "TokenRefreshRequired"}
+_CHUNK_BYTES = 1 << 20
 _THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed", "503"}
 
 
 @dataclass(frozen=True, slots=True)
 class Allowlist:
-    """Buckets, or bucket/prefix pairs, that may be read. Empty allows nothing."""
+    """Buckets, or bucket/prefix pairs, that may be read. Empty allows nothing.
 
-    entries: tuple[tuple[str, str], ...]
+    Keys are paths of "/"-separated segments. A key with an empty segment ("a//b", a leading or a
+    trailing "/") or a "." or ".." segment is refused whatever the entries: S3 takes such keys
+    literally, but a proxy, a filesystem-backed store or a later consumer of the key may not, and
+    "public/../private/x" must not read outside "public". A prefix matches whole segments only:
+    "raw/2026" and "raw/2026/" both allow "2026/x.jpg" in bucket "raw", neither allows
+    "2026-private/x.jpg" (nor the object "2026" itself). A bare bucket allows every key in it.
+    """
+
+    entries: tuple[tuple[str, str], ...]  # (bucket, prefix without the trailing "/"; "" for all keys)
 
     @classmethod
     def parse(cls, sources: tuple[str, ...]) -> Allowlist:
-        return cls(tuple((bucket, prefix) for bucket, _, prefix in (s.partition("/") for s in sources)))
+        """Raises ConfigError for an entry with no bucket or with a prefix no checked key could match."""
+        entries = []
+        for source in sources:
+            bucket, _, prefix = source.partition("/")
+            if not bucket or (prefix and not _plain_segments(prefix.removesuffix("/"))):
+                reason = f"{source!r}: use a bucket, or bucket/prefix without empty, '.' or '..' segments"
+                raise ConfigError(env_var("s3", "allowed_sources"), reason)
+            entries.append((bucket, prefix.removesuffix("/")))
+        return cls(tuple(entries))
 
     def check(self, uri: S3Uri) -> None:
-        if not any(uri.bucket == bucket and uri.key.startswith(prefix) for bucket, prefix in self.entries):
-            raise SourceForbidden(f"{uri} is outside the allowed sources")
+        if not _plain_segments(uri.key):
+            raise SourceForbidden(f"{safe_text(uri)}: empty, '.' or '..' path segments are not allowed")
+        if not any(uri.bucket == bucket and _under(uri.key, prefix) for bucket, prefix in self.entries):
+            raise SourceForbidden(f"{safe_text(uri)} is outside the allowed sources")
+
+
+def _plain_segments(path: str) -> bool:
+    return all(segment not in ("", ".", "..") for segment in path.split("/"))
+
+
+def _under(key: str, prefix: str) -> bool:
+    return not prefix or key.startswith(prefix + "/")
 
 
 def make_s3_client(settings: S3Settings) -> Any:
@@ -64,65 +100,118 @@ def make_s3_client(settings: S3Settings) -> Any:
 
 
 class S3Source:
-    """Fetches objects for the fetch stage's threads; thread-safe (boto3 clients are)."""
+    """Fetches objects for the fetch stage's threads; thread-safe (boto3 clients are).
+
+    An outage is not the record's fault. When a record runs out of attempts, or past its deadline,
+    the question is whether S3 served anyone else meanwhile: if another fetch succeeded since the
+    backoff before this record's last attempt, the failure is this object's (RetriesExhausted, RecordTimeout: dead
+    letters); if nothing succeeded, S3 itself is down (SourceOutage: the runtime parks the record and
+    retries it later). A slow object is read in small pieces against the deadline, so one that
+    trickles a byte a second fails in time instead of holding a fetch thread for days.
+    """
 
     def __init__(
-        self, *, client: Any, settings: S3Settings, sleep: Callable[[float], None] = time.sleep
+        self,
+        *,
+        client: Any,
+        settings: S3Settings,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self._settings = settings
         self._allowlist = Allowlist.parse(settings.allowed_sources)
         self._sleep = sleep
+        self._clock = clock
+        self._last_success = float("-inf")  # monotonic time a fetch last succeeded, from any thread
 
-    def fetch(self, uri: S3Uri) -> tuple[bytes, int]:
-        """The object's bytes and the number of attempts it took; raises a SourceError that says
-        how many requests were made (0 when the allowlist refused it)."""
+    def fetch(self, uri: S3Uri, *, deadline: float = float("inf")) -> tuple[bytes, int]:
+        """The object's bytes and the number of attempts it took. Raises a SourceError that says how
+        many requests were made (0 when the allowlist refused it), RecordTimeout past ``deadline``
+        (monotonic), or SourceOutage / CredentialsUnavailable when S3 as a whole is failing."""
         self._allowlist.check(uri)
         settings = self._settings
+        window = self._clock()  # S3 serving anyone since then means the failure is this object's
         for attempt in range(1, settings.max_attempts + 1):
             try:
-                return self._get(uri), attempt
+                data = self._get(uri, deadline)
             except SourceError as exc:
                 exc.attempts = attempt
                 raise
+            except _TooSlow as exc:
+                raise self._judged(RecordTimeout(f"{exc}", stage="fetch"), window, attempt) from None
             except SourceUnavailable as exc:
-                if attempt == settings.max_attempts:
+                ceiling = min(settings.backoff_max_seconds, settings.backoff_initial_seconds * 2 ** (attempt - 1))
+                if attempt == settings.max_attempts or self._clock() + ceiling > deadline:
                     exhausted = RetriesExhausted(f"{exc} (after {attempt} attempts)")
                     exhausted.attempts = attempt
-                    raise exhausted from exc
-                ceiling = min(settings.backoff_max_seconds, settings.backoff_initial_seconds * 2 ** (attempt - 1))
+                    raise self._judged(exhausted, window, attempt) from exc
+                window = self._clock()
                 self._sleep(random.uniform(0, ceiling))
+                continue
+            self._last_success = self._clock()
+            return data, attempt
         raise AssertionError("unreachable: the loop returns or raises")
 
-    def _get(self, uri: S3Uri) -> bytes:
+    def _judged(self, error: WorkerError, began: float, attempt: int) -> WorkerError:
+        """``error`` if S3 served another fetch since ``began``; else an outage (never dead-lettered)."""
+        if self._last_success >= began:
+            return error
+        outage = SourceOutage(f"S3 is not serving: {error} (no fetch succeeded meanwhile)")
+        outage.attempts = attempt
+        return outage
+
+    def _get(self, uri: S3Uri, deadline: float) -> bytes:
         limit = self._settings.max_object_bytes
         try:
             response = self._client.get_object(Bucket=uri.bucket, Key=uri.key)
             body = response["Body"]
             try:
-                if response.get("ContentLength", 0) > limit:
-                    raise SourceTooLarge(f"{uri} is {response['ContentLength']} bytes, over the limit of {limit}")
-                data: bytes = body.read(limit + 1)
+                length = int(response.get("ContentLength") or 0)
+                if length > limit:
+                    raise SourceTooLarge(f"{uri} is {length} bytes, over the limit of {limit}")
+                data = self._read(body, uri, limit=limit, deadline=deadline)
             finally:
                 body.close()
         except ClientError as exc:
             raise _translate_client_error(uri, exc) from None
         except NoCredentialsError:
-            raise SourceAccessDenied(f"{uri}: no AWS credentials found in the standard chain") from None
+            raise CredentialsUnavailable("no AWS credentials found in the standard chain") from None
         except (ConnectionError, HTTPClientError) as exc:
             raise SourceUnavailable(f"{uri}: {type(exc).__name__}") from None
         except BotoCoreError as exc:
-            raise SourceUnavailable(f"{uri}: {type(exc).__name__}: {exc}") from None
-        if len(data) > limit:
-            raise SourceTooLarge(f"{uri} is over the limit of {limit} bytes")
+            raise SourceUnavailable(f"{uri}: {type(exc).__name__}: {safe_text(exc)}") from None
+        if length and len(data) != length:
+            raise SourceUnavailable(f"{uri}: the connection closed after {len(data)} of {length} bytes")
         return data
+
+    def _read(self, body: Any, uri: S3Uri, *, limit: int, deadline: float) -> bytes:
+        # read1 returns what one socket read gives; botocore's read(n) would wait for all n bytes.
+        raw = getattr(body, "_raw_stream", None)
+        read = raw.read1 if raw is not None and hasattr(raw, "read1") else body.read
+        buffer = io.BytesIO()  # getvalue() hands over its buffer: no second copy of the object
+        while True:
+            if self._clock() > deadline:
+                raise _TooSlow(f"{uri}: still reading after the record's deadline ({buffer.tell()} bytes so far)")
+            chunk = read(_CHUNK_BYTES)
+            if not chunk:
+                return buffer.getvalue()
+            if buffer.tell() + len(chunk) > limit:
+                raise SourceTooLarge(f"{uri} is over the limit of {limit} bytes")
+            buffer.write(chunk)
+
+
+class _TooSlow(Exception):
+    """The record's deadline passed during a fetch (internal: fetch() judges record or outage)."""
 
 
 def _translate_client_error(uri: S3Uri, exc: ClientError) -> Exception:
     error = exc.response.get("Error", {})
     code = str(error.get("Code", ""))
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-    message = f"{uri}: {code or status} {error.get('Message', '')}".strip()
+    message = f"{uri}: {code or status} {safe_text(error.get('Message', ''), limit=300)}".strip()
+    if code in _CREDENTIALS:
+        return CredentialsUnavailable(f"S3 refused the credentials: {code}")
     if code in _NOT_FOUND or status == 404:
         return SourceNotFound(message)
     if code in _DENIED or status == 403:

@@ -11,7 +11,7 @@ import torch
 
 from harness.photos import bad_images, photo_jpegs
 from worker.engine import Embedder, PreparedImage
-from worker.errors import EmbedError, ImageError
+from worker.errors import DeviceFailed, EmbedError, ImageError
 
 
 class FlakyTower(torch.nn.Module):
@@ -84,10 +84,12 @@ def test_out_of_memory_splits_the_batch_and_retries_the_halves(
     np.testing.assert_allclose(vectors(results), vectors(tiny_fast.embed(prepared)), rtol=1e-5, atol=1e-6)
 
 
-def test_a_single_image_that_cannot_fit_fails_alone(tiny_fast: Embedder, prepared: list[PreparedImage]) -> None:
+def test_a_device_that_fails_even_the_known_good_probe_is_a_device_failure_not_a_record_error(
+    tiny_fast: Embedder, prepared: list[PreparedImage]
+) -> None:
     tower = FlakyTower(tiny_fast.module, lambda images: torch.OutOfMemoryError("CUDA out of memory (simulated)"))
-    results = with_tower(tiny_fast, tower).embed(prepared[:3])
-    assert all(isinstance(r, EmbedError) and "out of memory" in r.reason for r in results)
+    with pytest.raises(DeviceFailed, match="out of memory, and a known-good image fails too"):
+        with_tower(tiny_fast, tower).embed(prepared[:3])
 
 
 def test_a_batch_that_fails_for_one_record_does_not_fail_the_others(

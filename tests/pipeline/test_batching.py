@@ -19,8 +19,8 @@ class Device:
     def has_room(self) -> bool:
         return len(self.batches) < self.room
 
-    def submit_batch(self, batch: list[Work]) -> None:
-        self.batches.append(batch)
+    def submit(self, item: list[Work]) -> None:
+        self.batches.append(item)
 
 
 def work(offset: int) -> Work:
@@ -29,7 +29,7 @@ def work(offset: int) -> Work:
 
 def test_a_full_batch_goes_at_once() -> None:
     clock, device = Clock(), Device()
-    batcher = Batcher(batch_size=4, max_wait=0.05, next=device, clock=clock)
+    batcher = Batcher(batch_size=4, max_wait=0.05, next_step=device, clock=clock)
     for offset in range(9):
         batcher.submit(work(offset))
     batcher.poll()
@@ -39,7 +39,7 @@ def test_a_full_batch_goes_at_once() -> None:
 
 def test_a_partial_batch_waits_until_its_oldest_image_is_due() -> None:
     clock, device = Clock(), Device()
-    batcher = Batcher(batch_size=4, max_wait=0.5, next=device, clock=clock)
+    batcher = Batcher(batch_size=4, max_wait=0.5, next_step=device, clock=clock)
     batcher.submit(work(0))
     clock.now += 0.25
     batcher.submit(work(1))
@@ -54,7 +54,7 @@ def test_a_partial_batch_waits_until_its_oldest_image_is_due() -> None:
 
 def test_images_queue_while_the_device_is_full_and_leave_in_full_batches() -> None:
     clock, device = Clock(), Device(room=0)
-    batcher = Batcher(batch_size=3, max_wait=0.0, next=device, clock=clock)
+    batcher = Batcher(batch_size=3, max_wait=0.0, next_step=device, clock=clock)
     for offset in range(7):
         batcher.submit(work(offset))
     batcher.poll()
@@ -67,7 +67,7 @@ def test_images_queue_while_the_device_is_full_and_leave_in_full_batches() -> No
 
 def test_flush_sends_a_partial_batch_without_waiting() -> None:
     clock, device = Clock(), Device()
-    batcher = Batcher(batch_size=8, max_wait=10.0, next=device, clock=clock)
+    batcher = Batcher(batch_size=8, max_wait=10.0, next_step=device, clock=clock)
     batcher.submit(work(0))
     batcher.flush()
     batcher.poll()

@@ -151,10 +151,11 @@ def test_under_load_batches_leave_full(
     for le in (1, 2, 4, 8, 16, 32):  # the histogram saw the batches the device saw
         assert worker.counter("clip_worker_batch_size_bucket", le=f"{le}.0") == sum(s <= le for s in sizes)
     # 10 full batches would carry all 320. At startup the idle device takes up to two partial batches
-    # (each once its oldest image has waited 50 ms); every batch formed while the device was busy
-    # leaves full, and the tail takes the rest.
+    # (each once its oldest image has waited 50 ms; together up to two batches' worth, depending on how
+    # fast the first images arrive); every batch formed while the device was busy leaves full, and the
+    # tail takes the rest.
     full = sizes.count(batch)
-    assert full >= 9, sizes
+    assert full >= 8, sizes
     assert sizes[2:-1] == [batch] * (len(sizes) - 3), sizes
 
 

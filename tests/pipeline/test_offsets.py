@@ -1,6 +1,16 @@
+from hypothesis import given
+from hypothesis import strategies as st
+
 from worker.pipeline.offsets import OffsetTracker
 
 TP = ("images", 0)
+
+
+def take(tracker: OffsetTracker) -> dict[tuple[str, int], int]:
+    """What a committer does when its commit succeeds: hand out, then confirm."""
+    offsets = tracker.committable()
+    tracker.confirm(offsets)
+    return offsets
 
 
 def test_watermark_waits_for_the_lowest_unfinished_offset() -> None:
@@ -10,11 +20,35 @@ def test_watermark_waits_for_the_lowest_unfinished_offset() -> None:
         tracker.add(TP, offset)
     assert tracker.finish(TP, 12, generation) == []
     assert tracker.finish(TP, 11, generation) == []
-    assert tracker.take_committable() == {}
+    assert take(tracker) == {}
     assert tracker.finish(TP, 10, generation) == [10, 11, 12]
-    assert tracker.take_committable() == {TP: 13}
-    assert tracker.take_committable() == {}, "an unchanged watermark is not handed out twice"
+    assert take(tracker) == {TP: 13}
+    assert take(tracker) == {}, "an unchanged watermark is not handed out twice"
     assert tracker.in_flight() == 2
+
+
+def test_offsets_are_handed_out_again_until_a_commit_confirms_them() -> None:
+    tracker = OffsetTracker()
+    generation = tracker.assign(TP)
+    tracker.add(TP, 0)
+    tracker.finish(TP, 0, generation)
+    assert tracker.committable() == {TP: 1}
+    assert tracker.committable() == {TP: 1}, "a failed commit confirmed nothing"
+    tracker.confirm({TP: 1})
+    assert tracker.committable() == {}
+
+
+def test_a_floor_caps_the_offset_handed_out_and_lifting_it_releases_the_rest() -> None:
+    tracker = OffsetTracker()
+    generation = tracker.assign(TP)
+    for offset in range(6):
+        tracker.add(TP, offset)
+        tracker.finish(TP, offset, generation)
+    capped = tracker.committable({TP: 2})
+    assert capped == {TP: 2}, "offsets from the streak's first failure on are not committed"
+    tracker.confirm(capped)
+    assert tracker.committable({TP: 2}) == {}
+    assert tracker.committable() == {TP: 6}
 
 
 def test_offsets_need_not_be_contiguous() -> None:
@@ -25,7 +59,7 @@ def test_offsets_need_not_be_contiguous() -> None:
         tracker.add(TP, offset)
     assert tracker.finish(TP, 7, generation) == []
     assert tracker.finish(TP, 3, generation) == [3, 7]
-    assert tracker.take_committable() == {TP: 8}
+    assert take(tracker) == {TP: 8}
 
 
 def test_work_of_an_earlier_assignment_moves_nothing() -> None:
@@ -37,9 +71,9 @@ def test_work_of_an_earlier_assignment_moves_nothing() -> None:
     new = tracker.assign(TP)
     tracker.add(TP, 0)
     assert tracker.finish(TP, 0, old) == []
-    assert tracker.take_committable() == {}
+    assert take(tracker) == {}
     assert tracker.finish(TP, 0, new) == [0]
-    assert tracker.take_committable() == {TP: 1}
+    assert take(tracker) == {TP: 1}
 
 
 def test_partitions_are_independent() -> None:
@@ -49,7 +83,21 @@ def test_partitions_are_independent() -> None:
     tracker.add(TP, 5)
     tracker.add(other, 9)
     tracker.finish(other, 9, g1)
-    assert tracker.take_committable() == {other: 10}
+    assert take(tracker) == {other: 10}
     assert tracker.in_flight() == 1
     tracker.finish(TP, 5, g0)
-    assert tracker.take_committable() == {TP: 6}
+    assert take(tracker) == {TP: 6}
+
+
+@given(st.permutations(list(range(12))), st.integers(0, 12))
+def test_the_watermark_is_always_one_past_the_longest_finished_prefix(order: list[int], floor: int) -> None:
+    tracker = OffsetTracker()
+    generation = tracker.assign(TP)
+    for offset in range(12):
+        tracker.add(TP, offset)
+    finished: set[int] = set()
+    for offset in order:
+        tracker.finish(TP, offset, generation)
+        finished.add(offset)
+        prefix = next(i for i in range(13) if i not in finished)
+        assert tracker.committable({TP: floor}).get(TP, 0) == min(prefix, floor)

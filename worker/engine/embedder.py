@@ -9,18 +9,20 @@ breaks the kernel) is split in halves and retried, down to single images, before
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+from PIL import Image
 
 from worker.config import ModelSettings
 from worker.engine.decode import raise_pillow_limit
 from worker.engine.loading import VisionTower, forward, load_vision_tower
 from worker.engine.preprocess import PreparedImage, PreprocessMode, Preprocessor
-from worker.errors import EmbedError, ImageError, RecordError
+from worker.errors import DeviceFailed, EmbedError, ImageError, RecordError
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +36,12 @@ class Embedder:
         self.settings = settings
         self.tower = tower
         self.preprocessor = Preprocessor(
-            tower.preprocess_cfg, mode=settings.preprocess_mode, max_pixels=settings.max_image_pixels
+            tower.preprocess_cfg,
+            mode=settings.preprocess_mode,
+            max_pixels=settings.max_image_pixels,
+            exif_orientation=settings.exif_orientation,
         )
+        self._canary = self.preprocessor.prepare(_canary_png())
 
     @classmethod
     def load(cls, settings: ModelSettings) -> Embedder:
@@ -114,11 +120,21 @@ class Embedder:
         if out_of_memory and self.device.type == "cuda":
             torch.cuda.empty_cache()
         if len(images) == 1:
+            if not self._device_healthy():
+                raise DeviceFailed(f"{reason}, and a known-good image fails too: the device is in a bad state")
             logger.warning("embedding failed for a single image: %s", reason)
             return [EmbedError(f"{reason} (single image)")]
         logger.warning("batch of %d failed (%s): retrying as two halves", len(images), reason)
         half = len(images) // 2
         return self._embed_or_split(images[:half]) + self._embed_or_split(images[half:])
+
+    def _device_healthy(self) -> bool:
+        """Whether a known-good image (mid-grey, prepared like any other) still embeds: told apart,
+        an image that breaks the kernel alone is that record's failure, a broken device is not."""
+        try:
+            return all(isinstance(r, np.ndarray) for r in self._embed_batch([self._canary]))
+        except RuntimeError:
+            return False
 
     def _embed_batch(self, images: Sequence[PreparedImage]) -> list[EmbedResult]:
         with torch.inference_mode():
@@ -138,3 +154,12 @@ class Embedder:
             else:
                 results.append(vector.copy())  # an independent (dim,) array, not a view of the batch
         return results
+
+
+def _canary_png() -> bytes:
+    """A small gradient: an input every model embeds to a finite, non-zero vector."""
+    ramp = np.linspace(0, 255, 64, dtype=np.uint8)
+    pixels = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], 255 - ramp[None, :]), axis=-1)
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(out, "PNG")
+    return out.getvalue()

@@ -1,42 +1,48 @@
 """Backpressure: pause every assigned partition when too much is in flight, resume below half.
 
-pause() throws away what librdkafka prefetched, so it must not flap: pause at `max_in_flight`
-unfinished records, resume only at half of that. Partitions assigned while paused are paused on
-assignment (runtime.py); partitions given up are released from the pause, because librdkafka keeps
-the flag of a partition that this consumer paused, lost and got back.
+"Too much" is any of: `max_in_flight` unfinished records, `max_in_flight_bytes` held by them
+(memory.py), or an outage with records parked (outage.py: nothing new should pile up behind it).
+pause() throws away what librdkafka prefetched, so it must not flap: resume only once records and
+bytes are both at half their limit and no outage holds the input. Partitions assigned while paused
+are paused on assignment (rebalance.py); partitions given up are released from the pause, because
+librdkafka keeps the flag of a partition that this consumer paused, lost and got back.
 """
 
 from __future__ import annotations
 
 import contextlib
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
+from worker.errors import WorkerError
+from worker.kafka_boundary import kafka_call
 from worker.metrics import Metrics
 
 
 class Backpressure:
-    def __init__(self, *, consumer: Consumer, max_in_flight: int, metrics: Metrics) -> None:
+    def __init__(self, *, consumer: Consumer, max_in_flight: int, max_bytes: int, metrics: Metrics) -> None:
         self._consumer = consumer
         self._max_in_flight = max_in_flight
+        self._max_bytes = max_bytes
         self._metrics = metrics
         self.paused = False
 
-    def update(self, in_flight: int) -> None:
-        if not self.paused and in_flight >= self._max_in_flight:
+    def update(self, in_flight: int, in_flight_bytes: int, *, hold: bool) -> None:
+        if not self.paused and (hold or in_flight >= self._max_in_flight or in_flight_bytes >= self._max_bytes):
             self.pause()
-        elif self.paused and in_flight <= self._max_in_flight // 2:
-            self._consumer.resume(self._consumer.assignment())
+        elif self.paused and not hold and in_flight <= self._max_in_flight // 2 \
+                and in_flight_bytes <= self._max_bytes // 2:
+            kafka_call(lambda: self._consumer.resume(self._consumer.assignment()), what="resume")
             self._set(paused=False)
 
     def pause(self) -> None:
-        self._consumer.pause(self._consumer.assignment())
+        kafka_call(lambda: self._consumer.pause(self._consumer.assignment()), what="pause")
         self._set(paused=True)
 
     def release(self, partitions: list[TopicPartition]) -> None:
         """Clear the pause flag of partitions being given up (revoked or lost)."""
-        with contextlib.suppress(KafkaException):  # lost partitions may be unknown to the client by now
-            self._consumer.resume(partitions)
+        with contextlib.suppress(WorkerError):  # lost partitions may be unknown to the client by now
+            kafka_call(lambda: self._consumer.resume(partitions), what="resume")
 
     def _set(self, *, paused: bool) -> None:
         self.paused = paused

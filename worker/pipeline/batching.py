@@ -19,7 +19,7 @@ from worker.pipeline.work import Work
 class BatchReceiver(Protocol):
     def has_room(self) -> bool: ...
 
-    def submit_batch(self, batch: list[Work]) -> None: ...
+    def submit(self, item: list[Work]) -> None: ...
 
 
 class Batcher:
@@ -28,27 +28,30 @@ class Batcher:
         *,
         batch_size: int,
         max_wait: float,
-        next: BatchReceiver,
+        next_step: BatchReceiver,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._batch_size = batch_size
         self._max_wait = max_wait
-        self._next = next
+        self._next = next_step
         self._clock = clock
         self._queued: deque[Work] = deque()
 
-    def submit(self, work: Work) -> None:
-        work.ready_at = self._clock()
-        self._queued.append(work)
+    def submit(self, item: Work) -> None:
+        item.ready_at = self._clock()
+        self._queued.append(item)
 
     def poll(self) -> None:
         while self._queued and self._next.has_room() and self._batch_due():
             count = min(self._batch_size, len(self._queued))
-            self._next.submit_batch([self._queued.popleft() for _ in range(count)])
+            self._next.submit([self._queued.popleft() for _ in range(count)])
 
     def flush(self) -> None:
         """Send what is queued without waiting for the deadline (shutdown drains this way)."""
         self._max_wait = 0.0
+
+    def close(self, deadline: float) -> None:
+        self._queued.clear()
 
     def seconds_to_deadline(self) -> float | None:
         """How long until the oldest queued image is due; None when nothing is queued."""

@@ -5,19 +5,23 @@
         ▼                                                   │ dead letters (any stage):     │
     decode message ──────────── bad ──────────────────────▶ │ DLQ topic, or skip, or stop   │
         │                                                   └──────────────┬───────────────┘
+        │      outage (S3 down, credentials, registry): parked, input paused, retried later
         ▼                                                                  │
-    fetch from S3          (fetch_workers threads, retries) ── fails ──────▶│
+    fetch from S3          (fetch_workers threads, retries,
+        │                   starts while max_in_flight_bytes has room) ── fails ──▶│
         ▼                                                                  │
     decode + preprocess    (preprocess_workers threads)     ── fails ──────▶│
         ▼                                                                  │
     batcher                (inference_batch_size or max_batch_wait_ms)     │
         ▼                                                                  │
-    embed on the device    (one thread, <= 2 batches outstanding) ─ fails ─▶│
+    embed on the device    (one thread, <= 2 batches outstanding) ─ fails ─▶│   device broken: exit
         ▼                                                                  ▼
     Avro encode ─▶ emitter ─▶ output topic             emitter ─▶ DLQ topic
         │  broker ack (at-least-once) or transaction (exactly-once)
         ▼
-    offset tracker: watermark per partition ─▶ store_offsets / send_offsets_to_transaction
+    offset tracker: watermark per partition ─▶ committer: store_offsets | transaction
+
+Every stage takes submit/poll/close (stages.py); every failure goes through failures.py.
 """
 
 from __future__ import annotations
@@ -33,15 +37,25 @@ from worker.engine import Embedder
 from worker.errors import ConfigError
 from worker.kafka_config import consumer_config, is_cooperative, producer_config
 from worker.metrics import Metrics, record_lag
+from worker.pipeline.backpressure import Backpressure
 from worker.pipeline.batching import Batcher
+from worker.pipeline.commit import Committer, StoredOffsetsCommitter
 from worker.pipeline.deadletter import DeadLetterStage
+from worker.pipeline.failures import FailureRouter
 from worker.pipeline.inference import InferenceStage
+from worker.pipeline.memory import InFlightBytes
 from worker.pipeline.offsets import OffsetTracker
+from worker.pipeline.outage import OutageGate
 from worker.pipeline.outputs import OutputStage
 from worker.pipeline.produce import AckedEmitter, Emitter, InOrderEmitter, Outbox
-from worker.pipeline.runtime import Runtime, Stages
-from worker.pipeline.stages import ThreadStage, fetch_step, preprocess_step
+from worker.pipeline.rebalance import Rebalancer
+from worker.pipeline.runtime import Pipeline, Runtime
+from worker.pipeline.stages import DecodeStage, ThreadStage, fetch_step, preprocess_step
+from worker.pipeline.transactions import TransactionalCommitter
 from worker.source import S3Source, make_s3_client
+
+_FETCH_TIMEOUT_GRACE_SECONDS = 5.0  # the fetch judges its own deadline first (outage or record)
+_DEFAULT_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes
 
 
 def build_runtime(
@@ -52,13 +66,15 @@ def build_runtime(
         raise ConfigError("CLIP_WORKER_S3__ALLOWED_SOURCES", "empty: name the buckets the worker may read")
     consumer_conf = consumer_config(kafka, pipeline)
     consumer = Consumer(consumer_conf | {"stats_cb": lambda s: record_lag(metrics, s)})
-    outbox = Outbox(Producer(producer_config(kafka, pipeline)))
-    tracker = OffsetTracker()
-    emitter: Emitter = (
-        InOrderEmitter(outbox=outbox, tracker=tracker)
-        if pipeline.delivery == "exactly-once"
-        else AckedEmitter(outbox=outbox, tracker=tracker)
+    producer_conf = producer_config(kafka, pipeline)
+    producer = Producer(producer_conf)
+    outbox = Outbox(
+        producer, max_message_bytes=int(producer_conf.get("message.max.bytes", _DEFAULT_MESSAGE_MAX_BYTES))
     )
+    tracker = OffsetTracker()
+    budget = InFlightBytes(limit=pipeline.max_in_flight_bytes)
+    exactly_once = pipeline.delivery == "exactly-once"
+    emitter: Emitter = (InOrderEmitter if exactly_once else AckedEmitter)(outbox=outbox, tracker=tracker)
 
     registry_client = None
     if pipeline.output_format == "confluent" or pipeline.schema_registry_url:
@@ -81,43 +97,64 @@ def build_runtime(
     )
 
     dead_letters = DeadLetterStage(
-        emitter=emitter,
-        topic=kafka.dead_letter_topic,
-        policy=pipeline.on_error,
-        max_consecutive=pipeline.max_consecutive_failures,
+        emitter=emitter, topic=kafka.dead_letter_topic, policy=pipeline.on_error,
+        max_consecutive=pipeline.max_consecutive_failures, max_bytes=outbox.max_record_bytes, metrics=metrics,
+    )
+    outages = OutageGate(
+        initial_wait=pipeline.outage_retry_initial_seconds, max_wait=pipeline.outage_retry_max_seconds,
         metrics=metrics,
     )
+    failures = FailureRouter(dead_letters=dead_letters, outages=outages)
     output = OutputStage(
-        emitter=emitter, encoder=encoder, topic=kafka.output_topic, dead_letters=dead_letters, metrics=metrics
+        emitter=emitter, outbox=outbox, encoder=encoder, topic=kafka.output_topic, failures=failures,
+        dead_letters=dead_letters, outages=outages, metrics=metrics,
     )
-    inference = InferenceStage(embed=embedder.embed, next=output, failures=dead_letters, metrics=metrics)
-    batcher = Batcher(batch_size=embedder.batch_size, max_wait=pipeline.max_batch_wait_ms / 1000, next=inference)
+    timeout = pipeline.record_timeout_seconds
+    inference = InferenceStage(
+        embed=embedder.embed, next_step=output, failures=failures, metrics=metrics, timeout=timeout
+    )
+    batcher = Batcher(
+        batch_size=embedder.batch_size, max_wait=pipeline.max_batch_wait_ms / 1000, next_step=inference
+    )
     preprocess = ThreadStage(
-        name="preprocess",
-        workers=model.preprocess_workers,
-        step=preprocess_step(embedder.prepare),
-        next=batcher,
-        failures=dead_letters,
+        name="preprocess", workers=model.preprocess_workers, step=preprocess_step(embedder.prepare),
+        next_step=batcher, failures=failures, timeout=timeout, budget=budget,
     )
     source = S3Source(client=s3_client or make_s3_client(settings.s3), settings=settings.s3)
     fetch = ThreadStage(
-        name="fetch",
-        workers=settings.s3.fetch_workers,
-        step=fetch_step(source, metrics),
-        next=preprocess,
-        failures=dead_letters,
+        name="fetch", workers=settings.s3.fetch_workers, step=fetch_step(source, metrics, timeout=timeout),
+        next_step=preprocess, failures=failures, timeout=timeout + _FETCH_TIMEOUT_GRACE_SECONDS, budget=budget,
+        reserve_bytes=settings.s3.max_object_bytes,
+    )
+    decode = DecodeStage(
+        input_format=pipeline.input_format,
+        confluent=registry.input_decoder(registry_client, kafka.input_topic) if registry_client else None,
+        next_step=fetch,
+        failures=failures,
+    )
+    for stage in (decode, fetch, output):
+        outages.route(stage.name, stage)
+
+    floors = dead_letters.floors
+    committer: Committer = (
+        TransactionalCommitter(producer=producer, consumer=consumer, outbox=outbox, tracker=tracker, floors=floors,
+                               metrics=metrics)
+        if exactly_once
+        else StoredOffsetsCommitter(consumer=consumer, tracker=tracker, floors=floors)
+    )
+    backpressure = Backpressure(
+        consumer=consumer, max_in_flight=pipeline.max_in_flight, max_bytes=pipeline.max_in_flight_bytes,
+        metrics=metrics,
+    )
+    rebalancer = Rebalancer(
+        consumer=consumer, outbox=outbox, tracker=tracker, emitter=emitter, committer=committer,
+        backpressure=backpressure, outages=outages, metrics=metrics, cooperative=is_cooperative(consumer_conf),
+        flush_seconds=pipeline.shutdown_grace_seconds,
     )
     return Runtime(
-        consumer=consumer,
-        outbox=outbox,
-        emitter=emitter,
-        tracker=tracker,
-        stages=Stages(
-            fetch=fetch, preprocess=preprocess, batcher=batcher, inference=inference, dead_letters=dead_letters
-        ),
-        input_topic=kafka.input_topic,
-        settings=pipeline,
-        metrics=metrics,
-        cooperative=is_cooperative(consumer_conf),
-        confluent_decoder=registry.input_decoder(registry_client, kafka.input_topic) if registry_client else None,
+        consumer=consumer, outbox=outbox, tracker=tracker, budget=budget, committer=committer,
+        rebalancer=rebalancer, backpressure=backpressure,
+        pipeline=Pipeline(decode=decode, fetch=fetch, preprocess=preprocess, batcher=batcher, inference=inference,
+                          failures=failures, dead_letters=dead_letters, outages=outages),
+        input_topic=kafka.input_topic, settings=pipeline, metrics=metrics,
     )

@@ -3,6 +3,12 @@ main thread and the main thread never waits on the GPU.
 
 At most `max_batches` batches are outstanding (one on the device, one ready behind it), so that
 preprocessing of the next batch overlaps inference of this one without queueing unbounded work.
+
+Per-record failures (EmbedError: a zero or non-finite embedding, an image that breaks the kernel
+alone) are the record's. A device in a bad state is not: the embedder raises DeviceFailed when even
+a known-good input fails, and a batch still running past `timeout` means the device is stuck. Either
+stops the worker without committing the batch, for a restart with a fresh device context; no record
+of it reaches the dead-letter topic.
 """
 
 from __future__ import annotations
@@ -13,26 +19,30 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from worker.engine import PreparedImage
-from worker.errors import EmbedError
+from worker.errors import DeviceFailed, EmbedError
 from worker.metrics import Metrics
 from worker.pipeline.pool import WorkPool
-from worker.pipeline.stages import FailureSink, Receiver
+from worker.pipeline.stages import FailureSink, Stage
 from worker.pipeline.work import Work
 
 EmbedFn = Callable[[Sequence[PreparedImage]], list[np.ndarray | EmbedError]]
 
 
 class InferenceStage:
+    name = "embed"
+
     def __init__(
-        self, *, embed: EmbedFn, next: Receiver, failures: FailureSink, metrics: Metrics, max_batches: int = 2
+        self, *, embed: EmbedFn, next_step: Stage[Work], failures: FailureSink, metrics: Metrics, timeout: float,
+        max_batches: int = 2,
     ) -> None:
         self._embed = embed
         self._metrics = metrics
         self._pool: WorkPool[list[Work], list[np.ndarray | EmbedError]] = WorkPool(
             name="device", workers=1, fn=self._run
         )
-        self._next = next
+        self._next = next_step
         self._failures = failures
+        self._timeout = timeout
         self._max_batches = max_batches
 
     def _run(self, batch: list[Work]) -> list[np.ndarray | EmbedError]:
@@ -49,23 +59,26 @@ class InferenceStage:
     def has_room(self) -> bool:
         return self._pool.outstanding < self._max_batches
 
-    def submit_batch(self, batch: list[Work]) -> None:
-        self._pool.submit(batch)
+    def submit(self, item: list[Work]) -> None:
+        self._pool.submit(item)
 
     def poll(self) -> None:
         for batch, outcome in self._pool.finished():
-            if isinstance(outcome, BaseException):  # the embedder broke its contract: every record fails
-                for work in batch:
-                    self._failures.fail(work, EmbedError(f"batch failed: {outcome!r}"), stage="embed")
+            if isinstance(outcome, BaseException):  # DeviceFailed, or the embedder broke its contract
+                error = outcome if isinstance(outcome, DeviceFailed) else DeviceFailed(f"batch failed: {outcome!r}")
+                self._failures.fail(batch[0], error, stage=self.name)
                 continue
             for work, result in zip(batch, outcome, strict=True):
                 work.prepared = None
                 if isinstance(result, EmbedError):
-                    self._failures.fail(work, result, stage="embed")
+                    self._failures.fail(work, result, stage=self.name)
                 else:
                     work.embedding = result
                     self._next.submit(work)
+        for batch in self._pool.expired(self._timeout):
+            self._failures.fail(
+                batch[0], DeviceFailed(f"a batch of {len(batch)} ran past {self._timeout:.0f} s"), stage=self.name
+            )
 
-
-    def close(self) -> None:
-        self._pool.shutdown()
+    def close(self, deadline: float) -> None:
+        self._pool.close(deadline)

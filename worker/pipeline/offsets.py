@@ -11,7 +11,9 @@ Each assignment of a partition gets a new generation, so work polled under an ea
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 TopicPartition = tuple[str, int]
@@ -23,13 +25,15 @@ class _Partition:
     pending: deque[int] = field(default_factory=deque)  # polled, in poll order (ascending)
     finished: set[int] = field(default_factory=set)  # finished but not yet below the watermark
     committable: int | None = None  # next offset to commit, once it moves
-    stored: int | None = None  # the last committable value handed to the consumer
+    confirmed: int | None = None  # the last value a commit (or store_offsets) accepted
 
 
 class OffsetTracker:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._partitions: dict[TopicPartition, _Partition] = {}
         self._generation = 0
+        self._clock = clock
+        self.progressed_at = clock()  # when a watermark last moved (for /livez)
 
     def assign(self, tp: TopicPartition) -> int:
         """Start tracking a newly assigned partition; returns its generation."""
@@ -67,16 +71,30 @@ class OffsetTracker:
             state.finished.discard(released[-1])
         if released:
             state.committable = released[-1] + 1
+            self.progressed_at = self._clock()
         return released
 
     def in_flight(self) -> int:
         return sum(len(state.pending) for state in self._partitions.values())
 
-    def take_committable(self) -> dict[TopicPartition, int]:
-        """Offsets that moved since the last call, to hand to store_offsets / a transaction."""
+    def committable(self, floors: Mapping[TopicPartition, int] | None = None) -> dict[TopicPartition, int]:
+        """Offsets that moved since the last confirm(), capped at `floors` (the dead-letter streak's
+        first failure per partition). Nothing counts as committed until confirm() says so: a commit
+        that fails hands the same offsets out again next time."""
         moved: dict[TopicPartition, int] = {}
         for tp, state in self._partitions.items():
-            if state.committable is not None and state.committable != state.stored:
-                moved[tp] = state.committable
-                state.stored = state.committable
+            if state.committable is None:
+                continue
+            offset = state.committable
+            if floors and tp in floors:
+                offset = min(offset, floors[tp])
+            if offset != state.confirmed and (state.confirmed is None or offset > state.confirmed):
+                moved[tp] = offset
         return moved
+
+    def confirm(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """The broker (or store_offsets) accepted these offsets."""
+        for tp, offset in offsets.items():
+            state = self._partitions.get(tp)
+            if state is not None:
+                state.confirmed = offset

@@ -1,51 +1,69 @@
-"""The output stage: each embedded record becomes one Avro record on the output topic, keyed by id."""
+"""The output stage: each embedded record becomes one Avro record on the output topic, keyed by id.
+
+Anything that goes wrong building the record - the encoder, the key, a registry outage - is the
+record's failure (or, for the registry, an outage), never the loop's; and a record over the
+producer's size limit is refused here, before produce() would raise in the middle of the loop.
+"""
 
 from __future__ import annotations
 
-from confluent_kafka import KafkaError
-
 from worker.encoding import EmbeddingEncoder
-from worker.errors import EncodeError, OutputRejected
+from worker.errors import OutputRejected, OutputTooLarge
 from worker.metrics import Metrics
 from worker.pipeline.deadletter import DeadLetterStage
-from worker.pipeline.produce import Emitter, OutRecord
+from worker.pipeline.outage import OutageGate
+from worker.pipeline.produce import Emitter, Outbox, OutRecord
+from worker.pipeline.stages import FailureSink
 from worker.pipeline.work import Work
 
 
 class OutputStage:
+    name = "encode"
+
     def __init__(
-        self,
-        *,
-        emitter: Emitter,
-        encoder: EmbeddingEncoder,
-        topic: str,
-        dead_letters: DeadLetterStage,
-        metrics: Metrics,
+        self, *, emitter: Emitter, outbox: Outbox, encoder: EmbeddingEncoder, topic: str, failures: FailureSink,
+        dead_letters: DeadLetterStage, outages: OutageGate, metrics: Metrics,
     ) -> None:
         self._emitter = emitter
+        self._outbox = outbox
         self._encoder = encoder
         self._topic = topic
+        self._failures = failures
         self._dead_letters = dead_letters
+        self._outages = outages
         self._metrics = metrics
 
-    def submit(self, work: Work) -> None:
-        assert work.request is not None and work.embedding is not None
+    def submit(self, item: Work) -> None:
+        assert item.request is not None and item.embedding is not None
         try:
             value = self._encoder.encode(
-                request=work.request, embedding=work.embedding, source=work.source, topic=self._topic
+                request=item.request, embedding=item.embedding, source=item.source, topic=self._topic
             )
-        except EncodeError as exc:
-            self._dead_letters.fail(work, exc, stage=exc.stage)
+            record = OutRecord(
+                topic=self._topic, key=item.request.id.encode(), value=value, headers=self._encoder.headers
+            )
+        except Exception as exc:  # EncodeError, RegistryUnavailable, or anything the encoder missed
+            self._failures.fail(item, exc, stage=self.name)
             return
-        record = OutRecord(
-            topic=self._topic, key=work.request.id.encode(), value=value, headers=self._encoder.headers
-        )
-        self._emitter.emit(work, record, on_done=self._done, on_refused=self._refused)
+        if not self._outbox.fits(record):
+            limit = self._outbox.max_record_bytes
+            too_large = OutputTooLarge(f"output record of {record.nbytes} bytes is over the limit of {limit}")
+            self._failures.fail(item, too_large, stage=too_large.stage)
+            return
+        self._emitter.emit(item, record, on_done=self._done, on_refused=self._refused)
+
+    def poll(self) -> None:
+        return None
+
+    def close(self, deadline: float) -> None:
+        return None
 
     def _done(self, work: Work) -> None:
         self._metrics.embedded.inc()
         self._dead_letters.record_success()
+        self._outages.record_success()
 
-    def _refused(self, work: Work, err: KafkaError) -> None:
+    def _refused(self, work: Work, error: Exception) -> None:
         # Outside transactions the delivery timeout is infinite, so an error here is a refusal for good.
-        self._dead_letters.fail(work, OutputRejected(f"output record refused: {err.str()}"), stage="produce")
+        refusal = error if isinstance(error, OutputRejected) else OutputRejected(f"output record refused: {error}")
+        self._failures.fail(work, refusal, stage=refusal.stage)

@@ -1,8 +1,17 @@
-"""A thread pool whose finished tasks are collected without blocking, for the stages' poll()."""
+"""A thread pool whose finished tasks are collected without blocking, for the stages' poll().
+
+Two things a plain ThreadPoolExecutor does not give the data path:
+- a deadline per task, counted from when a thread starts it (time spent queued is not the record's
+  fault): ``expired()`` hands back tasks running past it, and their late outcome is then dropped;
+- a shutdown bounded in time: a thread stuck in a C call cannot be interrupted, so ``close()`` waits
+  for running tasks only until its deadline and leaves the rest to die with the process.
+"""
 
 from __future__ import annotations
 
+import concurrent.futures
 import queue
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
@@ -14,36 +23,70 @@ R = TypeVar("R")  # what the task returns
 class WorkPool(Generic[T, R]):
     """Runs `fn(item)` on `workers` threads; `finished()` yields (item, result or exception)."""
 
-    def __init__(self, *, name: str, workers: int, fn: Callable[[T], R]) -> None:
+    def __init__(
+        self, *, name: str, workers: int, fn: Callable[[T], R], clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
         self._fn = fn
-        self._done: queue.SimpleQueue[tuple[T, R | BaseException]] = queue.SimpleQueue()
-        self.outstanding = 0
+        self._clock = clock
+        self._done: queue.SimpleQueue[tuple[int, T, R | BaseException]] = queue.SimpleQueue()
+        self._started: dict[int, tuple[T, float]] = {}  # task id -> (item, start time), in start order
+        self._abandoned: set[int] = set()
+        self._futures: set[Future[R]] = set()
+        self._next_id = 0
+        self.outstanding = 0  # submitted and neither finished nor abandoned
 
     def submit(self, item: T) -> None:
+        task = self._next_id
+        self._next_id += 1
+
+        def run() -> R:
+            self._started[task] = (item, self._clock())  # dict writes are atomic under the GIL
+            return self._fn(item)
+
         def done(future: Future[R]) -> None:
+            self._futures.discard(future)
             outcome: R | BaseException
             if future.cancelled():  # only at shutdown, where nothing reads the outcome any more
                 outcome = CancelledError()
             else:
                 error = future.exception()
                 outcome = error if error is not None else future.result()
-            self._done.put((item, outcome))
+            self._done.put((task, item, outcome))
 
-        future = self._executor.submit(self._fn, item)
+        future = self._executor.submit(run)
+        self._futures.add(future)
         self.outstanding += 1
         future.add_done_callback(done)
 
     def finished(self) -> Iterator[tuple[T, R | BaseException]]:
-        """What finished since the last call; never blocks."""
+        """What finished since the last call; never blocks. Abandoned tasks are left out."""
         while True:
             try:
-                item = self._done.get_nowait()
+                task, item, outcome = self._done.get_nowait()
             except queue.Empty:
                 return
+            self._started.pop(task, None)
+            if task in self._abandoned:
+                self._abandoned.discard(task)
+                continue
+            self.outstanding -= 1
+            yield item, outcome
+
+    def expired(self, timeout: float) -> Iterator[T]:
+        """Items whose task has run for longer than `timeout` seconds; each is given up for good."""
+        cutoff = self._clock() - timeout
+        for task, (item, started) in list(self._started.items()):
+            if started > cutoff:
+                return  # started in order: the rest are younger
+            del self._started[task]
+            self._abandoned.add(task)
             self.outstanding -= 1
             yield item
 
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
-
+    def close(self, deadline: float) -> None:
+        """Cancel what has not started; wait for running tasks until `deadline` (monotonic), no longer."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        running = set(self._futures)
+        if running:
+            concurrent.futures.wait(running, timeout=max(0.0, deadline - self._clock()))

@@ -8,6 +8,10 @@ Commit order, spelled out:
   partition, and each is finished as it is sent; the transaction then commits exactly those
   outputs together with the offsets just past them. Out-of-order sends would let a transaction
   hold the output of offset 7 while committing offset 5, and a crash would replay 7.
+
+A record over the producer's message.max.bytes would make produce() raise synchronously, in the
+middle of the loop; so the size is checked before (`fits`), and a record that does not fit is the
+record's failure (OutputTooLarge), never the loop's.
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import Producer
 
+from worker.kafka_boundary import kafka_call, translate
 from worker.pipeline.offsets import OffsetTracker
 from worker.pipeline.work import Work
 
 Headers = list[tuple[str, str | bytes | None]]
+# librdkafka's per-record framing (lengths, attributes, header counts) and the batch header, with room.
+_RECORD_OVERHEAD_BYTES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,20 +39,33 @@ class OutRecord:
     headers: Headers
     timestamp_ms: int | None = None
 
+    @property
+    def nbytes(self) -> int:
+        headers = sum(len(name.encode()) + len(value or b"") for name, value in self.headers)
+        return len(self.key or b"") + len(self.value or b"") + headers
+
 
 class Outbox:
     """Produces records; `on_ack(error)` runs when the broker answered. Waits out a full queue."""
 
-    def __init__(self, producer: Producer) -> None:
+    def __init__(self, producer: Producer, *, max_message_bytes: int) -> None:
         self.producer = producer
+        self.max_record_bytes = max_message_bytes - _RECORD_OVERHEAD_BYTES
+        self.produced = 0  # records handed to librdkafka since start (the transaction committer reads it)
 
-    def send(self, record: OutRecord, *, on_ack: Callable[[KafkaError | None], None] | None = None) -> None:
+    def fits(self, record: OutRecord) -> bool:
+        return record.nbytes <= self.max_record_bytes
+
+    def send(self, record: OutRecord, *, on_ack: Callable[[Exception | None], None] | None = None) -> None:
         kwargs: dict[str, Any] = {"timestamp": record.timestamp_ms} if record.timestamp_ms else {}
         if on_ack is not None:
-            kwargs["on_delivery"] = lambda err, _msg: on_ack(err)
+            what = f"record to {record.topic}"
+            kwargs["on_delivery"] = lambda err, _msg: on_ack(None if err is None else translate(err, what=what))
         while True:
             try:
-                self.producer.produce(record.topic, record.value, record.key, headers=record.headers, **kwargs)
+                kafka_call(lambda: self.producer.produce(
+                    record.topic, record.value, record.key, headers=record.headers, **kwargs), what="produce")
+                self.produced += 1
                 return
             except BufferError:  # librdkafka's queue is full: serve callbacks until there is room
                 self.producer.poll(0.05)
@@ -58,9 +78,15 @@ class Outbox:
         remaining: int = self.producer.flush(timeout)
         return remaining
 
+    def close(self) -> None:
+        """Drop what is still unacknowledged (its offsets were not committed: it is redone), then close.
+        close() alone would wait forever for records that an unreachable broker never acknowledges."""
+        kafka_call(self.producer.purge, what="purge")
+        kafka_call(self.producer.close, what="close")
+
 
 OnDone = Callable[[Work], None]
-OnRefused = Callable[[Work, KafkaError], None]
+OnRefused = Callable[[Work, Exception], None]
 
 
 class Emitter(Protocol):
@@ -85,7 +111,7 @@ class AckedEmitter:
             self._finish(work, on_done)
             return
 
-        def acked(err: KafkaError | None) -> None:
+        def acked(err: Exception | None) -> None:
             if err is None:
                 self._finish(work, on_done)
             else:
@@ -110,7 +136,6 @@ class InOrderEmitter:
         self._outbox = outbox
         self._tracker = tracker
         self._held: dict[tuple[str, int], dict[int, tuple[Work, OutRecord | None, OnDone]]] = {}
-        self.sent = 0  # records written since the runtime last committed a transaction
 
     def emit(self, work: Work, record: OutRecord | None, *, on_done: OnDone, on_refused: OnRefused) -> None:
         if not self._tracker.is_current(work.tp, work.generation):
@@ -121,7 +146,6 @@ class InOrderEmitter:
             ready_work, ready_record, ready_done = held.pop(offset)
             if ready_record is not None:
                 self._outbox.send(ready_record)  # failures surface in commit_transaction
-                self.sent += 1
             ready_done(ready_work)
 
     def forget(self, tp: tuple[str, int] | None = None) -> None:
@@ -129,3 +153,4 @@ class InOrderEmitter:
             self._held.clear()
         else:
             self._held.pop(tp, None)
+

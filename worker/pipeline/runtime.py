@@ -1,8 +1,11 @@
-"""The main loop: poll, hand records down the stages, store or commit what finished, repeat.
+"""The main loop: poll, hand records down the stages, commit what finished, repeat; and shutdown.
 
 Only this thread talks to the consumer, and it never waits on S3 or the device, so poll() runs
 every few milliseconds and max.poll.interval.ms is never at risk (backpressure.py pauses the input
-when the rest falls behind). Rebalances are handled here too, since they touch every piece of state.
+when the rest falls behind). No record can stop this loop: every stage turns what goes wrong with
+one record into that record's failure (failures.py); only FatalError - a fenced or wedged client, a
+broken device, the stop policy, the failure streak - ends it, and then nothing more is committed
+than what finished.
 """
 
 from __future__ import annotations
@@ -12,75 +15,72 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, Message
 
 from worker.config import PipelineSettings
 from worker.encoding import Source
-from worker.errors import BadMessage, FatalError
-from worker.messages import ConfluentDecoder, decode_request
+from worker.errors import ClientFatal, ClientWedged, WorkerError
+from worker.kafka_boundary import is_code, kafka_call, translate
 from worker.metrics import Metrics
 from worker.pipeline.backpressure import Backpressure
 from worker.pipeline.batching import Batcher
+from worker.pipeline.commit import Committer
 from worker.pipeline.deadletter import DeadLetterStage
+from worker.pipeline.failures import FailureRouter
 from worker.pipeline.inference import InferenceStage
+from worker.pipeline.memory import InFlightBytes
 from worker.pipeline.offsets import OffsetTracker
-from worker.pipeline.produce import Emitter, Headers, InOrderEmitter, Outbox
-from worker.pipeline.stages import ThreadStage
-from worker.pipeline.transactions import ClientWedged, TransactionCommitter
+from worker.pipeline.outage import OutageGate
+from worker.pipeline.produce import Headers, Outbox
+from worker.pipeline.rebalance import Rebalancer
+from worker.pipeline.stages import DecodeStage, ThreadStage
 from worker.pipeline.work import Work
 
 log = logging.getLogger(__name__)
 _BUSY_POLL_SECONDS = 0.005  # while work is in flight: results arrive on other threads
 _IDLE_POLL_SECONDS = 0.1
 _MAX_CONSUME = 500
+_BYTES_EVERY_SECONDS = 0.02  # the byte count walks every live record: not on every turn
 
 
-@dataclass(slots=True)
-class Stages:
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """The stages in data-path order (build.py draws the diagram), and where failures go."""
+
+    decode: DecodeStage
     fetch: ThreadStage
     preprocess: ThreadStage
     batcher: Batcher
     inference: InferenceStage
+    failures: FailureRouter
     dead_letters: DeadLetterStage
+    outages: OutageGate
 
 
 class Runtime:
     def __init__(
-        self,
-        *,
-        consumer: Consumer,
-        outbox: Outbox,
-        emitter: Emitter,
-        tracker: OffsetTracker,
-        stages: Stages,
-        input_topic: str,
-        settings: PipelineSettings,
-        metrics: Metrics,
-        cooperative: bool,
-        confluent_decoder: ConfluentDecoder | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        self, *, consumer: Consumer, outbox: Outbox, tracker: OffsetTracker, budget: InFlightBytes,
+        committer: Committer, rebalancer: Rebalancer, backpressure: Backpressure, pipeline: Pipeline,
+        input_topic: str, settings: PipelineSettings, metrics: Metrics, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._consumer = consumer
         self._outbox = outbox
-        self._emitter = emitter
         self._tracker = tracker
-        self._stages = stages
+        self._budget = budget
+        self._committer = committer
+        self._rebalancer = rebalancer
+        self._backpressure = backpressure
+        self._pipeline = pipeline
         self._input_topic = input_topic
         self._settings = settings
         self._metrics = metrics
-        self._decoder = confluent_decoder
-        self._cooperative = cooperative
         self._clock = clock
-        self._transactions = (
-            TransactionCommitter(producer=outbox.producer, metrics=metrics)
-            if isinstance(emitter, InOrderEmitter)
-            else None
-        )
-        self._backpressure = Backpressure(consumer=consumer, max_in_flight=settings.max_in_flight, metrics=metrics)
         self._stop_deadline: float | None = None
-        self._closed = False
+        self._draining = False
+        self._in_flight_bytes = 0
+        self._bytes_at = float("-inf")
+        self._idle_at = clock()
         self.last_loop_at = clock()
-        self.assigned: set[tuple[str, int]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -90,11 +90,12 @@ class Runtime:
             self._stop_deadline = self._clock() + self._settings.shutdown_grace_seconds
 
     def run(self) -> None:
+        rebalancer = self._rebalancer
         self._consumer.subscribe(
-            [self._input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            [self._input_topic], on_assign=rebalancer.on_assign, on_revoke=rebalancer.on_revoke,
+            on_lost=rebalancer.on_lost,
         )
-        if self._transactions is not None:
-            self._transactions.start()
+        self._committer.start()
         error: BaseException | None = None
         try:
             while not self._finished_stopping():
@@ -107,157 +108,98 @@ class Runtime:
 
     def step(self) -> None:
         """One turn of the loop; never blocks for longer than a poll timeout."""
-        self.last_loop_at = self._clock()
+        now = self.last_loop_at = self._clock()
         stopping = self._stop_deadline is not None
-        if stopping and not self._backpressure.paused:
-            self._backpressure.pause()
-            self._stages.batcher.flush()
-        room = self._settings.max_in_flight - self._tracker.in_flight()
-        messages = self._consumer.consume(max(1, min(room, _MAX_CONSUME)), self._poll_timeout())
+        if stopping and not self._draining:  # once: stop the input, send partial batches now
+            self._draining = True
+            if not self._backpressure.paused:
+                self._backpressure.pause()
+            self._pipeline.batcher.flush()
+        in_flight = self._tracker.in_flight()
+        if in_flight == 0:
+            self._idle_at = now
+        room = self._settings.max_in_flight - in_flight
+        messages = kafka_call(lambda: self._consumer.consume(max(1, min(room, _MAX_CONSUME)), self._poll_timeout()),
+                              what="consume") or []
         for message in messages:
             self._take(message)
         self._advance()
-        self._commit()
+        if self._tracker.in_flight() == 0:
+            self._pipeline.dead_letters.settle()
+        if not self._committer.commit():
+            self._rebalancer.rewind()
         if not stopping:
-            self._backpressure.update(self._tracker.in_flight())
+            self._backpressure.update(
+                self._tracker.in_flight(), self._bytes_in_flight(), hold=self._pipeline.outages.active
+            )
+
+    @property
+    def assigned(self) -> set[tuple[str, int]]:
+        """The partitions this worker holds now."""
+        return self._rebalancer.assigned
+
+    def stalled_seconds(self) -> float:
+        """How long records have been in flight with no offset finished; 0 when idle or in an outage
+        (waiting out an outage is not a stall)."""
+        if self._tracker.in_flight() == 0 or self._pipeline.outages.active:
+            return 0.0
+        return self._clock() - max(self._tracker.progressed_at, self._idle_at)
 
     # -- the data path ---------------------------------------------------------------------------
 
     def _take(self, message: Message) -> None:
         error = message.error()
         if error is not None:
-            if error.fatal() or error.code() == KafkaError._FATAL:
+            translated = translate(error, what="consume")
+            if isinstance(translated, ClientFatal):
                 # e.g. a static member fenced after its session timed out during a broker outage:
                 # this client instance is done; a restarted process rejoins and resumes at the commit.
-                raise FatalError(f"consumer error: {error.str()}")
-            if error.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer error: %s", error.str())
+                raise translated
+            if not is_code(error, "_PARTITION_EOF"):
+                log.warning("consumer error: %s", translated)
             return
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         assert topic is not None and partition is not None and offset is not None
-        generation = self._tracker.add((topic, partition), offset)
+        if (topic, partition) not in self._rebalancer.assigned:
+            self._metrics.unassigned.inc()  # fetched just before a revoke: the next owner reads it
+            return
         self._metrics.consumed.inc()
+        timestamp_type, timestamp = message.timestamp()
         work = Work(
             source=Source(topic=topic, partition=partition, offset=offset),
-            generation=generation,
+            generation=self._tracker.add((topic, partition), offset),
             key=message.key(),
             value=message.value(),
             headers=_headers(message),
-            timestamp_ms=message.timestamp()[1] if message.timestamp()[0] else None,
+            timestamp_ms=timestamp if timestamp_type else None,
         )
-        try:
-            work.request = decode_request(work.value, input_format=self._settings.input_format, confluent=self._decoder)
-        except BadMessage as exc:
-            self._stages.dead_letters.fail(work, exc, stage=exc.stage)
-            return
-        self._stages.fetch.submit(work)
+        self._pipeline.decode.submit(work)
 
     def _advance(self) -> None:
-        stages = self._stages
-        stages.fetch.poll()
-        stages.preprocess.poll()
-        stages.batcher.poll()
-        stages.inference.poll()
+        pipeline = self._pipeline
+        pipeline.fetch.poll()
+        pipeline.preprocess.poll()
+        pipeline.batcher.poll()
+        pipeline.inference.poll()
+        pipeline.outages.poll()
         self._outbox.poll()
-        if stages.dead_letters.fatal is not None:
-            raise stages.dead_letters.fatal
+        fatal = pipeline.failures.fatal or pipeline.dead_letters.fatal
+        if fatal is not None:
+            raise fatal
         self._metrics.in_flight.set(self._tracker.in_flight())
+
+    def _bytes_in_flight(self) -> int:
+        now = self._clock()
+        if now - self._bytes_at >= _BYTES_EVERY_SECONDS:
+            self._in_flight_bytes, self._bytes_at = self._budget.total(), now
+            self._metrics.in_flight_bytes.set(self._in_flight_bytes)
+        return self._in_flight_bytes
 
     def _poll_timeout(self) -> float:
         if self._tracker.in_flight() == 0:
             return _IDLE_POLL_SECONDS
-        deadline = self._stages.batcher.seconds_to_deadline()
+        deadline = self._pipeline.batcher.seconds_to_deadline()
         return _BUSY_POLL_SECONDS if deadline is None else min(_BUSY_POLL_SECONDS, deadline)
-
-    # -- offsets and transactions ----------------------------------------------------------------
-
-    def _commit(self, *, force: bool = False) -> None:
-        if self._transactions is not None:
-            self._commit_transaction(force=force)
-            return
-        moved = self._tracker.take_committable()
-        if not moved:
-            return
-        try:
-            self._consumer.store_offsets(offsets=[TopicPartition(t, p, o) for (t, p), o in moved.items()])
-        except KafkaException as exc:
-            # _STATE: a partition is no longer ours (librdkafka #3774): that work is someone else's now.
-            if exc.args[0].code() != KafkaError._STATE:
-                raise
-
-    def _commit_transaction(self, *, force: bool) -> None:
-        moved = self._tracker.take_committable()
-        emitter = self._emitter
-        assert isinstance(emitter, InOrderEmitter)
-        if not moved and not emitter.sent and not force:
-            return
-        offsets = [TopicPartition(t, p, o) for (t, p), o in moved.items()]
-        assert self._transactions is not None
-        if not self._transactions.commit(offsets, self._consumer.consumer_group_metadata()):
-            self._rewind()
-        emitter.sent = 0
-
-    def _rewind(self) -> None:
-        """After an abort: drop all in-flight work and seek every partition back to its commit."""
-        self._emitter.forget()
-        assigned = [TopicPartition(t, p) for t, p in self.assigned]
-        for tp in self.assigned:
-            self._tracker.assign(tp)  # a new generation: in-flight results are now stale
-        for committed in self._consumer.committed(assigned, timeout=30):
-            offset = committed.offset
-            if offset == OFFSET_INVALID:
-                offset, _high = self._consumer.get_watermark_offsets(committed, timeout=30)
-            self._consumer.seek(TopicPartition(committed.topic, committed.partition, offset))
-
-    # -- rebalancing -----------------------------------------------------------------------------
-
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._metrics.rebalances.labels(kind="assigned").inc()
-        for tp in partitions:
-            self._tracker.assign((tp.topic, tp.partition))
-            self.assigned.add((tp.topic, tp.partition))
-        if partitions and self._backpressure.paused:  # assign now, so they are paused before any fetch
-            if self._cooperative:
-                consumer.incremental_assign(partitions)
-            else:
-                consumer.assign(partitions)
-            consumer.pause(partitions)
-        log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in partitions))
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Finish what was delivered, commit it, and drop the rest for the next owner."""
-        if self._closed:  # leaving the group at shutdown is not a rebalance
-            self._forget(partitions)
-            return
-        self._metrics.rebalances.labels(kind="revoked").inc()
-        self._outbox.flush(self._settings.shutdown_grace_seconds)
-        self._commit(force=self._transactions is not None)
-        if self._transactions is None:
-            self._commit_stored(consumer)
-        self._forget(partitions)
-
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Lost, not revoked: another member may own them already, so commit nothing."""
-        self._metrics.rebalances.labels(kind="lost").inc()
-        self._forget(partitions)
-
-    def _forget(self, partitions: list[TopicPartition]) -> None:
-        # librdkafka keeps the pause flag of a partition this consumer paused and gave up: were it
-        # assigned back after a session timeout, it would never be fetched again. Clear it now.
-        self._backpressure.release(partitions)
-        for tp in partitions:
-            key = (tp.topic, tp.partition)
-            self._tracker.revoke(key)
-            self._emitter.forget(key)
-            self.assigned.discard(key)
-        log.info("revoked %s", sorted((tp.topic, tp.partition) for tp in partitions))
-
-    def _commit_stored(self, consumer: Consumer) -> None:
-        try:
-            consumer.commit(asynchronous=False)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError._NO_OFFSET:
-                log.warning("commit failed: %s", exc.args[0].str())
 
     # -- shutdown --------------------------------------------------------------------------------
 
@@ -272,26 +214,34 @@ class Runtime:
         return False
 
     def _close(self, error: BaseException | None) -> None:
-        """Flush outputs, then commit offsets, then leave the group: in that order."""
-        stages = self._stages
-        for stage in (stages.fetch, stages.preprocess, stages.inference):
-            stage.close()
+        """1. stop the stages (waiting no later than the deadline), 2. flush outputs, 3. commit
+        offsets, 4. leave the group, 5. end the transaction, 6. close the producer: in that order."""
+        deadline = self._stop_deadline or self._clock() + self._settings.shutdown_grace_seconds
+        pipeline = self._pipeline
+        for stage in (pipeline.fetch, pipeline.preprocess, pipeline.inference):
+            stage.close(deadline)
         if isinstance(error, ClientWedged):
             return  # nothing can be flushed or committed through a wedged client; the successor fences it
         try:
-            self._outbox.flush(max(1.0, (self._stop_deadline or self._clock()) - self._clock()))
-            self._commit(force=True)
-            if self._transactions is None:
-                self._commit_stored(self._consumer)
-        except KafkaException as exc:  # a fenced or failed client: what was not committed is redone
-            log.warning("final commit failed: %s", exc.args[0].str())
+            self._outbox.flush(max(1.0, deadline - self._clock()))
+            self._committer.commit(force=True)
+        except WorkerError as exc:  # a fenced or failed client: what was not committed is redone
+            log.warning("final commit failed: %s", exc)
         finally:
-            self._closed = True  # the revocation that close() triggers has nothing left to commit
-            self._consumer.close()
-            if self._transactions is not None:
-                self._transactions.abort_open()
+            self._rebalancer.closing = True
+            for close in (self._consumer.close, self._committer.close, self._outbox.close):
+                try:
+                    kafka_call(close, what="close")
+                except WorkerError as exc:
+                    log.warning("close failed: %s", exc)
 
 
 def _headers(message: Message) -> Headers:
-    headers = message.headers() or []
+    """The record's headers; none when the client cannot decode them (e.g. a name that is not UTF-8)."""
+    try:
+        headers = message.headers() or []
+    except Exception as exc:  # confluent-kafka decodes header names: hostile bytes raise here
+        log.warning("headers of %s [%s] @%s unreadable: %s", message.topic(), message.partition(), message.offset(),
+                    type(exc).__name__)
+        return []
     return list(headers.items()) if isinstance(headers, dict) else list(headers)

@@ -1,32 +1,86 @@
-"""The per-record stages: fetch from S3, then decode and preprocess, each on its own threads.
+"""The Stage contract, and the per-record stages: decode the message, fetch from S3, preprocess.
 
-Like every stage, each has submit() (hand it work), poll() (move what finished on, never blocks)
-and close(). Failures go to the failure sink with the stage they happened in; successes to `next`.
+Every stage honours one contract (after arroyo's ProcessingStrategy):
+- ``submit(item)`` hands it work and never blocks;
+- ``poll()`` moves what finished to ``next_step`` (successes) or to the failure sink, never blocks;
+- ``close(deadline)`` stops it, waiting for running work no later than ``deadline`` (monotonic).
+Offsets travel with the data (Work.source), so any stage may finish a record in any order.
+
+A stage never lets an exception escape for one record: whatever its step raises becomes that
+record's failure (failures.py decides between dead letter, outage and stop).
 """
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from worker.engine import PreparedImage
-from worker.errors import RecordError, SourceError
+from worker.errors import RecordTimeout, SourceError, SourceOutage, UnexpectedError
+from worker.messages import ConfluentDecoder, InputFormat, decode_request
 from worker.metrics import Metrics
+from worker.pipeline.memory import InFlightBytes
 from worker.pipeline.pool import WorkPool
 from worker.pipeline.work import Work
 from worker.source import S3Source
 
+T_contra = TypeVar("T_contra", contravariant=True)
 
-class Receiver(Protocol):
-    def submit(self, work: Work) -> None: ...
+
+class Stage(Protocol[T_contra]):
+    def submit(self, item: T_contra) -> None: ...
+
+    def poll(self) -> None: ...
+
+    def close(self, deadline: float) -> None: ...
 
 
 class FailureSink(Protocol):
     def fail(self, work: Work, error: Exception, *, stage: str) -> None: ...
 
 
+class DecodeStage:
+    """Decodes the message value into an ImageRequest, inline on the main thread (microseconds)."""
+
+    name = "decode-message"
+
+    def __init__(
+        self,
+        *,
+        input_format: InputFormat,
+        confluent: ConfluentDecoder | None,
+        next_step: Stage[Work],
+        failures: FailureSink,
+    ) -> None:
+        self._format = input_format
+        self._confluent = confluent
+        self._next = next_step
+        self._failures = failures
+
+    def submit(self, item: Work) -> None:
+        try:
+            item.request = decode_request(item.value, input_format=self._format, confluent=self._confluent)
+        except Exception as exc:  # BadMessage, a registry outage, or anything decode_request missed
+            self._failures.fail(item, exc, stage=self.name)
+            return
+        self._next.submit(item)
+
+    def poll(self) -> None:
+        return None
+
+    def close(self, deadline: float) -> None:
+        return None
+
+
 class ThreadStage:
-    """Runs `step(work)` on a pool of threads; step fills in a field of the work or raises."""
+    """Runs `step(work)` on a pool of threads; step fills in a field of the work or raises.
+
+    With `reserve_bytes`, a record starts only while the in-flight byte budget has that much room
+    (or nothing at all is held): it holds the reservation until its step replaces it with
+    what it really holds. Records queue here meanwhile, costing nothing but their message.
+    """
 
     def __init__(
         self,
@@ -34,41 +88,79 @@ class ThreadStage:
         name: str,
         workers: int,
         step: Callable[[Work], None],
-        next: Receiver,
+        next_step: Stage[Work],
         failures: FailureSink,
+        timeout: float,
+        budget: InFlightBytes | None = None,
+        reserve_bytes: int = 0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
-        self._pool: WorkPool[Work, None] = WorkPool(name=name, workers=workers, fn=step)
-        self._next = next
+        self._pool: WorkPool[Work, None] = WorkPool(name=name, workers=workers, fn=step, clock=clock)
+        self._next = next_step
         self._failures = failures
+        self._timeout = timeout
+        self._budget = budget
+        self._reserve = reserve_bytes
+        self._waiting: deque[Work] = deque()
 
-    def submit(self, work: Work) -> None:
-        self._pool.submit(work)
+    def submit(self, item: Work) -> None:
+        if self._budget is not None:
+            self._budget.track(item)
+        if self._reserve:
+            self._waiting.append(item)
+            self._admit()
+        else:
+            self._pool.submit(item)
 
     def poll(self) -> None:
         for work, outcome in self._pool.finished():
             if isinstance(outcome, BaseException):
-                stage = outcome.stage if isinstance(outcome, RecordError) else self.name
-                self._failures.fail(work, _as_exception(outcome), stage=stage)
+                self._failures.fail(work, _record_failure(outcome, self.name), stage=self.name)
             else:
                 self._next.submit(work)
+        for work in self._pool.expired(self._timeout):
+            work.reserved, work.data = 0, None  # the thread may still hold them; the budget no longer does
+            self._failures.fail(
+                work, RecordTimeout(f"{self.name} took longer than {self._timeout:.0f} s", stage=self.name),
+                stage=self.name,
+            )
+        if self._waiting:
+            self._admit()
+
+    def close(self, deadline: float) -> None:
+        self._waiting.clear()
+        self._pool.close(deadline)
+
+    def _admit(self) -> None:
+        assert self._budget is not None, "reserve_bytes needs a budget"
+        room = self._budget.room()
+        # Nothing held anywhere (room == limit) lets one in even when the limit is below the reservation.
+        while self._waiting and (room >= self._reserve or room >= self._budget.limit):
+            work = self._waiting.popleft()
+            work.reserved = self._reserve
+            room -= self._reserve
+            self._pool.submit(work)
 
 
-    def close(self) -> None:
-        self._pool.shutdown()
+def _record_failure(error: BaseException, stage: str) -> Exception:
+    """What a step raised, as an Exception the sink takes (a BaseException from a thread is wrapped)."""
+    return error if isinstance(error, Exception) else UnexpectedError(error, stage=stage)
 
 
-def fetch_step(source: S3Source, metrics: Metrics) -> Callable[[Work], None]:
+def fetch_step(source: S3Source, metrics: Metrics, *, timeout: float) -> Callable[[Work], None]:
     """Read the image bytes of a decoded request; counts attempts for the dead-letter headers."""
 
     def step(work: Work) -> None:
         assert work.request is not None, "the fetch stage only takes decoded requests"
         try:
-            work.data, work.fetch_attempts = source.fetch(work.request.uri)
-        except SourceError as exc:
+            work.data, work.fetch_attempts = source.fetch(work.request.uri, deadline=time.monotonic() + timeout)
+        except (SourceError, SourceOutage) as exc:
             work.fetch_attempts = exc.attempts
             metrics.fetch_retries.inc(max(0, exc.attempts - 1))
             raise
+        finally:
+            work.reserved = 0
         metrics.fetched_bytes.inc(len(work.data))
         metrics.fetch_retries.inc(work.fetch_attempts - 1)
 
@@ -85,6 +177,3 @@ def preprocess_step(prepare: Callable[[bytes], PreparedImage]) -> Callable[[Work
 
     return step
 
-
-def _as_exception(error: BaseException) -> Exception:
-    return error if isinstance(error, Exception) else RuntimeError(repr(error))

@@ -1,95 +1,98 @@
-"""Exactly-once commits: outputs and input offsets in one Kafka transaction.
+"""Exactly-once commits: outputs and input offsets in one Kafka transaction per turn of the loop.
 
-librdkafka's send_offsets_to_transaction can block past its timeout, forever, when the group
-coordinator went away and came back (librdkafka #5456 and #5511: a broker restart is enough). A
-blocked call would stop the poll loop for good, so every transactional call runs on a daemon
-thread with a deadline; when one does not return, the worker raises ClientWedged and exits, and
-its successor (same transactional.id) fences the open transaction and resumes from the commit.
-Nothing is lost or doubled: the open transaction is aborted by the broker.
+Commit order, as numbered steps (each under a deadline, kafka_boundary.py):
+1. send_offsets_to_transaction(offsets just past the outputs written, capped at the streak floors);
+2. commit_transaction();
+3. only now count the offsets as committed (OffsetTracker.confirm), and begin the next transaction.
+
+A step that times out is retried as the same call: librdkafka keeps a timed-out commit_transaction
+(or send_offsets) as the current, resumable call, and calling anything else fails at once with a
+conflict (the bug this replaced: a timed-out commit followed by send_offsets again, nine times,
+and the worker exited). An abortable error aborts the transaction; the runtime then rewinds to the
+committed offsets and redoes the work. A fenced producer is fatal: a newer instance owns the id.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
-from typing import TypeVar
 
-from confluent_kafka import KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 
-from worker.errors import FatalError
+from worker.errors import FatalError, KafkaUnavailable, TransactionAborted, WorkerError
+from worker.kafka_boundary import kafka_call
 from worker.metrics import Metrics
+from worker.pipeline.commit import Floors, as_topic_partitions
+from worker.pipeline.offsets import OffsetTracker
+from worker.pipeline.produce import Outbox
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-_ATTEMPTS = 10  # retriable failures (a coordinator moving, a timeout) before giving up
+_ATTEMPTS = 10  # timeouts of one commit before giving up (the process restarts and fences)
 _CALL_SECONDS = 10.0  # what librdkafka is asked to wait
-_DEADLINE_SECONDS = 30.0  # what we wait before calling librdkafka wedged
+_INIT_SECONDS = 30.0
+_DEADLINE_MARGIN = 20.0  # beyond the requested wait, before the client counts as wedged
 
 
-class ClientWedged(FatalError):
-    """A librdkafka call did not return by its deadline; the client cannot be closed cleanly."""
-
-
-def call_with_deadline(fn: Callable[[], T], *, what: str, seconds: float = _DEADLINE_SECONDS) -> T:
-    outcome: list[T | BaseException] = []
-    thread = threading.Thread(target=lambda: outcome.append(_capture(fn)), name=f"kafka-{what}", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if not outcome:
-        raise ClientWedged(f"librdkafka {what} did not return within {seconds:.0f} s")
-    result = outcome[0]
-    if isinstance(result, BaseException):
-        raise result
-    return result
-
-
-def _capture(fn: Callable[[], T]) -> T | BaseException:
-    try:
-        return fn()
-    except BaseException as exc:  # handed back to the calling thread
-        return exc
-
-
-class TransactionCommitter:
-    def __init__(self, *, producer: Producer, metrics: Metrics) -> None:
+class TransactionalCommitter:
+    def __init__(
+        self, *, producer: Producer, consumer: Consumer, outbox: Outbox, tracker: OffsetTracker, floors: Floors,
+        metrics: Metrics, init_seconds: float = _INIT_SECONDS, deadline_margin: float = _DEADLINE_MARGIN,
+    ) -> None:
         self._producer = producer
+        self._consumer = consumer
+        self._outbox = outbox
+        self._tracker = tracker
+        self._floors = floors
         self._metrics = metrics
+        self._committed_produced = 0  # outbox.produced at the last commit
+        self._init_seconds = init_seconds
+        self._margin = deadline_margin
 
     def start(self) -> None:
-        call_with_deadline(lambda: self._producer.init_transactions(_CALL_SECONDS * 3), what="init_transactions")
-        self._producer.begin_transaction()
+        init = self._init_seconds
+        self._call(lambda: self._producer.init_transactions(init), "init_transactions", init)
+        self._call(self._producer.begin_transaction, "begin_transaction")
 
-    def commit(self, offsets: list[TopicPartition], group_metadata: object) -> bool:
-        """Commit the open transaction with `offsets`, then begin the next one. False when it had
-        to be aborted: the caller must rewind to the committed offsets."""
-        producer = self._producer
-        committed = True
-        for attempt in range(1, _ATTEMPTS + 1):
-            try:
-                if offsets:
-                    call_with_deadline(
-                        lambda: producer.send_offsets_to_transaction(offsets, group_metadata, _CALL_SECONDS),
-                        what="send_offsets_to_transaction",
-                    )
-                call_with_deadline(lambda: producer.commit_transaction(_CALL_SECONDS), what="commit_transaction")
-                self._metrics.transactions.labels(outcome="committed").inc()
-                break
-            except KafkaException as exc:
-                error = exc.args[0]
-                if error.retriable() and attempt < _ATTEMPTS:
-                    log.warning("transaction commit failed (attempt %d), retrying: %s", attempt, error.str())
-                    continue
-                if not error.txn_requires_abort():
-                    raise FatalError(f"transaction failed: {error.str()}") from exc
-                log.warning("transaction aborted, rewinding to the committed offsets: %s", error.str())
-                call_with_deadline(lambda: producer.abort_transaction(_CALL_SECONDS), what="abort_transaction")
-                self._metrics.transactions.labels(outcome="aborted").inc()
-                committed = False
-                break
-        producer.begin_transaction()
+    def commit(self, *, force: bool = False) -> bool:
+        offsets = self._tracker.committable(self._floors)
+        if not offsets and self._outbox.produced == self._committed_produced and not force:
+            return True
+        committed = self._commit(offsets)
+        if committed:
+            self._tracker.confirm(offsets)
+        self._committed_produced = self._outbox.produced
+        self._call(self._producer.begin_transaction, "begin_transaction")
         return committed
 
-    def abort_open(self) -> None:
-        """At shutdown: abort the (empty) transaction begun after the last commit."""
-        call_with_deadline(lambda: self._producer.abort_transaction(_CALL_SECONDS), what="abort_transaction")
+    def _commit(self, offsets: dict[tuple[str, int], int]) -> bool:
+        producer = self._producer
+        offsets_sent = not offsets
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                if not offsets_sent:  # step 1
+                    self._call(lambda: producer.send_offsets_to_transaction(
+                        as_topic_partitions(offsets), self._consumer.consumer_group_metadata(), _CALL_SECONDS),
+                        "send_offsets_to_transaction")
+                    offsets_sent = True
+                self._call(lambda: producer.commit_transaction(_CALL_SECONDS), "commit_transaction")  # step 2
+                self._metrics.transactions.labels(outcome="committed").inc()
+                return True
+            except KafkaUnavailable as exc:  # resumable: the same call again
+                log.warning("transaction commit attempt %d timed out, resuming it: %s", attempt, exc)
+            except TransactionAborted as exc:
+                log.warning("transaction aborted, rewinding to the committed offsets: %s", exc)
+                self._call(lambda: producer.abort_transaction(_CALL_SECONDS), "abort_transaction")
+                self._metrics.transactions.labels(outcome="aborted").inc()
+                return False
+        raise FatalError(f"transaction did not commit in {_ATTEMPTS} attempts of {_CALL_SECONDS:.0f} s")
+
+    def close(self) -> None:
+        """At shutdown: abort the transaction begun after the last commit. A fenced or broken client
+        cannot, and the error that stopped the worker is the one to report: log this one."""
+        try:
+            self._call(lambda: self._producer.abort_transaction(_CALL_SECONDS), "abort_transaction")
+        except WorkerError as exc:
+            log.warning("could not abort the open transaction (its successor will fence it): %s", exc)
+
+    def _call(self, fn: Callable[[], object], what: str, seconds: float = _CALL_SECONDS) -> None:
+        kafka_call(fn, what=what, deadline=seconds + self._margin)

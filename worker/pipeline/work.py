@@ -11,10 +11,13 @@ from worker.engine import PreparedImage
 from worker.messages import ImageRequest
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, weakref_slot=True)
 class Work:
     """One polled record. Its source (topic, partition, offset) and the generation of its
-    partition's assignment travel with it, so that finishing it can move the right watermark."""
+    partition's assignment travel with it, so that finishing it can move the right watermark.
+
+    Weakly referenceable: the in-flight byte budget (memory.py) counts every Work still alive,
+    stale work of a revoked partition included, without any stage having to report it."""
 
     source: Source
     generation: int
@@ -24,6 +27,7 @@ class Work:
     timestamp_ms: int | None
     request: ImageRequest | None = None
     fetch_attempts: int = 0
+    reserved: int = 0  # bytes held for a fetch whose size is not known yet
     data: bytes | None = None
     prepared: PreparedImage | None = None
     ready_at: float = 0.0  # monotonic time it entered the batcher
@@ -32,3 +36,10 @@ class Work:
     @property
     def tp(self) -> tuple[str, int]:
         return (self.source.topic, self.source.partition)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory this record holds now: its fetch reservation, fetched bytes and prepared tensor."""
+        held = self.reserved + (len(self.data) if self.data is not None else 0)
+        prepared = self.prepared
+        return held + (prepared.nbytes if prepared is not None else 0)

@@ -1,0 +1,80 @@
+"""Two edges of the main loop: a stop that arrives while the input is paused still sends the partial
+batch (it used to wait out the grace period), and a record from a partition this consumer does not
+hold is dropped, not tracked (it used to start tracking the partition, and its watermark)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from harness.kafka_broker import KafkaBroker
+from harness.kafka_io import committed_and_end_offsets, produce_requests, read_all
+from harness.models import tiny_model_settings
+from harness.workers import InProcessWorker
+from tests.conftest import Credentials
+from tests.pipeline.conftest import requests_for
+from worker.config import Settings
+from worker.engine import Embedder
+from worker.metrics import Metrics
+from worker.pipeline.build import build_runtime
+
+MODEL: dict[str, Any] = {"preprocess_mode": "fast", "inference_batch_size": 64, "preprocess_workers": 2}
+
+
+def test_a_stop_while_paused_still_sends_the_partial_batch(
+    kafka_broker: KafkaBroker,
+    aws_credentials: Credentials,
+    photo_bucket: tuple[str, list[str]],
+    make_settings: Callable[..., Settings],
+    tiny_checkpoint: Path,
+) -> None:
+    bucket, keys = photo_bucket
+    settings = make_settings(
+        bucket, input_partitions=1, model=MODEL,
+        pipeline={"max_in_flight": 8, "max_batch_wait_ms": 600_000, "shutdown_grace_seconds": 20},
+    )
+    kafka, bootstrap = settings.kafka, kafka_broker.bootstrap_servers
+    produce_requests(bootstrap, kafka.input_topic, requests_for(bucket, keys, 20))
+    embedder = Embedder.load(tiny_model_settings(tiny_checkpoint, **MODEL))
+    with InProcessWorker(settings, embedder=embedder) as worker:
+        deadline = time.monotonic() + 60
+        while not (worker.counter("clip_worker_consumer_paused") == 1
+                   and worker.counter("clip_worker_records_in_flight") == 8):
+            assert time.monotonic() < deadline, "the worker never filled up and paused"
+            time.sleep(0.05)
+        started = time.monotonic()
+        worker.stop()
+        assert time.monotonic() - started < 10, "the partial batch waited out the grace period"
+
+    assert len(read_all(bootstrap, kafka.output_topic)) == 8
+    committed, _ends = committed_and_end_offsets(bootstrap, kafka.group_id, kafka.input_topic)
+    assert committed == {0: 8}
+
+
+class ForeignMessage:
+    """A record of a partition the consumer does not hold (fetched just before it was revoked)."""
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return "someone-elses"
+
+    def partition(self) -> int:
+        return 3
+
+    def offset(self) -> int:
+        return 42
+
+
+def test_a_record_of_a_partition_not_held_is_dropped_not_tracked(
+    photo_bucket: tuple[str, list[str]], make_settings: Callable[..., Settings], tiny_checkpoint: Path
+) -> None:
+    settings = make_settings(photo_bucket[0], input_partitions=1, model=MODEL)
+    metrics = Metrics()
+    runtime = build_runtime(settings, embedder=Embedder.load(settings.model), metrics=metrics)
+    runtime._take(ForeignMessage())  # type: ignore[arg-type]
+    assert runtime._tracker.in_flight() == 0
+    assert metrics.registry.get_sample_value("clip_worker_records_unassigned_total") == 1

@@ -1,0 +1,109 @@
+"""The one place librdkafka's errors become the worker's (worker/errors.py), like httpx's
+``map_httpcore_exceptions``: nothing else in the worker catches ``KafkaException`` or reads a code.
+
+Three ways librdkafka reports a failure, all translated by ``translate``:
+- a ``KafkaException`` raised by a call (``kafka_call`` wraps the call);
+- a ``KafkaError`` handed to a delivery callback or carried by a consumed message;
+- a call that never returns: librdkafka's ``send_offsets_to_transaction`` can block past its own
+  timeout, forever, after the group coordinator went away and came back (librdkafka #5456, #5511).
+  With ``deadline=`` the call runs on a daemon thread and ``ClientWedged`` is raised when it does
+  not return in time; the process must then exit (its destructor can hang too), and its successor
+  fences what it left open.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+from confluent_kafka import KafkaError, KafkaException
+
+from worker.errors import (
+    ClientFatal,
+    ClientWedged,
+    FatalError,
+    KafkaUnavailable,
+    OutputRejected,
+    OutputTooLarge,
+    TransactionAborted,
+    WorkerError,
+)
+
+T = TypeVar("T")
+
+# The client instance is finished: another instance took over (fenced) or librdkafka gave up on it.
+_FATAL_CODES = frozenset({
+    KafkaError._FATAL, KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.FENCED_INSTANCE_ID,
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+})
+# Waits that ran out, and brokers that could not be reached: the same call may work later.
+_UNAVAILABLE_CODES = frozenset({
+    KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.CONCURRENT_TRANSACTIONS,
+})
+_TOO_LARGE_CODES = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
+
+
+def translate(error: KafkaError, *, what: str) -> WorkerError:
+    """The worker's error for one librdkafka error; ``what`` names the call or the record."""
+    message = f"{what}: {error.str()}"
+    code = error.code()
+    if error.fatal():
+        return ClientFatal(message)
+    if error.txn_requires_abort():
+        return TransactionAborted(message)
+    if code in _FATAL_CODES:
+        return ClientFatal(message)
+    if code in _TOO_LARGE_CODES:
+        return OutputTooLarge(message)
+    if error.retriable() or code in _UNAVAILABLE_CODES:
+        return KafkaUnavailable(message)
+    if code in (KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG):
+        return OutputRejected(message)
+    return FatalError(message)
+
+
+def is_code(error: KafkaError | None, *names: str) -> bool:
+    """Whether ``error`` carries one of the named codes (e.g. ``"_PARTITION_EOF"``)."""
+    return error is not None and any(error.code() == getattr(KafkaError, name, object()) for name in names)
+
+
+def kafka_call(
+    fn: Callable[[], T], *, what: str, deadline: float | None = None, ignore: tuple[str, ...] = ()
+) -> T | None:
+    """Run one librdkafka call; its ``KafkaException`` comes out translated, except for the codes
+    named in ``ignore`` (e.g. ``"_NO_OFFSET"``: nothing to commit), which return None. With
+    ``deadline`` (seconds) the call runs on a daemon thread, and ``ClientWedged`` is raised if it
+    has not returned by then."""
+    if deadline is None:
+        return _translated(fn, what, ignore)
+    outcome: list[T | BaseException | None] = []
+    thread = threading.Thread(
+        target=lambda: outcome.append(_captured(fn, what, ignore)), name=f"kafka-{what}", daemon=True
+    )
+    thread.start()
+    thread.join(deadline)
+    if not outcome:
+        raise ClientWedged(f"librdkafka {what} did not return within {deadline:.0f} s")
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _translated(fn: Callable[[], T], what: str, ignore: tuple[str, ...]) -> T | None:
+    try:
+        return fn()
+    except KafkaException as exc:
+        if is_code(exc.args[0], *ignore):
+            return None
+        raise translate(exc.args[0], what=what) from exc
+
+
+def _captured(fn: Callable[[], T], what: str, ignore: tuple[str, ...]) -> T | BaseException | None:
+    try:
+        return _translated(fn, what, ignore)
+    except BaseException as exc:  # handed back to the calling thread
+        return exc
