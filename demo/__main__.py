@@ -74,7 +74,12 @@ def main() -> int:
             wait_until_committed(broker.bootstrap_servers, GROUP, INPUT, timeout=600)
         finally:
             worker.send_signal(signal.SIGTERM)
-            code = worker.wait(timeout=60)
+            try:
+                code = worker.wait(timeout=60)
+            finally:
+                if worker.poll() is None:  # it must not outlive the broker it talks to
+                    worker.kill()
+                    worker.wait()
         wall = time.monotonic() - started
         outputs = read_all(broker.bootstrap_servers, OUTPUT)
         dead = read_all(broker.bootstrap_servers, DLQ)

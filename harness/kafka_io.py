@@ -1,33 +1,49 @@
 """Kafka helpers shared by the tests, the demo and the benchmarks: produce the input, read the
-output back, and compare a group's committed offsets with the end of its input."""
+output back, and compare a group's committed offsets with the end of its input.
+
+Each helper closes its client before it returns, and every client logs through Python logging
+(like the worker's, see worker/logs.py), so none prints librdkafka's lines to stderr: not while
+it is used, nor after the broker has stopped.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from worker.messages import ImageRequest, encode_request_json
+
+_LOG = logging.getLogger("harness.librdkafka")
+
+
+def _client(bootstrap: str) -> dict[str, Any]:
+    return {"bootstrap.servers": bootstrap, "logger": _LOG}
 
 
 def produce(bootstrap: str, topic: str, values: Iterable[tuple[bytes | None, bytes]]) -> int:
     """Produce (key, value) pairs and wait for every acknowledgement; returns how many."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
-    count = 0
-    for key, value in values:
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.1)
-        count += 1
-    if producer.flush(60) != 0:
-        raise RuntimeError("input records were not all acknowledged")
-    return count
+    producer = Producer(_client(bootstrap) | {"linger.ms": 5, "enable.idempotence": True})
+    try:
+        count = 0
+        for key, value in values:
+            while True:
+                try:
+                    producer.produce(topic, value, key)
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+            count += 1
+        if producer.flush(60) != 0:
+            raise RuntimeError("input records were not all acknowledged")
+        return count
+    finally:
+        producer.purge()  # a no-op after a full flush; otherwise close() would wait out message.timeout.ms
+        producer.close()
 
 
 def produce_requests(bootstrap: str, topic: str, requests: Iterable[ImageRequest]) -> int:
@@ -40,8 +56,8 @@ def read_all(
     """Every record of `topic` from the beginning: until `expect` are read, or until the end offsets
     are reached when `expect` is None. Raises TimeoutError if they do not arrive in time."""
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
+        _client(bootstrap)
+        | {
             "group.id": f"reader-{uuid.uuid4()}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
@@ -75,7 +91,7 @@ def _partitions(consumer: Consumer, topic: str) -> list[int]:
 
 def written_count(bootstrap: str, topic: str) -> int:
     """Records written to `topic` so far, committed or not (transaction markers included)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4()}"})
+    consumer = Consumer(_client(bootstrap) | {"group.id": f"probe-{uuid.uuid4()}"})
     try:
         return sum(
             consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
@@ -87,7 +103,7 @@ def written_count(bootstrap: str, topic: str) -> int:
 
 def committed_and_end_offsets(bootstrap: str, group: str, topic: str) -> tuple[dict[int, int], dict[int, int]]:
     """The group's committed offset and the end offset of each partition of `topic`."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    consumer = Consumer(_client(bootstrap) | {"group.id": group, "enable.auto.commit": False})
     try:
         partitions = [TopicPartition(topic, p) for p in _partitions(consumer, topic)]
         committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=10)}
@@ -110,7 +126,3 @@ def wait_until_committed(bootstrap: str, group: str, topic: str, *, timeout: flo
         if time.monotonic() > deadline:
             raise TimeoutError(f"group {group} committed {committed}, end offsets {ends}")
         time.sleep(0.25)
-
-
-def admin(bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap})

@@ -49,11 +49,15 @@ class InProcessWorker:
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise TimeoutError("worker did not stop within its timeout")
-        # Let its Kafka clients go now, not at some later garbage collection that finds the broker gone.
-        del self.runtime
-        gc.collect()
+        self._release()
         if self.error is not None:
             raise self.error
+
+    def _release(self) -> None:
+        """Let its Kafka clients go now, not at some later garbage collection that finds the broker gone."""
+        if hasattr(self, "runtime"):
+            del self.runtime
+            gc.collect()
 
     def counter(self, name: str, **labels: str) -> float:
         value = self.metrics.registry.get_sample_value(name, labels or None)
@@ -67,6 +71,8 @@ class InProcessWorker:
     ) -> None:
         if self._thread.is_alive():
             self.stop()
+        else:  # it stopped by itself (a fatal error): its clients must go all the same
+            self._release()
 
 
 class WorkerProcess:

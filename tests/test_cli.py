@@ -1,12 +1,16 @@
-"""The console entry point, as a process: settings errors, check, and the batch embed mode."""
+"""The console entry point, as a process: settings errors, check (against the real broker and S3), and
+the batch embed mode."""
 
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from harness.kafka_broker import KafkaBroker
 from harness.models import model_config_dir
 from harness.photos import photo_corpus
+from harness.s3_server import S3Server
 
 
 def clip_worker(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -43,3 +47,43 @@ def test_embed_writes_one_line_per_file_and_an_error_line_for_a_bad_one(
     assert [line["path"] for line in lines] == [str(good), str(bad)]
     assert len(lines[0]["image_clip_emb_tiny_vit"]) == 32
     assert "NotAnImage" in lines[1]["error"] and "image_clip_emb_tiny_vit" not in lines[1]
+
+
+def check_env(checkpoint: Path, broker: KafkaBroker, s3: S3Server, *, topics: list[str], bucket: str) -> dict[str, str]:
+    return tiny_env(checkpoint) | s3.env() | {
+        "CLIP_WORKER_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "CLIP_WORKER_KAFKA__INPUT_TOPIC": topics[0],
+        "CLIP_WORKER_KAFKA__OUTPUT_TOPIC": topics[1],
+        "CLIP_WORKER_KAFKA__DEAD_LETTER_TOPIC": topics[2],
+        "CLIP_WORKER_S3__ENDPOINT_URL": s3.endpoint_url,
+        "CLIP_WORKER_S3__ALLOWED_SOURCES": json.dumps([bucket]),
+    }
+
+
+def test_check_prints_a_table_of_what_answered_and_exits_0_when_everything_did(
+    tiny_checkpoint: Path, kafka_broker: KafkaBroker, s3_server: S3Server, s3_bucket: str,
+    topic_factory: Callable[..., str],
+) -> None:
+    topics = [topic_factory() for _ in range(3)]
+    done = clip_worker("check", env=check_env(tiny_checkpoint, kafka_broker, s3_server, topics=topics,
+                                              bucket=s3_bucket))
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = done.stdout.splitlines()
+    assert rows[0].split() == ["CHECK", "RESULT", "DETAIL"]
+    assert [row.split()[:2] for row in rows[1:] if row.startswith(("topic", "s3", "model"))] == [
+        ["topic", topics[0]], ["topic", topics[1]], ["topic", topics[2]], ["s3", s3_bucket], ["model", "tiny-vit"]]
+    assert all("  OK  " in row for row in rows[1:])
+    assert "dim 32, field image_clip_emb_tiny_vit" in rows[-1]
+
+
+def test_check_exits_1_naming_each_check_that_failed(
+    tiny_checkpoint: Path, kafka_broker: KafkaBroker, s3_server: S3Server, s3_bucket: str,
+    topic_factory: Callable[..., str],
+) -> None:
+    topics = [topic_factory(), "no-such-output", topic_factory()]
+    done = clip_worker("check", env=check_env(tiny_checkpoint, kafka_broker, s3_server, topics=topics,
+                                              bucket="no-such-bucket"))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "clip-worker check: failed: topic no-such-output (output), s3 no-such-bucket")
+    assert sum("FAILED" in row for row in done.stdout.splitlines()) == 2

@@ -1,10 +1,11 @@
 """`clip-worker` / `python -m worker`: run the streaming worker, or embed local files once.
 
     clip-worker                      run the Kafka worker (settings from CLIP_WORKER_* env vars)
-    clip-worker check                load settings and the model, print what would run, exit
+    clip-worker check                check the settings, Kafka, S3, the registry and the model; print a table
     clip-worker embed FILE...        embed local image files, one JSON line each, to stdout
 
-Exit codes: 0 after a clean shutdown, 1 on a fatal error, 2 on an invalid setting.
+Exit codes: 0 after a clean shutdown (or all checks passed), 1 on a fatal error (or a failed
+check), 2 on an invalid setting.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ import time
 from pathlib import Path
 
 from worker import __version__
+from worker.checks import check_model, format_table, run_checks
 from worker.config import Settings, load_settings
 from worker.engine import Embedder
-from worker.errors import ConfigError, FatalError, RecordError
+from worker.errors import ClientWedged, ConfigError, FatalError, RecordError
 from worker.health import HealthServer
+from worker.logs import configure_logging
 from worker.metrics import Metrics
 from worker.pipeline.build import build_runtime
 from worker.pipeline.runtime import Runtime
-from worker.pipeline.transactions import ClientWedged
 
 log = logging.getLogger("worker")
 
@@ -37,17 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("files", nargs="*", type=Path, help="image files, for embed")
     parser.add_argument("--version", action="version", version=__version__)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings()
+        configure_logging(settings.log)
         if args.command == "run":
             return _run(settings)
-        embedder = Embedder.load(settings.model)
         if args.command == "check":
-            print(f"model {settings.model.model_name} ({settings.model.pretrained}) on {embedder.device}, "
-                  f"dim {embedder.dim}, field {embedder.field_name}")
-            return 0
-        return _embed_files(embedder, args.files)
+            return _check(settings)
+        return _embed_files(Embedder.load(settings.model), args.files)
     except ConfigError as exc:
         print(f"clip-worker: {exc}", file=sys.stderr)
         return 2
@@ -57,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         os._exit(1)  # a wedged librdkafka client can hang its own destructor at interpreter exit
     except FatalError as exc:
         log.error("stopping: %s", exc)
+        return 1
+    except Exception:  # through the log, so that a JSON log stays JSON
+        log.critical("stopping on an unexpected error", exc_info=True)
         return 1
 
 
@@ -72,6 +74,7 @@ def _run(settings: Settings) -> int:
             port=settings.pipeline.metrics_port,
             registry=metrics.registry,
             last_loop_at=lambda: runtime.last_loop_at if runtime else time.monotonic(),
+            stalled_seconds=lambda: runtime.stalled_seconds() if runtime else 0.0,
             ready=lambda: runtime is not None and time.monotonic() - runtime.last_loop_at < 5.0,
             stall_seconds=settings.pipeline.liveness_stall_seconds,
         )
@@ -87,6 +90,17 @@ def _run(settings: Settings) -> int:
         if health is not None:
             health.stop()
     log.info("stopped cleanly")
+    return 0
+
+
+def _check(settings: Settings) -> int:
+    """The table of what answered; the exit code and stderr name what did not."""
+    results = [*run_checks(settings), check_model(settings.model)]
+    print(format_table(results), flush=True)
+    failed = [result.name for result in results if not result.ok]
+    if failed:
+        print(f"clip-worker check: failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

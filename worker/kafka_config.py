@@ -4,15 +4,18 @@ Defaults encode the delivery contract (see worker/pipeline/produce.py): offsets 
 runtime only for finished records (enable.auto.offset.store=false) and committed in the background
 (at-least-once) or inside transactions (exactly-once, auto commit off). Outside transactions the
 producer's delivery timeout is infinite, so a broker outage delays outputs but never drops them.
+Every client logs through Python logging (worker/logs.py), never straight to stderr.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 import uuid
 from typing import Any
 
 from worker.config import KafkaSettings, PipelineSettings
+from worker.logs import LIBRDKAFKA_LOGGER
 
 
 def _common(kafka: KafkaSettings) -> dict[str, Any]:
@@ -20,6 +23,7 @@ def _common(kafka: KafkaSettings) -> dict[str, Any]:
         "bootstrap.servers": kafka.bootstrap_servers,
         "security.protocol": kafka.security_protocol,
         "client.id": f"clip-worker-{kafka.group_instance_id or socket.gethostname()}",
+        "logger": logging.getLogger(LIBRDKAFKA_LOGGER),
     }
     if kafka.sasl_mechanism:
         conf["sasl.mechanism"] = kafka.sasl_mechanism
@@ -28,6 +32,11 @@ def _common(kafka: KafkaSettings) -> dict[str, Any]:
     if kafka.sasl_password is not None:
         conf["sasl.password"] = kafka.sasl_password.get_secret_value()
     return conf | kafka.client_config
+
+
+def admin_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """For an AdminClient (``clip-worker check``): the connection settings alone."""
+    return _common(kafka)
 
 
 def consumer_config(kafka: KafkaSettings, pipeline: PipelineSettings) -> dict[str, Any]:
