@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 HELM := .cache/bin/helm
 HELM_VERSION := v3.22.0
 
-.PHONY: test demo lint typecheck pytest bench-cpu gpu-wheels clean
+.PHONY: test demo lint typecheck pytest bench-cpu gpu-wheels image clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,14 @@ demo: $(INSTALLED)
 bench-cpu: $(INSTALLED)
 	$(PY) bench/preprocess_bench.py
 	$(PY) bench/pipeline_bench.py
+
+# The worker image (Dockerfile), tagged with the package version: the Helm chart's default image
+# is clip-embedding-worker:<appVersion>. Needs Docker with BuildKit; nothing else here does.
+IMAGE ?= clip-embedding-worker
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
+image:
+	docker build -t $(IMAGE):$(IMAGE_TAG) .
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

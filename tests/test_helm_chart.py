@@ -3,6 +3,8 @@
 Two halves:
 - static: every CLIP_WORKER_* name in the chart is a real setting of worker.config.Settings, the
   chart's `config:` tree covers exactly the settings it does not set itself, with the worker's defaults;
+  values.schema.json types every key of values.yaml, refuses unknown ones, and types `config:` as
+  the worker's settings do;
 - rendered: `helm template` (default values and ci/all-features-values.yaml), asserting on the
   objects, and loading the rendered environment through worker.config.load_settings.
 
@@ -12,6 +14,7 @@ without one; HELM_PROVISION below is the command that builds it.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -28,6 +31,7 @@ from worker.config import ENV_NESTED_DELIMITER, ENV_PREFIX, Settings, env_var, l
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "clip-embedding-worker"
 ALL_FEATURES = CHART / "ci" / "all-features-values.yaml"
+SCHEMA = CHART / "values.schema.json"
 HELM = Path(os.environ.get("HELM_BIN") or ROOT / ".cache" / "bin" / "helm")
 HELM_VERSION = "v3.22.0"
 HELM_PROVISION = f"GOBIN=$PWD/.cache/bin GOFLAGS=-mod=mod go install helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"
@@ -77,6 +81,11 @@ def _chart_files() -> list[Path]:
 def _values() -> dict[str, Any]:
     values: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
     return values
+
+
+def _schema() -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads(SCHEMA.read_text())
+    return schema
 
 
 # -- static checks (no helm needed) -----------------------------------------------------------
@@ -152,6 +161,89 @@ def test_model_section_keeps_the_original_operator_names_and_defaults() -> None:
     assert model["preprocess_mode"] == _default("model", "preprocess_mode") == "fast"
 
 
+def _schema_gaps(values: Any, schema: dict[str, Any], path: str) -> list[str]:
+    """Where values.yaml and the schema disagree on keys: untyped keys, open objects, stale properties."""
+    if not isinstance(values, dict) or "properties" not in schema:
+        return []  # a leaf, or a free-form object (a Kubernetes object passed through as it is)
+    gaps = []
+    if schema.get("additionalProperties") is not False:
+        gaps.append(f"{path or '/'}: additionalProperties is not false, so a misspelt key would pass")
+    properties = schema["properties"]
+    for key, value in values.items():
+        if key not in properties:
+            gaps.append(f"{path}/{key}: in values.yaml, not in the schema")
+        else:
+            gaps.extend(_schema_gaps(value, properties[key], f"{path}/{key}"))
+    # The schema may know keys values.yaml does not hold: Helm's `global`, and the settings the chart
+    # owns (allowed through so that the chart's own check refuses them with a message that says why).
+    allowed_extra = {"/global"} | {f"/config/{section}/{key}" for section, key in CHART_OWNED}
+    gaps.extend(
+        f"{path}/{key}: in the schema, not in values.yaml"
+        for key in properties
+        if key not in values and f"{path}/{key}" not in allowed_extra
+    )
+    return gaps
+
+
+def test_values_schema_types_every_key_of_values_yaml_and_closes_every_object() -> None:
+    schema = _schema()
+    # Helm supports JSON Schema draft-07 (and later drafts); draft-07 is what this file is written to.
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    assert _schema_gaps(_values(), schema, "") == []
+    # Every leaf of values.yaml has a type (or an enum): the schema is not a list of names.
+    untyped = []
+
+    def walk(values: Any, node: dict[str, Any], path: str) -> None:
+        if isinstance(values, dict) and "properties" in node:
+            for key, value in values.items():
+                walk(value, node["properties"][key], f"{path}/{key}")
+        elif "type" not in node and "enum" not in node:
+            untyped.append(path)
+
+    walk(_values(), schema, "")
+    assert untyped == []
+
+
+def _settings_schema(section: str, key: str) -> dict[str, Any]:
+    """What the chart's schema must say of one setting, from pydantic's own JSON schema of it."""
+    full = Settings.model_json_schema()
+    model = full["$defs"][full["properties"][section]["$ref"].rsplit("/", 1)[1]]
+    expected: dict[str, Any] = {}
+    types = []
+    for variant in model["properties"][key].get("anyOf", [model["properties"][key]]):
+        types.append(variant["type"])
+        for keyword in ("enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "items"):
+            if keyword in variant:
+                expected[keyword] = variant[keyword]
+        if "additionalProperties" in variant:
+            expected["additionalProperties"] = variant["additionalProperties"]
+    expected["type"] = types[0] if len(types) == 1 else types
+    return expected
+
+
+def test_values_schema_types_the_config_section_as_the_worker_settings_do() -> None:
+    config = _schema()["properties"]["config"]
+    assert config["additionalProperties"] is False
+    assert config["properties"].keys() == _sections().keys(), "one schema object per settings section"
+    differ: dict[str, Any] = {}
+    for section, model in _sections().items():
+        schema = config["properties"][section]
+        assert schema["additionalProperties"] is False, section
+        for key in model.model_fields:
+            expected = _settings_schema(section, key)
+            if (section, key) == ("pipeline", "metrics_port"):
+                # The one deliberate difference: the worker may run without a health server, the chart may
+                # not (probes and the Service hang on it), so the chart's schema refuses null.
+                expected = {"type": "integer", "minimum": 1, "maximum": 65535}
+            actual = schema["properties"].get(key)
+            if actual is None or {k: v for k, v in actual.items() if k != "description"} != expected:
+                differ[f"config.{section}.{key}"] = {"schema has": actual, "expected": expected}
+        differ.update({f"config.{section}.{key}": "not a setting" for key in schema["properties"].keys()
+                       - model.model_fields.keys()})
+    # The message is the JSON to put in values.schema.json (add a "description" too).
+    assert not differ, f"values.schema.json disagrees with worker.config:\n{json.dumps(differ, indent=2)}"
+
+
 # -- helm --------------------------------------------------------------------------------------
 
 
@@ -224,7 +316,17 @@ def _settings_from_pod(
 ) -> Settings:
     """What the worker in pod -0 would read: the ConfigMap (envFrom), then the env list (which wins)."""
     sts = _one(objects, "StatefulSet")
-    container = _worker(sts)
+    return _settings_from_container(objects, _worker(sts), f"{sts['metadata']['name']}-0", monkeypatch, secrets)
+
+
+def _settings_from_container(
+    objects: dict[tuple[str, str], dict[str, Any]],
+    container: dict[str, Any],
+    pod_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    secrets: dict[tuple[str, str], str],
+) -> Settings:
+    """What `container` (in a pod named `pod_name`) would read through worker.config.load_settings."""
     environment: dict[str, str] = {}
     for source in container["envFrom"]:
         if "configMapRef" in source and source["configMapRef"]["name"] == FULLNAME:
@@ -236,7 +338,7 @@ def _settings_from_pod(
             environment[name] = entry["value"]
         elif "fieldRef" in entry["valueFrom"]:
             assert entry["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", entry
-            environment[name] = f"{sts['metadata']['name']}-0"
+            environment[name] = pod_name
         elif "secretKeyRef" in entry["valueFrom"]:
             ref = entry["valueFrom"]["secretKeyRef"]
             environment[name] = secrets[(ref["name"], ref["key"])]
@@ -258,7 +360,8 @@ def test_helm_lint(helm: dict[str, Any]) -> None:
 def test_default_render(helm: dict[str, Any]) -> None:
     objects = _render(helm)
     kinds = sorted(kind for kind, _ in objects)
-    assert kinds == ["ConfigMap", "PodDisruptionBudget", "Service", "ServiceAccount", "StatefulSet"], kinds
+    # The Pod is the `helm test` hook (helm template renders hooks too).
+    assert kinds == ["ConfigMap", "Pod", "PodDisruptionBudget", "Service", "ServiceAccount", "StatefulSet"], kinds
 
     sts = objects[("StatefulSet", FULLNAME)]
     spec, pod = sts["spec"], sts["spec"]["template"]["spec"]
@@ -274,12 +377,10 @@ def test_default_render(helm: dict[str, Any]) -> None:
     assert container["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
     probes = {name: container[name]["httpGet"] for name in ("startupProbe", "livenessProbe", "readinessProbe")}
     assert probes == {
-        "startupProbe": {"path": "/livez", "port": "metrics"},
+        "startupProbe": {"path": "/readyz", "port": "metrics"},
         "livenessProbe": {"path": "/livez", "port": "metrics"},
         "readinessProbe": {"path": "/readyz", "port": "metrics"},
     }
-    startup = container["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, "model load needs minutes"
     # Static membership: the group instance id is the pod name.
     assert env[env_var("kafka", "group_instance_id")]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env_var("kafka", "sasl_password") not in env
@@ -448,8 +549,14 @@ def test_explicit_termination_grace_is_checked(helm: dict[str, Any]) -> None:
         ),
         (["--set", "kafkaAuth.existingSecret=s"], "not SASL_"),
         (["--set", "config.pipeline.metrics_port=null"], "metrics_port must be set"),
-        (["--set", "modelCache.type=hostPath"], "modelCache.type"),
+        # Refused by values.schema.json's enum, which names the key as a JSON path.
+        (["--set", "modelCache.type=hostPath"], "/modelCache/type"),
         (["--set", "modelCache.type=existingClaim"], "modelCache.existingClaim"),
+        (
+            ["--set", "keda.enabled=true", "--set", "keda.limitToPartitionsWithLag=true",
+             "--set", "keda.allowIdleConsumers=true"],
+            "cannot both be true",
+        ),
     ],
 )
 def test_chart_refuses_bad_values(helm: dict[str, Any], args: list[str], message: str) -> None:
@@ -462,3 +569,145 @@ def test_gpu_count_zero_requests_no_gpu(helm: dict[str, Any]) -> None:
     objects = _render(helm, "--set", "gpu.count=0")
     limits = _worker(objects[("StatefulSet", FULLNAME)])["resources"]["limits"]
     assert "nvidia.com/gpu" not in limits and limits["memory"] == "16Gi"
+
+
+# -- startup probe -----------------------------------------------------------------------------
+
+
+def test_startup_probe_passes_only_once_the_model_is_loaded_and_polling(helm: dict[str, Any]) -> None:
+    # /livez is 200 while the model loads (worker/cli.py `_run` serves health before loading), so a startup
+    # probe on it would pass at once and a hung download or load would never be restarted. /readyz is 200
+    # only once the model is loaded and the poll loop turns.
+    container = _worker(_render(helm)[("StatefulSet", FULLNAME)])
+    startup = container["startupProbe"]
+    assert startup["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    # The whole budget for download + load: generous by default, for multi-GB checkpoints ...
+    values = _values()["probes"]["startup"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600, "big model loads need many minutes"
+    assert {key: startup[key] for key in values} == values
+    # ... and a value, so it can be raised for bigger models without editing the chart.
+    raised = _render(helm, "--set", "probes.startup.failureThreshold=360")
+    assert _worker(raised[("StatefulSet", FULLNAME)])["startupProbe"]["failureThreshold"] == 360
+
+
+def test_chart_readme_names_the_probe_paths_the_chart_renders(helm: dict[str, Any]) -> None:
+    container = _worker(_render(helm)[("StatefulSet", FULLNAME)])
+    paths = [container[probe]["httpGet"]["path"] for probe in ("startupProbe", "livenessProbe", "readinessProbe")]
+    readme = (CHART / "README.md").read_text()
+    assert f"paths are {', '.join(paths)}" in readme, "the probes row of the values table"
+    assert "**The startup probe is `/readyz`.**" in readme
+
+
+# -- values.schema.json ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "bogus=1"], "at '': additional properties 'bogus' not allowed"),
+        # A nested typo: without the schema Helm would ignore it and the worker would run with the default.
+        (["--set", "config.model.modle_name=ViT-L-14"], "at '/config/model': additional properties 'modle_name'"),
+        (["--set", "keda.limitToPartitionWithLag=true"], "additional properties 'limitToPartitionWithLag'"),
+        (["--set", "probes.startup.httpGet.path=/livez"], "additional properties 'httpGet'"),
+        (["--set", "config.model.inference_batch_size=big"], "/config/model/inference_batch_size"),
+        (["--set", "config.model.inference_batch_size=0"], "/config/model/inference_batch_size"),
+        (["--set", "config.pipeline.delivery=exactly_once"], "/config/pipeline/delivery"),
+        (["--set", "config.kafka.producer_config.linger\\.ms=20"], "/config/kafka/producer_config/linger.ms"),
+        (["--set-string", "gpu.count=1"], "/gpu/count"),
+    ],
+)
+def test_schema_refuses_unknown_and_mistyped_values(helm: dict[str, Any], args: list[str], message: str) -> None:
+    assert message in _render_fails(helm, *args)
+    lint = _helm(helm, "lint", "--strict", str(CHART), *args)
+    assert lint.returncode != 0 and message in lint.stdout + lint.stderr, (lint.stdout, lint.stderr)
+
+
+def test_schema_lets_the_chart_owned_settings_through_to_the_chart_s_own_message(helm: dict[str, Any]) -> None:
+    # The schema knows these keys, so the refusal is the chart's, which says what to do instead.
+    error = _render_fails(helm, "--set", "config.model.cache_dir=/models")
+    assert "additional properties" not in error and "modelCache.mountPath" in error
+
+
+# -- KEDA --------------------------------------------------------------------------------------
+
+
+def _trigger_metadata(objects: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+    (trigger,) = objects[("ScaledObject", FULLNAME)]["spec"]["triggers"]
+    assert trigger["type"] == "kafka"
+    metadata: dict[str, Any] = trigger["metadata"]
+    # KEDA reads trigger metadata as map[string]string: a YAML bool or number would be refused.
+    assert all(isinstance(value, str) for value in metadata.values()), metadata
+    return metadata
+
+
+def test_keda_trigger_carries_the_partition_and_offset_options_as_strings(helm: dict[str, Any]) -> None:
+    defaults = _trigger_metadata(_render(helm, "--set", "keda.enabled=true"))
+    assert defaults["limitToPartitionsWithLag"] == "false"
+    assert defaults["scaleToZeroOnInvalidOffset"] == "false"
+    assert defaults["activationLagThreshold"] == "0"
+
+    configured = _trigger_metadata(_render(helm, "-f", str(ALL_FEATURES)))
+    keda = yaml.safe_load(ALL_FEATURES.read_text())["keda"]
+    assert keda["limitToPartitionsWithLag"] is True and keda["scaleToZeroOnInvalidOffset"] is True
+    assert configured["limitToPartitionsWithLag"] == "true"
+    assert configured["scaleToZeroOnInvalidOffset"] == "true"
+    assert configured["activationLagThreshold"] == str(keda["activationLagThreshold"]) == "10"
+
+
+# -- helm test ---------------------------------------------------------------------------------
+
+
+def _check_pod(objects: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+    pods = [obj for (kind, _), obj in objects.items() if kind == "Pod"]
+    assert len(pods) == 1, [obj["metadata"]["name"] for obj in pods]
+    return pods[0]
+
+
+def test_helm_test_pod_runs_clip_worker_check_as_the_worker_would(
+    helm: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects = _render(helm, "-f", str(ALL_FEATURES))
+    sts = objects[("StatefulSet", FULLNAME)]
+    worker, pod = _worker(sts), _check_pod(objects)
+    spec = pod["spec"]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert spec["restartPolicy"] == "Never"
+    (check,) = spec["containers"]
+
+    # The worker's image and command, with `check`.
+    assert check["image"] == worker["image"] == "registry.example.com/ml/clip-embedding-worker:0.1.0-test"
+    assert check["command"] + check["args"] == worker["command"] + ["check"] == ["clip-worker", "check"]
+    # The worker's environment: the same ConfigMap and Secrets, the same variables, plus the CPU.
+    assert check["envFrom"] == worker["envFrom"]
+    check_env = _env(check)
+    assert check_env.pop(env_var("model", "device")) == {"name": env_var("model", "device"), "value": "cpu"}
+    assert check_env == _env(worker)
+    secrets = {("clip-worker-kafka", "sasl-password"): "s3cret", ("clip-worker-kafka", "sasl-username"): "clip"}
+    pod_name = pod["metadata"]["name"]
+    checked = _settings_from_container(objects, check, pod_name, monkeypatch, secrets)
+    running = _settings_from_pod(objects, monkeypatch, secrets)
+    owned = {"kafka": {"group_instance_id"}, "model": {"device"}}
+    assert checked.model_dump(exclude=owned) == running.model_dump(exclude=owned)
+    assert (checked.model.device, running.model.device) == ("cpu", "cuda")
+    # Small, and no GPU: it must not wait for, or take, one the workers hold.
+    assert check["resources"] == yaml.safe_load(ALL_FEATURES.read_text())["helmTest"]["resources"]
+    assert not any("gpu" in name for name in check["resources"].get("limits", {}))
+    # As locked down as the worker, with its volumes (the Kafka CA, a writable /tmp and model cache).
+    assert check["securityContext"] == worker["securityContext"]
+    assert spec["securityContext"] == sts["spec"]["template"]["spec"]["securityContext"]
+    assert spec["enableServiceLinks"] is False and spec["automountServiceAccountToken"] is False
+    mounts = {m["mountPath"]: m["name"] for m in check["volumeMounts"]}
+    assert mounts == {"/tmp": "tmp", "/cache": "model-cache", "/etc/kafka-ca": "kafka-ca"}
+    assert {v["name"] for v in spec["volumes"]} == set(mounts.values())
+    # Not one of the worker's pods: no selector of the release may pick it up.
+    labels = pod["metadata"]["labels"]
+    for selector in (
+        sts["spec"]["selector"]["matchLabels"],
+        objects[("Service", f"{FULLNAME}-headless")]["spec"]["selector"],
+        objects[("PodDisruptionBudget", FULLNAME)]["spec"]["selector"]["matchLabels"],
+    ):
+        assert not selector.items() <= labels.items(), selector
+
+
+def test_helm_test_pod_can_be_turned_off(helm: dict[str, Any]) -> None:
+    assert not [name for kind, name in _render(helm, "--set", "helmTest.enabled=false") if kind == "Pod"]

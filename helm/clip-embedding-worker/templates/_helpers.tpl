@@ -139,6 +139,9 @@ Refuses values the chart owns or that would leak a secret, before anything rende
 {{- if and .Values.keda.enabled (lt (int .Values.keda.maxReplicaCount) (int .Values.keda.minReplicaCount)) }}
 {{- fail "keda.maxReplicaCount must be >= keda.minReplicaCount" }}
 {{- end }}
+{{- if and .Values.keda.enabled .Values.keda.limitToPartitionsWithLag .Values.keda.allowIdleConsumers }}
+{{- fail "keda.limitToPartitionsWithLag and keda.allowIdleConsumers cannot both be true (KEDA refuses the trigger)" }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -151,4 +154,63 @@ KEDA's name for the SASL mechanism (its trigger "sasl" parameter).
 {{- fail (printf "keda: config.kafka.sasl_mechanism %q (unset: librdkafka's GSSAPI) has no KEDA mapping here; set it to PLAIN or SCRAM-SHA-256/512, or set keda.extraTriggerMetadata.sasl and keda.authenticationRef" $mechanism) }}
 {{- end }}
 {{- get $map $mechanism }}
+{{- end }}
+
+{{/*
+The worker's environment, shared by the StatefulSet's container and the `helm test` pod, so the
+check runs with exactly the settings the workers get. envFrom: the settings ConfigMap, then the
+AWS Secret and extraEnvFrom. env (wins over envFrom, so these cannot be overridden through the
+ConfigMap): the chart-owned settings, the cache locations, then extraEnv.
+*/}}
+{{- define "clip-embedding-worker.envFrom" -}}
+- configMapRef:
+    name: {{ include "clip-embedding-worker.fullname" . }}
+{{- with .Values.aws.existingSecret }}
+# S3 credentials for the AWS chain: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+- secretRef:
+    name: {{ . }}
+{{- end }}
+{{- with .Values.extraEnvFrom }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "clip-embedding-worker.env" -}}
+{{- $cache := .Values.modelCache }}
+{{- if .Values.staticMembership }}
+- name: CLIP_WORKER_KAFKA__GROUP_INSTANCE_ID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- end }}
+{{- with .Values.kafkaAuth.existingSecret }}
+- name: CLIP_WORKER_KAFKA__SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.kafkaAuth.passwordKey }}
+{{- if $.Values.kafkaAuth.usernameKey }}
+- name: CLIP_WORKER_KAFKA__SASL_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.kafkaAuth.usernameKey }}
+{{- end }}
+{{- end }}
+# Every cache under the writable model cache volume; HOME for libraries that write ~/.
+- name: CLIP_WORKER_MODEL__CACHE_DIR
+  value: {{ printf "%s/open_clip" $cache.mountPath | quote }}
+- name: HF_HOME
+  value: {{ printf "%s/huggingface" $cache.mountPath | quote }}
+- name: TORCH_HOME
+  value: {{ printf "%s/torch" $cache.mountPath | quote }}
+- name: XDG_CACHE_HOME
+  value: {{ $cache.mountPath | quote }}
+- name: HOME
+  value: /tmp
+- name: PYTHONUNBUFFERED
+  value: "1"
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
