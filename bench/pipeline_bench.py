@@ -79,6 +79,11 @@ def end_to_end(settings: Settings, images: list[tuple[str, bytes]], *, messages:
             decoder.decode(m.value())["embedded_at"].timestamp()  # type: ignore[arg-type]
             for m in read_all(broker.bootstrap_servers, kafka.output_topic, expect=messages)
         )
+    return steady_rate(stamps)
+
+
+def steady_rate(stamps: list[float]) -> float:
+    """Outputs per second from their sorted write times, the first WARMUP_SHARE dropped (model load)."""
     skip = int(len(stamps) * WARMUP_SHARE)
     return (len(stamps) - skip - 1) / (stamps[-1] - stamps[skip])
 

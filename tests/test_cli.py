@@ -43,10 +43,17 @@ def test_embed_writes_one_line_per_file_and_an_error_line_for_a_bad_one(
     bad.write_bytes(b"not an image")
     done = clip_worker("embed", str(good), str(bad), env=tiny_env(tiny_checkpoint))
     assert done.returncode == 1, "a failed file makes the exit code say so"
-    lines = [json.loads(line) for line in done.stdout.splitlines()]
-    assert [line["path"] for line in lines] == [str(good), str(bad)]
-    assert len(lines[0]["image_clip_emb_tiny_vit"]) == 32
-    assert "NotAnImage" in lines[1]["error"] and "image_clip_emb_tiny_vit" not in lines[1]
+    lines = {line["id"]: line for line in map(json.loads, done.stdout.splitlines())}
+    assert lines.keys() == {str(good), str(bad)}
+    assert len(lines[str(good)]["image_clip_emb_tiny_vit"]) == 32
+    assert lines[str(bad)]["error_class"] == "NotAnImage" and "image_clip_emb_tiny_vit" not in lines[str(bad)]
+    assert done.stderr.splitlines()[-1].startswith("embedded 1, failed 1 (NotAnImage 1), skipped 0")
+
+
+def test_embed_refuses_a_binary_format_without_an_output_folder_before_loading_anything(tiny_checkpoint: Path) -> None:
+    done = clip_worker("embed", "--format", "avro", "/tmp", env=tiny_env(tiny_checkpoint))
+    assert done.returncode == 2
+    assert done.stderr.strip() == "clip-worker: invalid setting --output: avro is written to files: name a folder"
 
 
 def check_env(checkpoint: Path, broker: KafkaBroker, s3: S3Server, *, topics: list[str], bucket: str) -> dict[str, str]:

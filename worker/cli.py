@@ -2,7 +2,10 @@
 
     clip-worker                      run the Kafka worker (settings from CLIP_WORKER_* env vars)
     clip-worker check                check the settings, Kafka, S3, the registry and the model; print a table
-    clip-worker embed FILE...        embed local image files, one JSON line each, to stdout
+    clip-worker embed SOURCE...      embed files, folders, manifests or s3:// prefixes (worker/batch/commands.py)
+    clip-worker enqueue SOURCE...    produce an s3:// prefix or a manifest into the input topic
+    clip-worker replay [--stage S] [--exception CLASS] [--since T] [--until T] [--to TOPIC] [--dry-run]
+                                     dead letters back to the input, once their cause is fixed (worker/replay.py)
 
 Exit codes: 0 after a clean shutdown (or all checks passed), 1 on a fatal error (or a failed
 check), 2 on an invalid setting.
@@ -11,19 +14,18 @@ check), 2 on an invalid setting.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
 import sys
 import time
-from pathlib import Path
 
-from worker import __version__
+from worker import __version__, replay
+from worker.batch import commands as batch_commands
 from worker.checks import check_model, format_table, run_checks
 from worker.config import Settings, load_settings
 from worker.engine import Embedder
-from worker.errors import ClientWedged, ConfigError, FatalError, RecordError
+from worker.errors import ClientWedged, ConfigError, FatalError
 from worker.health import HealthServer
 from worker.logs import configure_logging
 from worker.metrics import Metrics
@@ -35,10 +37,12 @@ log = logging.getLogger("worker")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clip-worker", description=__doc__.splitlines()[0])
-    parser.add_argument("command", nargs="?", default="run", choices=["run", "check", "embed"])
-    parser.add_argument("files", nargs="*", type=Path, help="image files, for embed")
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "check", "embed", "enqueue", "replay"])
+    parser.add_argument("sources", nargs="*", help="embed, enqueue: files, folders, manifests, s3:// prefixes")
+    batch_commands.add_arguments(parser)
+    replay.add_arguments(parser)  # its --dry-run is the one above
     parser.add_argument("--version", action="version", version=__version__)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may come between the sources
     try:
         settings = load_settings()
         configure_logging(settings.log)
@@ -46,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
             return _run(settings)
         if args.command == "check":
             return _check(settings)
-        return _embed_files(Embedder.load(settings.model), args.files)
+        if args.command == "replay":
+            return replay.replay_command(settings.kafka, replay.ReplayOptions.from_args(args))
+        if args.command == "enqueue":
+            return batch_commands.enqueue_command(settings, args)
+        return batch_commands.embed_command(settings, args)
     except ConfigError as exc:
         print(f"clip-worker: {exc}", file=sys.stderr)
         return 2
@@ -103,25 +111,3 @@ def _check(settings: Settings) -> int:
         return 1
     return 0
 
-
-def _embed_files(embedder: Embedder, files: list[Path]) -> int:
-    """Batch mode: the same engine on local files; a failed file gets an error line, not a vector."""
-    failed = 0
-    for start in range(0, len(files), embedder.batch_size):
-        chunk = files[start : start + embedder.batch_size]
-        prepared, errors = [], {}
-        for path in chunk:
-            try:
-                prepared.append((path, embedder.prepare(path.read_bytes())))
-            except (OSError, RecordError) as exc:
-                errors[path] = f"{type(exc).__name__}: {exc}"
-        results = embedder.embed([image for _, image in prepared])
-        vectors = {path: result for (path, _), result in zip(prepared, results, strict=True)}
-        for path in chunk:
-            result = vectors.get(path)
-            if result is None or isinstance(result, RecordError):
-                failed += 1
-                print(json.dumps({"path": str(path), "error": errors.get(path) or repr(result)}))
-            else:
-                print(json.dumps({"path": str(path), embedder.field_name: result.tolist()}))
-    return 1 if failed else 0

@@ -35,7 +35,9 @@ from worker.schemas import load_schema
 from worker.text import safe_text
 
 InputFormat = Literal["json", "avro", "auto"]
-_S3_URI = re.compile(r"s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/(?P<key>.+)", re.DOTALL)
+_BUCKET = r"(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])"
+_S3_URI = re.compile(rf"s3://{_BUCKET}/(?P<key>.+)", re.DOTALL)
+_S3_PREFIX = re.compile(rf"s3://{_BUCKET}(?:/(?P<key>.*))?", re.DOTALL)
 _INPUT_AVRO = fastavro.parse_schema(load_schema("image-reference.avsc"))
 _JSON_STARTS = (b"{", b"[")
 
@@ -59,11 +61,26 @@ class ImageRequest:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """A request's fields, checked, before its uri is read as s3:// (a batch manifest's uri may be a path)."""
+
+    id: str
+    uri: str
+    metadata: dict[str, str]
+
+
 def parse_s3_uri(text: str) -> S3Uri:
     match = _S3_URI.fullmatch(text)
     if match is None:
         raise BadMessage(f"uri must look like s3://bucket/key, got {safe_text(text, limit=200)!r}")
     return S3Uri(bucket=match["bucket"], key=match["key"])
+
+
+def parse_s3_prefix(text: str) -> S3Uri | None:
+    """``s3://bucket`` or ``s3://bucket/prefix`` (a listing: the key is the prefix, maybe empty), else None."""
+    match = _S3_PREFIX.fullmatch(text)
+    return None if match is None else S3Uri(bucket=match["bucket"], key=match["key"] or "")
 
 
 def decode_request(
@@ -122,7 +139,17 @@ def _confluent_fields(value: bytes, confluent: ConfluentDecoder | None) -> objec
         raise BadMessage(f"Confluent Avro value could not be read: {safe_text(exc)}") from exc
 
 
+def decode_reference_json(value: bytes) -> Reference:
+    """One JSON request's fields, checked as decode_request checks them, the uri left as text; or BadMessage."""
+    return _reference(_json_fields(value))
+
+
 def _request_from_fields(fields: object) -> ImageRequest:
+    reference = _reference(fields)
+    return ImageRequest(id=reference.id, uri=parse_s3_uri(reference.uri), metadata=reference.metadata)
+
+
+def _reference(fields: object) -> Reference:
     if not isinstance(fields, dict):
         raise BadMessage(f"message must be an object, got {type(fields).__name__}")
     image_id = fields.get("id")
@@ -140,7 +167,7 @@ def _request_from_fields(fields: object) -> ImageRequest:
     _require_utf8("uri", uri)
     for text in (*metadata, *metadata.values()):
         _require_utf8("metadata", text)
-    return ImageRequest(id=image_id, uri=parse_s3_uri(uri), metadata=dict(metadata))
+    return Reference(id=image_id, uri=uri, metadata=dict(metadata))
 
 
 def _require_utf8(name: str, text: str) -> None:

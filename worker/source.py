@@ -1,4 +1,5 @@
-"""Reading image bytes from S3: the allowlist, the byte limit, retries, and botocore's errors.
+"""Reading image bytes from S3: the allowlist, the byte limit, retries, and botocore's errors; and
+listing a prefix, for the batch commands.
 
 Plain boto3, so the same code runs against AWS S3, MinIO, Ceph RGW, R2 or moto. botocore's
 exceptions are translated here, once, into worker.errors: a transient failure (throttling, 5xx,
@@ -11,7 +12,8 @@ from __future__ import annotations
 import io
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,9 +163,21 @@ class S3Source:
         outage.attempts = attempt
         return outage
 
+    def list_objects(self, prefix: S3Uri) -> Iterator[S3Uri]:
+        """The objects under ``prefix`` in key order. Its key is taken as whole "/" segments, as the
+        allowlist takes a prefix ("raw" lists "raw/...", not "raw-2/..."; "" the whole bucket), and
+        "folder" keys ending in "/" are left out. One attempt per page: a SourceError or an Outage
+        ends the listing (the batch commands stop, and a rerun resumes)."""
+        key = prefix.key if not prefix.key or prefix.key.endswith("/") else prefix.key + "/"
+        with _translated(prefix):
+            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=prefix.bucket, Prefix=key):
+                for listed in page.get("Contents", []):
+                    if not listed["Key"].endswith("/"):
+                        yield S3Uri(bucket=prefix.bucket, key=listed["Key"])
+
     def _get(self, uri: S3Uri, deadline: float) -> bytes:
         limit = self._settings.max_object_bytes
-        try:
+        with _translated(uri):
             response = self._client.get_object(Bucket=uri.bucket, Key=uri.key)
             body = response["Body"]
             try:
@@ -173,14 +187,6 @@ class S3Source:
                 data = self._read(body, uri, limit=limit, deadline=deadline)
             finally:
                 body.close()
-        except ClientError as exc:
-            raise _translate_client_error(uri, exc) from None
-        except NoCredentialsError:
-            raise CredentialsUnavailable("no AWS credentials found in the standard chain") from None
-        except (ConnectionError, HTTPClientError) as exc:
-            raise SourceUnavailable(f"{uri}: {type(exc).__name__}") from None
-        except BotoCoreError as exc:
-            raise SourceUnavailable(f"{uri}: {type(exc).__name__}: {safe_text(exc)}") from None
         if length and len(data) != length:
             raise SourceUnavailable(f"{uri}: the connection closed after {len(data)} of {length} bytes")
         return data
@@ -203,6 +209,21 @@ class S3Source:
 
 class _TooSlow(Exception):
     """The record's deadline passed during a fetch (internal: fetch() judges record or outage)."""
+
+
+@contextmanager
+def _translated(uri: S3Uri) -> Iterator[None]:
+    """botocore's exceptions, raised in the block, as worker.errors."""
+    try:
+        yield
+    except ClientError as exc:
+        raise _translate_client_error(uri, exc) from None
+    except NoCredentialsError:
+        raise CredentialsUnavailable("no AWS credentials found in the standard chain") from None
+    except (ConnectionError, HTTPClientError) as exc:
+        raise SourceUnavailable(f"{uri}: {type(exc).__name__}") from None
+    except BotoCoreError as exc:
+        raise SourceUnavailable(f"{uri}: {type(exc).__name__}: {safe_text(exc)}") from None
 
 
 def _translate_client_error(uri: S3Uri, exc: ClientError) -> Exception:
