@@ -100,8 +100,8 @@ def _summary(model: ModelSettings, outputs: list, dead: list, *, total: int, wal
     print(f"records out:       {len(records)} to {OUTPUT}, {len(dead)} dead-lettered to {DLQ}")
     for message in dead:
         headers = dict(message.headers() or [])
-        print(f"  dead letter:     {message.value()[:40]!r} at {headers['dlt.stage'].decode()}: "
-              f"{headers['dlt.exception.class'].decode()}")
+        print(f"  dead letter:     {message.value()[:40]!r} at {headers['__connect.errors.stage'].decode()}: "
+              f"{headers['__connect.errors.exception.class.name'].decode()}")
     print(f"embedding field:   {model.output_field}, dim {vectors.shape[1]}, float32")
     print(f"norms:             min {norms.min():.6f} max {norms.max():.6f}")
     print(f"throughput:        {len(records) / span:.1f} img/s while embedding ({wall:.1f} s wall, "

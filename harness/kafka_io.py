@@ -114,12 +114,13 @@ def committed_and_end_offsets(bootstrap: str, group: str, topic: str) -> tuple[d
 
 
 def wait_until_committed(bootstrap: str, group: str, topic: str, *, timeout: float = 120.0) -> dict[int, int]:
-    """Wait until the group has committed the end offset of every partition of `topic`."""
+    """Wait until the group has committed the end offset of every partition of `topic` (an empty
+    partition, end offset 0, has nothing to commit: no offset counts as its end)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             committed, ends = committed_and_end_offsets(bootstrap, group, topic)
-            if committed == ends:
+            if all(committed.get(p, -1) == end or (end == 0 and committed.get(p, -1) < 0) for p, end in ends.items()):
                 return committed
         except KafkaException:
             pass  # the group coordinator may be moving (broker restarts)

@@ -169,6 +169,10 @@ class PipelineSettings(_Section):
     output_format: Literal["avro", "confluent"] = Field(
         "avro", description="avro: schemaless Avro, schema named in a header; confluent: Schema Registry framing."
     )
+    forward_headers: tuple[str, ...] = Field(
+        ("traceparent", "tracestate"),
+        description="Input record headers copied to the output record, by exact name (W3C trace context by default).",
+    )
     schema_registry_url: str | None = Field(None, description="Schema Registry URL; needed for confluent framing.")
     schema_registry_auto_register: bool = Field(
         False, description="Register the output schema on first use; production registers it up front."

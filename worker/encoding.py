@@ -76,7 +76,11 @@ class EmbeddingEncoder:
             ("embedding.field", field_name.encode()),
         ]
 
-    def record(self, *, request: ImageRequest, embedding: np.ndarray, source: Source) -> dict[str, Any]:
+    def record(
+        self, *, request: ImageRequest, embedding: np.ndarray, source: Source, sha256: str | None = None,
+        width: int | None = None, height: int | None = None,
+    ) -> dict[str, Any]:
+        """The output record; sha256, width and height are null where the caller does not know them."""
         return {
             "id": request.id,
             "source_uri": str(request.uri),
@@ -90,10 +94,17 @@ class EmbeddingEncoder:
             "input_partition": source.partition,
             "input_offset": source.offset,
             "embedded_at": int(time.time() * 1000),
+            "sha256": sha256,
+            "width": width,
+            "height": height,
         }
 
-    def encode(self, *, request: ImageRequest, embedding: np.ndarray, source: Source, topic: str) -> bytes:
-        record = self.record(request=request, embedding=embedding, source=source)
+    def encode(
+        self, *, request: ImageRequest, embedding: np.ndarray, source: Source, topic: str, sha256: str | None = None,
+        width: int | None = None, height: int | None = None,
+    ) -> bytes:
+        record = self.record(request=request, embedding=embedding, source=source, sha256=sha256, width=width,
+                             height=height)
         try:
             if self._registry_serializer is not None:
                 return self._registry_serializer(record, topic)

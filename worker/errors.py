@@ -196,6 +196,7 @@ class UnexpectedError(RecordError):
     def __init__(self, error: BaseException, *, stage: str) -> None:
         super().__init__(f"{type(error).__name__}: {error}")
         self.stage = stage  # type: ignore[misc]
+        self.__cause__ = error  # with its traceback, for the dead letter's stack trace
 
 
 class EmbedError(RecordError):

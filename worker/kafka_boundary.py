@@ -9,6 +9,9 @@ Three ways librdkafka reports a failure, all translated by ``translate``:
   With ``deadline=`` the call runs on a daemon thread and ``ClientWedged`` is raised when it does
   not return in time; the process must then exit (its destructor can hang too), and its successor
   fences what it left open.
+
+And a record's headers, which confluent-kafka decodes (and may fail to) only when asked, are read
+here too (``read_headers``), for the worker and for replay alike.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from worker.errors import (
     ClientFatal,
@@ -91,6 +94,16 @@ def kafka_call(
     if isinstance(result, BaseException):
         raise result
     return result
+
+
+def read_headers(message: Message) -> list[tuple[str, str | bytes | None]] | None:
+    """A consumed record's headers as a list; None when the client cannot decode them (confluent-kafka
+    decodes header names as UTF-8: hostile bytes raise there)."""
+    try:
+        headers = message.headers() or []
+    except Exception:  # whatever decoding a name raises
+        return None
+    return list(headers.items()) if isinstance(headers, dict) else list(headers)
 
 
 def _translated(fn: Callable[[], T], what: str, ignore: tuple[str, ...]) -> T | None:

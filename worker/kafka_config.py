@@ -72,3 +72,20 @@ def producer_config(kafka: KafkaSettings, pipeline: PipelineSettings) -> dict[st
     else:
         conf["message.timeout.ms"] = 0  # infinite: never drop an output on a broker outage
     return conf | kafka.producer_config
+
+
+def replay_consumer_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """For `clip-worker replay` (worker/replay.py): it assigns the dead-letter topic's partitions itself
+    and commits nothing, so the group id only names it; committed records only."""
+    return _common(kafka) | {
+        "group.id": f"{kafka.group_id}-replay",
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed",
+    }
+
+
+def tool_producer_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """For the one-shot commands that write to a topic (`replay`, `enqueue`): idempotent, and with
+    librdkafka's finite delivery timeout, so that a record the broker never takes is reported rather
+    than waited for."""
+    return _common(kafka) | {"acks": "all", "enable.idempotence": True, "linger.ms": 5} | kafka.producer_config

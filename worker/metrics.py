@@ -1,14 +1,21 @@
-"""Prometheus metrics, named by Prometheus conventions (_total, _seconds, _bytes).
+"""Prometheus metrics, named by Prometheus conventions (base units, _total, _seconds, _bytes).
 
 One registry per worker (not the global default), so tests and several workers in one process
-do not share counters.
+do not share counters. Per-record latencies are timed where a stage already handles the record
+(a float on its Work) and observed on the main thread as the stage hands it on: no clock or
+allocation of its own per record, and histograms that count each record once per stage.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+_SLOW = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_END_TO_END = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
 
 
 class Metrics:
@@ -42,8 +49,35 @@ class Metrics:
             "clip_worker_inference_seconds", "Device time per batch.", registry=r,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self.fetch_seconds = Histogram(
+            "clip_worker_fetch_seconds", "S3 fetch per record, retries and backoff included, whatever the outcome.",
+            buckets=_SLOW, registry=r,
+        )
+        self.preprocess_seconds = Histogram(
+            "clip_worker_preprocess_seconds", "Decode and preprocess per record, whatever the outcome.",
+            buckets=_FAST, registry=r,
+        )
+        self.batch_wait_seconds = Histogram(
+            "clip_worker_batch_wait_seconds", "Time an image waited in the batcher for its batch to leave.",
+            buckets=_FAST, registry=r,
+        )
+        self.produce_seconds = Histogram(
+            "clip_worker_produce_seconds",
+            "From handing an output record to the producer to the broker's acknowledgement "
+            "(exactly-once: to its write into the open transaction).",
+            buckets=_SLOW, registry=r,
+        )
+        self.end_to_end_seconds = Histogram(
+            "clip_worker_end_to_end_seconds",
+            "From the input record's timestamp to its output's acknowledgement (exactly-once: its write into "
+            "the transaction). Includes time spent in the topic before the worker polled it.",
+            buckets=_END_TO_END, registry=r,
+        )
         self.in_flight = Gauge("clip_worker_records_in_flight", "Records polled but not yet finished.", registry=r)
         self.paused = Gauge("clip_worker_consumer_paused", "1 while backpressure pauses the input.", registry=r)
+        self.paused_seconds = Counter(
+            "clip_worker_paused_seconds_total", "Time the input was paused by backpressure.", registry=r
+        )
         self.lag = Gauge(
             "clip_worker_consumergroup_lag",
             "Consumer lag per assigned partition, from librdkafka statistics.",
@@ -70,6 +104,22 @@ class Metrics:
         self.transactions = Counter(
             "clip_worker_transactions_total", "Kafka transactions, by outcome.", ["outcome"], registry=r
         )
+        self.build_info = Gauge(
+            "clip_worker_build_info", "Always 1; the labels say what runs.",
+            ["version", "model", "pretrained", "device", "dtype"], registry=r,
+        )
+        self.device_memory = Gauge(
+            "clip_worker_device_memory_bytes", "Device memory held by tensors (CUDA only; 0 elsewhere).", registry=r
+        )
+
+    def describe(
+        self, *, version: str, model: str, pretrained: str, device: str, dtype: str,
+        device_memory: Callable[[], float] | None,
+    ) -> None:
+        """Publish what runs (build_info), and read the device's memory at each scrape when it can be."""
+        self.build_info.labels(version=version, model=model, pretrained=pretrained, device=device, dtype=dtype).set(1)
+        if device_memory is not None:
+            self.device_memory.set_function(device_memory)
 
 
 def record_lag(metrics: Metrics, stats_json: str) -> None:

@@ -18,6 +18,15 @@ from worker.config import Settings
 from worker.engine import Embedder, EmbedResult, PreparedImage
 from worker.messages import ImageRequest, S3Uri
 
+# The tiny model in fast mode, in batches of 8, on two preprocessing threads: the streaming tests'
+# worker settings (model=FAST_TINY) and the `embedder` fixture are built from this one dict, so they agree.
+FAST_TINY: dict[str, Any] = {"preprocess_mode": "fast", "inference_batch_size": 8, "preprocess_workers": 2}
+
+
+@pytest.fixture(scope="session")
+def embedder(tiny_checkpoint: Path) -> Embedder:
+    return Embedder.load(tiny_model_settings(tiny_checkpoint, **FAST_TINY))
+
 
 @pytest.fixture
 def make_settings(

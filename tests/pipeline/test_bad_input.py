@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import random
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -26,10 +27,11 @@ from PIL import Image
 from harness.faulty_proxy import FaultKind, FaultyS3Proxy
 from harness.kafka_broker import KafkaBroker
 from harness.kafka_io import committed_and_end_offsets, read_all, wait_until_committed
-from harness.models import TINY_MODEL_NAME, tiny_model_settings
+from harness.models import TINY_MODEL_NAME
 from harness.photos import encode_jpeg, resize_long_side, source_photo
 from harness.workers import InProcessWorker
 from tests.conftest import Credentials
+from tests.pipeline.conftest import FAST_TINY
 from worker import __version__
 from worker.config import Settings
 from worker.encoding import EmbeddingEncoder
@@ -40,9 +42,6 @@ MAX_ATTEMPTS = 4
 FIELD = "image_clip_emb_tiny_vit"
 # 2000 seeded random bytes that start with no image signature (the bad-random case pins NotAnImage).
 RANDOM_BYTES = random.Random(20260).randbytes(2000)
-# The tiny model in fast mode, in batches of 8, on two preprocessing threads: the worker's settings
-# and the module's embedder are built from this one dict, so that they agree.
-MODEL: dict[str, Any] = {"preprocess_mode": "fast", "inference_batch_size": 8, "preprocess_workers": 2}
 
 
 # -- fixtures ------------------------------------------------------------------------------------
@@ -54,10 +53,6 @@ MODEL: dict[str, Any] = {"preprocess_mode": "fast", "inference_batch_size": 8, "
 def big_photo() -> bytes:
     return encode_jpeg(resize_long_side(Image.fromarray(source_photo("astronaut")), 640), quality=95)
 
-
-@pytest.fixture(scope="module")
-def embedder(tiny_checkpoint: Path) -> Embedder:
-    return Embedder.load(tiny_model_settings(tiny_checkpoint, **MODEL))
 
 
 @pytest.fixture
@@ -72,7 +67,7 @@ def worker_settings(
         return make_settings(
             s3_bucket,
             input_partitions=input_partitions,
-            model=MODEL,
+            model=FAST_TINY,
             kafka={"consumer_config": {"auto.commit.interval.ms": "200"}},
             s3={"endpoint_url": proxy.endpoint_url, "max_object_bytes": max_object_bytes, "fetch_workers": 4,
                 "max_attempts": MAX_ATTEMPTS, "backoff_initial_seconds": 0.001, "backoff_max_seconds": 0.01,
@@ -163,8 +158,8 @@ class Bad:
     value: bytes
     stage: str
     error: str
-    attempts: int | None  # None: not pinned here (see test_dlt_attempts_counts_the_requests_made)
-    reason: str  # a part of dlt.exception.message
+    attempts: int | None  # None: not pinned here (see test_the_fetch_attempts_header_counts_the_requests_made)
+    reason: str  # a part of __connect.errors.exception.message
 
 
 def test_every_bad_record_is_dead_lettered_once_and_every_good_one_embedded(
@@ -274,19 +269,24 @@ def test_every_bad_record_is_dead_lettered_once_and_every_good_one_embedded(
         case = by_key[letter.key().decode()]
         origin = produced[letter.key()]
         headers = letter.headers() or []
-        added = {name: value.decode() for name, value in headers if name.startswith("dlt.")}
+        added = {name: value.decode() for name, value in headers
+                 if name.startswith(("__connect.errors.", "clip_worker."))}
         assert letter.value() == origin.value, case.key
         assert letter.timestamp() == (TIMESTAMP_CREATE_TIME, origin.timestamp_ms), case.key
         assert ("trace-id", b"trace-" + origin.key) in headers, f"{case.key}: original headers are kept"
-        assert added["dlt.original.topic"] == input_topic
-        assert (int(added["dlt.original.partition"]), int(added["dlt.original.offset"])) == (
+        assert added["__connect.errors.topic"] == input_topic
+        assert (int(added["__connect.errors.partition"]), int(added["__connect.errors.offset"])) == (
             origin.partition, origin.offset), case.key
-        assert added["dlt.original.timestamp"] == str(origin.timestamp_ms), case.key
-        assert (added["dlt.stage"], added["dlt.exception.class"]) == (case.stage, case.error), case.key
-        assert case.reason in added["dlt.exception.message"], (case.key, added["dlt.exception.message"])
+        assert added["clip_worker.original.timestamp"] == str(origin.timestamp_ms), case.key
+        assert added["__connect.errors.stage"] == case.stage, case.key
+        assert added["__connect.errors.exception.class.name"] == case.error, case.key
+        reason = added["__connect.errors.exception.message"]
+        assert case.reason in reason, (case.key, reason)
         if case.attempts is not None:
-            assert added["dlt.attempts"] == str(case.attempts), case.key
-        assert added["dlt.worker.version"] == __version__
+            assert added["clip_worker.fetch.attempts"] == str(case.attempts), case.key
+        assert added["clip_worker.worker.version"] == __version__
+        assert added["clip_worker.worker.id"] == f"clip-worker-{socket.gethostname()}", "the Kafka client.id"
+        assert "__connect.errors.exception.stacktrace" not in added, "a stack trace only for unexpected errors"
         for name, value in headers:
             for credential in (aws_credentials.secret, aws_credentials.access_key_id):
                 assert credential not in name and credential.encode() not in value, f"{case.key}: {name}"
@@ -302,7 +302,7 @@ def test_every_bad_record_is_dead_lettered_once_and_every_good_one_embedded(
     assert proxy.faults_served == sum(transient.values()) + 1 + MAX_ATTEMPTS
 
 
-def test_dlt_attempts_counts_the_requests_made(
+def test_the_fetch_attempts_header_counts_the_requests_made(
     kafka_broker: KafkaBroker,
     s3_client: Any,
     s3_bucket: str,
@@ -311,8 +311,8 @@ def test_dlt_attempts_counts_the_requests_made(
     embedder: Embedder,
     small_photos: list[tuple[str, bytes]],
 ) -> None:
-    """dlt.attempts is documented as "fetch attempts made". A SlowDown then a 403 is two requests; an
-    allowlist refusal is made before any request, so zero."""
+    """clip_worker.fetch.attempts is documented as "fetch attempts made". A SlowDown then a 403 is two
+    requests; an allowlist refusal is made before any request, so zero."""
     s3_client.put_object(Bucket=s3_bucket, Key="revoked.jpg", Body=small_photos[0][1])
     proxy.fail("revoked.jpg", kind="slowdown", times=1)
     proxy.fail("revoked.jpg", kind="denied", times=1000)
@@ -330,13 +330,13 @@ def test_dlt_attempts_counts_the_requests_made(
     dead_letters = read_all(kafka_broker.bootstrap_servers, kafka.dead_letter_topic)
     letters = {m.key(): dict(m.headers() or []) for m in dead_letters}
     assert set(letters) == {b"revoked", b"foreign"}
-    assert letters[b"revoked"]["dlt.exception.class"] == b"SourceAccessDenied"
+    assert letters[b"revoked"]["__connect.errors.exception.class.name"] == b"SourceAccessDenied"
     assert proxy.faults_served == 2, "one SlowDown, then one 403 (not retried)"
     # KNOWN WORKER BUG (worker/pipeline/stages.py, fetch_step): a permanent SourceError after one or more
     # transient ones is reported as attempts=max(0, 1)=1, losing the retries; see the report.
-    assert letters[b"revoked"]["dlt.attempts"] == b"2", "a SlowDown then a 403 is 2 requests made"
-    # Same root cause: the allowlist refuses before any request, yet dlt.attempts says 1.
-    assert letters[b"foreign"]["dlt.attempts"] == b"0", "an allowlist refusal makes no request"
+    assert letters[b"revoked"]["clip_worker.fetch.attempts"] == b"2", "a SlowDown then a 403 is 2 requests made"
+    # Same root cause: the allowlist refuses before any request, yet clip_worker.fetch.attempts says 1.
+    assert letters[b"foreign"]["clip_worker.fetch.attempts"] == b"0", "an allowlist refusal makes no request"
 
 
 # -- the other policies --------------------------------------------------------------------------

@@ -21,20 +21,14 @@ import pytest
 from harness.faulty_proxy import FaultyS3Proxy
 from harness.kafka_broker import KafkaBroker
 from harness.kafka_io import produce_requests, read_all, wait_until_committed
-from harness.models import tiny_model_settings
 from harness.workers import InProcessWorker
 from tests.conftest import Credentials
-from tests.pipeline.conftest import requests_for
+from tests.pipeline.conftest import FAST_TINY, requests_for
 from worker.config import Settings
 from worker.engine import Embedder, PreparedImage
 
-MODEL: dict[str, Any] = {"preprocess_mode": "fast", "inference_batch_size": 8, "preprocess_workers": 2}
 MiB = 1024 * 1024
 
-
-@pytest.fixture(scope="module")
-def embedder(tiny_checkpoint: Path) -> Embedder:
-    return Embedder.load(tiny_model_settings(tiny_checkpoint, **MODEL))
 
 
 class SlowPrepare:
@@ -127,7 +121,7 @@ def test_big_objects_never_hold_more_than_the_byte_budget(
         client.put_object(Bucket="big", Key=key, Body=bytes([i]) * (30 * MiB))
     budget = 100 * MiB
     settings = make_settings(
-        "big", input_partitions=1, model=MODEL,
+        "big", input_partitions=1, model=FAST_TINY,
         kafka={"consumer_config": {"auto.commit.interval.ms": "200"}},
         s3={"endpoint_url": endpoint, "max_object_bytes": 32 * MiB, "fetch_workers": 8},
         pipeline={"max_in_flight_bytes": budget},
@@ -160,7 +154,7 @@ def test_a_trickling_object_times_out_alone_and_the_partition_flows(
     s3_client.put_object(Bucket=bucket, Key="slow.jpg", Body=small_photos[0][1])
     proxy.trickle("slow.jpg")
     settings = make_settings(
-        bucket, input_partitions=1, model=MODEL,
+        bucket, input_partitions=1, model=FAST_TINY,
         kafka={"consumer_config": {"auto.commit.interval.ms": "200"}},
         s3={"endpoint_url": proxy.endpoint_url, "fetch_workers": 4},
         pipeline={"record_timeout_seconds": 3},
@@ -175,7 +169,7 @@ def test_a_trickling_object_times_out_alone_and_the_partition_flows(
     slow_ids = {r.id for r in requests if r.uri.key == "slow.jpg"}
     letters = read_all(bootstrap, kafka.dead_letter_topic)
     assert {m.key().decode() for m in letters} == slow_ids  # type: ignore[union-attr]
-    assert {dict(m.headers() or [])["dlt.exception.class"] for m in letters} == {b"RecordTimeout"}
+    assert {dict(m.headers() or [])["__connect.errors.exception.class.name"] for m in letters} == {b"RecordTimeout"}
     outputs = Counter(m.key().decode() for m in read_all(bootstrap, kafka.output_topic))  # type: ignore[union-attr]
     assert set(outputs) == {r.id for r in requests} - slow_ids
     assert sum(committed.values()) == len(requests)
@@ -194,7 +188,7 @@ def test_a_stuck_preprocess_fails_its_record_and_shutdown_does_not_wait_for_it(
     s3_client.put_object(Bucket=s3_bucket, Key="stuck.jpg", Body=stuck)
     s3_client.put_object(Bucket=s3_bucket, Key="good.jpg", Body=good)
     settings = make_settings(
-        s3_bucket, input_partitions=1, model=MODEL,
+        s3_bucket, input_partitions=1, model=FAST_TINY,
         kafka={"consumer_config": {"auto.commit.interval.ms": "200"}},
         pipeline={"record_timeout_seconds": 3, "shutdown_grace_seconds": 1, "liveness_stall_seconds": 1},
     )
@@ -218,4 +212,4 @@ def test_a_stuck_preprocess_fails_its_record_and_shutdown_does_not_wait_for_it(
         device.gate.set()
 
     letters = read_all(bootstrap, kafka.dead_letter_topic)
-    assert [dict(m.headers() or [])["dlt.stage"] for m in letters] == [b"preprocess"]
+    assert [dict(m.headers() or [])["__connect.errors.stage"] for m in letters] == [b"preprocess"]

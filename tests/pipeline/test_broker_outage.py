@@ -52,6 +52,7 @@ def test_broker_stopped_and_restarted_mid_stream(
     env = settings_env(settings) | s3_server.env()
 
     restarts = 0
+    reasons: list[str] = []  # why each exit happened, for the assertion message
     worker = WorkerProcess(env, log_path=tmp_path / "worker.log").start()
     try:
         deadline = time.monotonic() + 60
@@ -71,6 +72,8 @@ def test_broker_stopped_and_restarted_mid_stream(
             if worker.process.poll() is not None:
                 assert worker.process.returncode == 1, worker.log_tail()
                 restarts += 1
+                reasons.append(next((line for line in reversed(worker.log_tail(200).splitlines())
+                                     if "stopping" in line or "Error" in line), "?"))
                 worker = WorkerProcess(env, log_path=tmp_path / "worker.log").start()
             time.sleep(0.25)
         assert worker.terminate(timeout=60) == 0, worker.log_tail()
@@ -81,6 +84,6 @@ def test_broker_stopped_and_restarted_mid_stream(
     assert set(seen) == {r.id for r in requests}, "no id is missing after the outage"
     duplicates = sum(seen.values()) - len(seen)
     print(f"broker outage, {delivery}: {duplicates} duplicates, {restarts} restarts")
-    assert restarts <= 2, "one exit per client failure at most"
+    assert restarts <= 2, f"one exit per client failure at most: {reasons}"
     if delivery == "exactly-once":
         assert duplicates == 0, "a read_committed reader sees each input once, outage or not"

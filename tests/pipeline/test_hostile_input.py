@@ -10,27 +10,20 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import pytest
 from confluent_kafka import Producer
 
 from harness.kafka_broker import KafkaBroker
 from harness.kafka_io import read_all, wait_until_committed
-from harness.models import tiny_model_settings
 from harness.workers import InProcessWorker
 from tests.conftest import Credentials
+from tests.pipeline.conftest import FAST_TINY
 from worker.config import Settings
 from worker.engine import Embedder
 
 MAX_MESSAGE_BYTES = 200_000  # the worker's producer limit in this test: outputs above it cannot be sent
-MODEL: dict[str, Any] = {"preprocess_mode": "fast", "inference_batch_size": 8, "preprocess_workers": 2}
 
-
-@pytest.fixture(scope="module")
-def embedder(tiny_checkpoint: Path) -> Embedder:
-    return Embedder.load(tiny_model_settings(tiny_checkpoint, **MODEL))
 
 
 def request(image_id: str, uri: str, **extra: object) -> bytes:
@@ -85,7 +78,7 @@ def test_hostile_messages_are_dead_lettered_once_and_the_worker_never_stops(
     records = [r for pair in zip(goods, bads, strict=True) for r in pair]
 
     settings = make_settings(
-        s3_bucket, input_partitions=2, model=MODEL,
+        s3_bucket, input_partitions=2, model=FAST_TINY,
         kafka={"consumer_config": {"auto.commit.interval.ms": "200"},
                "producer_config": {"message.max.bytes": str(MAX_MESSAGE_BYTES)}},
     )
@@ -107,19 +100,20 @@ def test_hostile_messages_are_dead_lettered_once_and_the_worker_never_stops(
     for key, (_value, _headers, error) in hostile.items():
         letter = by_key[key.encode()]
         headers = dict(letter.headers() or [])
-        assert headers["dlt.exception.class"] == error.encode(), (key, headers["dlt.exception.message"])
-        headers["dlt.exception.message"].decode("utf-8")  # always valid UTF-8, whatever the input held
+        reason = headers["__connect.errors.exception.message"]
+        assert headers["__connect.errors.exception.class.name"] == error.encode(), (key, reason)
+        reason.decode("utf-8")  # always valid UTF-8, whatever the input held
     for letter in letters:
         size = len(letter.key() or b"") + len(letter.value() or b"") + sum(
             len(n) + len(v or b"") for n, v in letter.headers() or [])
         assert size <= MAX_MESSAGE_BYTES, "a dead-letter record always fits the producer's limit"
 
     too_large = dict(by_key[b"output-too-large"].headers() or [])
-    assert too_large["dlt.value.truncated"] == b"true"
-    assert int(too_large["dlt.original.value.size"]) == len(hostile["output-too-large"][0] or b"")
+    assert too_large["clip_worker.value.truncated"] == b"true"
+    assert int(too_large["clip_worker.original.value.size"]) == len(hostile["output-too-large"][0] or b"")
     flood = dict(by_key[b"header-flood"].headers() or [])
-    assert int(flood["dlt.original.headers.dropped"]) > 0, "past the budget the original headers are dropped"
+    assert int(flood["clip_worker.original.headers.dropped"]) > 0, "past the budget the original headers are dropped"
     assert by_key[b"header-flood"].value() == b"{broken", "the value itself still fits and is kept whole"
     cut_key = by_key[huge_key[:64]]
-    assert int(dict(cut_key.headers() or [])["dlt.original.key.size"]) == len(huge_key)
+    assert int(dict(cut_key.headers() or [])["clip_worker.original.key.size"]) == len(huge_key)
     assert len(cut_key.key() or b"") < len(huge_key)

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from confluent_kafka import Consumer, Producer
 
-from worker import registry
+from worker import __version__, registry
 from worker.config import Settings
 from worker.encoding import EmbeddingEncoder, embedding_schema
 from worker.engine import Embedder
@@ -64,6 +65,7 @@ def build_runtime(
     kafka, pipeline, model = settings.kafka, settings.pipeline, settings.model
     if not settings.s3.allowed_sources:
         raise ConfigError("CLIP_WORKER_S3__ALLOWED_SOURCES", "empty: name the buckets the worker may read")
+    _describe(metrics, settings, embedder)
     consumer_conf = consumer_config(kafka, pipeline)
     consumer = Consumer(consumer_conf | {"stats_cb": lambda s: record_lag(metrics, s)})
     producer_conf = producer_config(kafka, pipeline)
@@ -98,7 +100,8 @@ def build_runtime(
 
     dead_letters = DeadLetterStage(
         emitter=emitter, topic=kafka.dead_letter_topic, policy=pipeline.on_error,
-        max_consecutive=pipeline.max_consecutive_failures, max_bytes=outbox.max_record_bytes, metrics=metrics,
+        max_consecutive=pipeline.max_consecutive_failures, max_bytes=outbox.max_record_bytes,
+        worker_id=str(consumer_conf["client.id"]), metrics=metrics,
     )
     outages = OutageGate(
         initial_wait=pipeline.outage_retry_initial_seconds, max_wait=pipeline.outage_retry_max_seconds,
@@ -107,7 +110,7 @@ def build_runtime(
     failures = FailureRouter(dead_letters=dead_letters, outages=outages)
     output = OutputStage(
         emitter=emitter, outbox=outbox, encoder=encoder, topic=kafka.output_topic, failures=failures,
-        dead_letters=dead_letters, outages=outages, metrics=metrics,
+        dead_letters=dead_letters, outages=outages, metrics=metrics, forward_headers=pipeline.forward_headers,
     )
     timeout = pipeline.record_timeout_seconds
     inference = InferenceStage(
@@ -118,13 +121,13 @@ def build_runtime(
     )
     preprocess = ThreadStage(
         name="preprocess", workers=model.preprocess_workers, step=preprocess_step(embedder.prepare),
-        next_step=batcher, failures=failures, timeout=timeout, budget=budget,
+        next_step=batcher, failures=failures, timeout=timeout, seconds=metrics.preprocess_seconds, budget=budget,
     )
     source = S3Source(client=s3_client or make_s3_client(settings.s3), settings=settings.s3)
     fetch = ThreadStage(
         name="fetch", workers=settings.s3.fetch_workers, step=fetch_step(source, metrics, timeout=timeout),
-        next_step=preprocess, failures=failures, timeout=timeout + _FETCH_TIMEOUT_GRACE_SECONDS, budget=budget,
-        reserve_bytes=settings.s3.max_object_bytes,
+        next_step=preprocess, failures=failures, timeout=timeout + _FETCH_TIMEOUT_GRACE_SECONDS,
+        seconds=metrics.fetch_seconds, budget=budget, reserve_bytes=settings.s3.max_object_bytes,
     )
     decode = DecodeStage(
         input_format=pipeline.input_format,
@@ -157,4 +160,13 @@ def build_runtime(
         pipeline=Pipeline(decode=decode, fetch=fetch, preprocess=preprocess, batcher=batcher, inference=inference,
                           failures=failures, dead_letters=dead_letters, outages=outages),
         input_topic=kafka.input_topic, settings=pipeline, metrics=metrics,
+    )
+
+
+def _describe(metrics: Metrics, settings: Settings, embedder: Embedder) -> None:
+    device = embedder.device
+    metrics.describe(
+        version=__version__, model=settings.model.model_name, pretrained=settings.model.pretrained,
+        device=str(device), dtype=str(embedder.dtype).removeprefix("torch."),
+        device_memory=(lambda: torch.cuda.memory_allocated(device)) if device.type == "cuda" else None,
     )

@@ -1,16 +1,22 @@
 """Records that can never succeed: dead-letter them (default), skip them, or stop the worker.
 
-A dead-letter record copies the original key, value, headers and timestamp and adds headers in the
-style of Kafka Connect's DeadLetterQueueReporter, so that it can be inspected and replayed:
+A dead-letter record copies the original key, value, headers and timestamp (as Kafka Connect's
+DeadLetterQueueReporter does) and adds Connect's own context headers, so that the tools that read
+Connect's dead-letter topics read these too, and `clip-worker replay` (worker/replay.py) can put
+the original back:
 
-    dlt.original.topic / .partition / .offset / .timestamp
-    dlt.stage             decode-message | fetch | decode-image | embed | encode | produce | preprocess
-    dlt.exception.class   e.g. SourceNotFound
-    dlt.exception.message the reason, never a credential
-    dlt.attempts          fetch attempts made
-    dlt.worker.version
-    dlt.value.truncated, dlt.original.value.size, dlt.original.key.size, dlt.original.headers.dropped
-                          only when the original did not fit (below)
+    __connect.errors.topic / .partition / .offset      where the original was read
+    __connect.errors.stage                 decode-message | fetch | decode-image | preprocess | embed | encode | produce
+    __connect.errors.exception.class.name  e.g. SourceNotFound (worker/errors.py)
+    __connect.errors.exception.message     the reason, never a credential
+    __connect.errors.exception.stacktrace  only for UnexpectedError (a bug): its last frames, bounded
+and the worker's own, under the `clip_worker.` prefix:
+    clip_worker.original.timestamp   the original's timestamp (ms), which a LogAppendTime topic would not keep
+    clip_worker.fetch.attempts       S3 requests made
+    clip_worker.worker.id            the Kafka client.id (the pod name with static membership)
+    clip_worker.worker.version
+    clip_worker.value.truncated, clip_worker.original.value.size, clip_worker.original.key.size,
+    clip_worker.original.headers.dropped   only when the original did not fit (below)
 
 A dead-letter record can never fail itself: every header value is made safe text once (worker.text),
 and the record is cut to fit the producer's message.max.bytes - original headers first dropped past
@@ -28,10 +34,11 @@ in flight (the input is idle) the streak is a plain run of bad records, and is c
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Literal
 
 from worker import __version__
-from worker.errors import FatalError, OutputTooLarge
+from worker.errors import FatalError, OutputTooLarge, UnexpectedError
 from worker.metrics import Metrics
 from worker.pipeline.produce import Emitter, Headers, OutRecord
 from worker.pipeline.work import Work
@@ -42,43 +49,77 @@ Policy = Literal["dead-letter", "skip", "stop"]
 _MAX_KEY_BYTES = 16 * 1024
 _MAX_ORIGINAL_HEADER_BYTES = 64 * 1024
 _SIZE_HEADERS_BYTES = 256  # room kept for the headers that say what was cut
+_STACK_FRAMES = 8
+_MAX_HEADER_CHARS = 4000  # the stack trace is the longest; the message is capped at safe_text's 1000
+
+# Header names; replay.py reads them back. Every header the worker adds starts with one of PREFIXES.
+TOPIC = "__connect.errors.topic"
+PARTITION = "__connect.errors.partition"
+OFFSET = "__connect.errors.offset"
+STAGE = "__connect.errors.stage"
+EXCEPTION_CLASS = "__connect.errors.exception.class.name"
+EXCEPTION_MESSAGE = "__connect.errors.exception.message"
+STACKTRACE = "__connect.errors.exception.stacktrace"
+ORIGINAL_TIMESTAMP = "clip_worker.original.timestamp"
+FETCH_ATTEMPTS = "clip_worker.fetch.attempts"
+WORKER_ID = "clip_worker.worker.id"
+WORKER_VERSION = "clip_worker.worker.version"
+VALUE_TRUNCATED = "clip_worker.value.truncated"
+ORIGINAL_VALUE_SIZE = "clip_worker.original.value.size"
+ORIGINAL_KEY_SIZE = "clip_worker.original.key.size"
+ORIGINAL_HEADERS_DROPPED = "clip_worker.original.headers.dropped"
+PREFIXES = ("__connect.errors.", "clip_worker.")
 
 
 def dead_letter_record(
-    work: Work, error: Exception, *, stage: str, topic: str, max_bytes: int, minimal: bool = False
+    work: Work, error: Exception, *, stage: str, topic: str, max_bytes: int, worker_id: str, minimal: bool = False,
 ) -> OutRecord:
     """The dead-letter record of `work`; never raises, never larger than `max_bytes` in total.
     `minimal` leaves out the original value and headers (the broker refused the full record)."""
     source = work.source
-    added: Headers = [
-        (name, safe_bytes(value))
-        for name, value in (
-            ("dlt.original.topic", source.topic),
-            ("dlt.original.partition", source.partition),
-            ("dlt.original.offset", source.offset),
-            ("dlt.original.timestamp", work.timestamp_ms or ""),
-            ("dlt.stage", stage),
-            ("dlt.exception.class", type(error).__name__),
-            ("dlt.exception.message", safe_text(error)),
-            ("dlt.attempts", work.fetch_attempts),
-            ("dlt.worker.version", __version__),
-        )
+    context: list[tuple[str, object]] = [
+        (TOPIC, source.topic),
+        (PARTITION, source.partition),
+        (OFFSET, source.offset),
+        (STAGE, stage),
+        (EXCEPTION_CLASS, type(error).__name__),
+        (EXCEPTION_MESSAGE, safe_text(error)),
     ]
+    if isinstance(error, UnexpectedError):
+        context.append((STACKTRACE, _stacktrace(error)))
+    context += [
+        (ORIGINAL_TIMESTAMP, "" if work.timestamp_ms is None else work.timestamp_ms),
+        (FETCH_ATTEMPTS, work.fetch_attempts),
+        (WORKER_ID, worker_id),
+        (WORKER_VERSION, __version__),
+    ]
+    added: Headers = [(name, safe_bytes(value, limit=_MAX_HEADER_CHARS)) for name, value in context]
     budget = max_bytes - _SIZE_HEADERS_BYTES - _size(added)
     key = work.key
     if key is not None and len(key) > _MAX_KEY_BYTES:
-        added.append(("dlt.original.key.size", str(len(key)).encode()))
+        added.append((ORIGINAL_KEY_SIZE, str(len(key)).encode()))
         key = key[:_MAX_KEY_BYTES]
     budget -= len(key or b"")
     kept, dropped = _original_headers(work.headers, min(budget, _MAX_ORIGINAL_HEADER_BYTES), minimal=minimal)
     if dropped:
-        added.append(("dlt.original.headers.dropped", str(dropped).encode()))
+        added.append((ORIGINAL_HEADERS_DROPPED, str(dropped).encode()))
     budget -= _size(kept)
     value = work.value
     if value is not None and (minimal or len(value) > budget):
-        added += [("dlt.value.truncated", b"true"), ("dlt.original.value.size", str(len(value)).encode())]
+        added += [(VALUE_TRUNCATED, b"true"), (ORIGINAL_VALUE_SIZE, str(len(value)).encode())]
         value = b"" if minimal else value[: max(0, budget)]
     return OutRecord(topic=topic, key=key, value=value, headers=kept + added, timestamp_ms=work.timestamp_ms)
+
+
+def _stacktrace(error: UnexpectedError) -> str:
+    """The last frames of what a stage raised unexpectedly (a bug), for the one who fixes it."""
+    cause = error.__cause__
+    if cause is None:
+        return ""
+    try:
+        return "".join(traceback.format_exception(cause, limit=-_STACK_FRAMES, chain=False))
+    except Exception as exc:  # formatting reads source files and calls __str__: neither may fail the record
+        return f"<traceback unavailable: {type(exc).__name__}>"
 
 
 def _original_headers(headers: Headers, budget: int, *, minimal: bool) -> tuple[Headers, int]:
@@ -104,10 +145,12 @@ class DeadLetterStage:
     """Where records that can never succeed go (through failures.py)."""
 
     def __init__(
-        self, *, emitter: Emitter, topic: str, policy: Policy, max_consecutive: int, max_bytes: int, metrics: Metrics
+        self, *, emitter: Emitter, topic: str, policy: Policy, max_consecutive: int, max_bytes: int, worker_id: str,
+        metrics: Metrics,
     ) -> None:
         self._emitter = emitter
         self._topic = topic
+        self._worker_id = worker_id
         self._policy = policy
         self._max_consecutive = max_consecutive
         self._max_bytes = max_bytes
@@ -144,7 +187,8 @@ class DeadLetterStage:
         record = None
         if self._policy == "dead-letter":
             record = dead_letter_record(
-                work, error, stage=stage, topic=self._topic, max_bytes=self._max_bytes, minimal=minimal
+                work, error, stage=stage, topic=self._topic, max_bytes=self._max_bytes, worker_id=self._worker_id,
+                minimal=minimal,
             )
 
         def refused(refused_work: Work, refusal: Exception) -> None:

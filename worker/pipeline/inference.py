@@ -60,6 +60,11 @@ class InferenceStage:
         return self._pool.outstanding < self._max_batches
 
     def submit(self, item: list[Work]) -> None:
+        """Take a batch from the batcher (main thread): how long each of its images waited there is
+        observed now, as it leaves."""
+        now = time.monotonic()
+        for work in item:
+            self._metrics.batch_wait_seconds.observe(now - work.ready_at)
         self._pool.submit(item)
 
     def poll(self) -> None:

@@ -2,30 +2,50 @@
 
 A record count alone does not bound memory: 1,024 records of 30 MB objects are 30 GB. So the bytes
 every live record holds (its fetch reservation, fetched bytes and prepared tensor: Work.nbytes) are
-counted too, and both the input (backpressure.py) and the start of new fetches (stages.py) wait while
-the budget is spent. Records are tracked by weak reference: a record is counted for exactly as long as
+counted too: the start of new fetches (stages.py) waits while the budget, reservations included, is
+spent, and the input (backpressure.py) pauses while the bytes actually held reach it. Records are
+tracked by weak reference: a record is counted for exactly as long as
 something still holds it - a pool thread, the batcher, the emitter - stale work of a revoked
 partition included, and no stage has to remember to hand its bytes back.
 """
 
 from __future__ import annotations
 
+import time
 import weakref
+from collections.abc import Callable
 
 from worker.pipeline.work import Work
 
 
 class InFlightBytes:
-    def __init__(self, *, limit: int) -> None:
+    def __init__(self, *, limit: int, every: float = 0.02, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
         self._live: weakref.WeakSet[Work] = weakref.WeakSet()
+        self._every = every  # counting walks every live record: at most this often, not on every turn
+        self._clock = clock
+        self._total = 0
+        self._counted_at = float("-inf")
 
     def track(self, work: Work) -> None:
         self._live.add(work)
 
     def total(self) -> int:
+        """Bytes held and reserved: what new fetches must fit beside."""
         return sum(work.nbytes for work in list(self._live))
 
+    def held(self) -> int:
+        """Bytes actually held (reservations left out): what pausing the input responds to. Pausing
+        cannot shrink a reservation, and counting them there made the input flap on small objects."""
+        return sum(work.nbytes - work.reserved for work in list(self._live))
+
     def room(self) -> int:
-        """Bytes that may still be taken on (negative when over the limit)."""
-        return self.limit - self.total()
+        """Bytes that may still be taken on (negative when over the limit); recounted every `every`
+        seconds, and lowered by each reservation in between (`reserve`)."""
+        now = self._clock()
+        if now - self._counted_at >= self._every:
+            self._total, self._counted_at = self.total(), now
+        return self.limit - self._total
+
+    def reserve(self, nbytes: int) -> None:
+        self._total += nbytes

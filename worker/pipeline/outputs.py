@@ -3,16 +3,24 @@
 Anything that goes wrong building the record - the encoder, the key, a registry outage - is the
 record's failure (or, for the registry, an outage), never the loop's; and a record over the
 producer's size limit is refused here, before produce() would raise in the middle of the loop.
+
+The input headers named in `forward_headers` (W3C trace context by default) are copied to the
+output record, so that a trace spans the worker. Two latencies are observed as the output is
+acknowledged (at-least-once) or written into the transaction (exactly-once): from the send, and end
+to end, from the input record's timestamp.
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Iterable
 
 from worker.encoding import EmbeddingEncoder
 from worker.errors import OutputRejected, OutputTooLarge
 from worker.metrics import Metrics
 from worker.pipeline.deadletter import DeadLetterStage
 from worker.pipeline.outage import OutageGate
-from worker.pipeline.produce import Emitter, Outbox, OutRecord
+from worker.pipeline.produce import Emitter, Headers, Outbox, OutRecord
 from worker.pipeline.stages import FailureSink
 from worker.pipeline.work import Work
 
@@ -22,7 +30,7 @@ class OutputStage:
 
     def __init__(
         self, *, emitter: Emitter, outbox: Outbox, encoder: EmbeddingEncoder, topic: str, failures: FailureSink,
-        dead_letters: DeadLetterStage, outages: OutageGate, metrics: Metrics,
+        dead_letters: DeadLetterStage, outages: OutageGate, metrics: Metrics, forward_headers: Iterable[str],
     ) -> None:
         self._emitter = emitter
         self._outbox = outbox
@@ -32,15 +40,17 @@ class OutputStage:
         self._dead_letters = dead_letters
         self._outages = outages
         self._metrics = metrics
+        self._forward = frozenset(forward_headers)
 
     def submit(self, item: Work) -> None:
         assert item.request is not None and item.embedding is not None
         try:
             value = self._encoder.encode(
-                request=item.request, embedding=item.embedding, source=item.source, topic=self._topic
+                request=item.request, embedding=item.embedding, source=item.source, topic=self._topic,
+                sha256=item.sha256, width=item.width, height=item.height,
             )
             record = OutRecord(
-                topic=self._topic, key=item.request.id.encode(), value=value, headers=self._encoder.headers
+                topic=self._topic, key=item.request.id.encode(), value=value, headers=self._headers(item)
             )
         except Exception as exc:  # EncodeError, RegistryUnavailable, or anything the encoder missed
             self._failures.fail(item, exc, stage=self.name)
@@ -50,6 +60,7 @@ class OutputStage:
             too_large = OutputTooLarge(f"output record of {record.nbytes} bytes is over the limit of {limit}")
             self._failures.fail(item, too_large, stage=too_large.stage)
             return
+        item.sent_at = time.monotonic()
         self._emitter.emit(item, record, on_done=self._done, on_refused=self._refused)
 
     def poll(self) -> None:
@@ -58,8 +69,19 @@ class OutputStage:
     def close(self, deadline: float) -> None:
         return None
 
+    def _headers(self, work: Work) -> Headers:
+        """The encoder's headers, and the forwarded input headers after them (a new list only then)."""
+        if not (self._forward and work.headers):
+            return self._encoder.headers
+        forwarded = [header for header in work.headers if header[0] in self._forward]
+        return self._encoder.headers + forwarded if forwarded else self._encoder.headers
+
     def _done(self, work: Work) -> None:
-        self._metrics.embedded.inc()
+        metrics = self._metrics
+        metrics.produce_seconds.observe(time.monotonic() - work.sent_at)
+        if work.timestamp_ms is not None:
+            metrics.end_to_end_seconds.observe(max(0.0, time.time() - work.timestamp_ms / 1000))
+        metrics.embedded.inc()
         self._dead_letters.record_success()
         self._outages.record_success()
 

@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, Message
 from worker.config import PipelineSettings
 from worker.encoding import Source
 from worker.errors import ClientFatal, ClientWedged, WorkerError
-from worker.kafka_boundary import is_code, kafka_call, translate
+from worker.kafka_boundary import is_code, kafka_call, read_headers, translate
 from worker.metrics import Metrics
 from worker.pipeline.backpressure import Backpressure
 from worker.pipeline.batching import Batcher
@@ -191,7 +191,7 @@ class Runtime:
     def _bytes_in_flight(self) -> int:
         now = self._clock()
         if now - self._bytes_at >= _BYTES_EVERY_SECONDS:
-            self._in_flight_bytes, self._bytes_at = self._budget.total(), now
+            self._in_flight_bytes, self._bytes_at = self._budget.held(), now
             self._metrics.in_flight_bytes.set(self._in_flight_bytes)
         return self._in_flight_bytes
 
@@ -238,10 +238,8 @@ class Runtime:
 
 def _headers(message: Message) -> Headers:
     """The record's headers; none when the client cannot decode them (e.g. a name that is not UTF-8)."""
-    try:
-        headers = message.headers() or []
-    except Exception as exc:  # confluent-kafka decodes header names: hostile bytes raise here
-        log.warning("headers of %s [%s] @%s unreadable: %s", message.topic(), message.partition(), message.offset(),
-                    type(exc).__name__)
+    headers = read_headers(message)
+    if headers is None:
+        log.warning("headers of %s [%s] @%s unreadable", message.topic(), message.partition(), message.offset())
         return []
-    return list(headers.items()) if isinstance(headers, dict) else list(headers)
+    return headers

@@ -12,10 +12,13 @@ record's failure (failures.py decides between dead letter, outage and stop).
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol, TypeVar
+
+from prometheus_client import Histogram
 
 from worker.engine import PreparedImage
 from worker.errors import RecordTimeout, SourceError, SourceOutage, UnexpectedError
@@ -76,6 +79,7 @@ class DecodeStage:
 
 class ThreadStage:
     """Runs `step(work)` on a pool of threads; step fills in a field of the work or raises.
+    How long each step took is timed on its thread and observed in `seconds` (when given) on poll()'s.
 
     With `reserve_bytes`, a record starts only while the in-flight byte budget has that much room
     (or nothing at all is held): it holds the reservation until its step replaces it with
@@ -91,30 +95,35 @@ class ThreadStage:
         next_step: Stage[Work],
         failures: FailureSink,
         timeout: float,
+        seconds: Histogram | None = None,
         budget: InFlightBytes | None = None,
         reserve_bytes: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
-        self._pool: WorkPool[Work, None] = WorkPool(name=name, workers=workers, fn=step, clock=clock)
+        self._step = step
+        self._pool: WorkPool[Work, None] = WorkPool(name=name, workers=workers, fn=self._timed, clock=clock)
         self._next = next_step
         self._failures = failures
         self._timeout = timeout
+        self._seconds = seconds
         self._budget = budget
         self._reserve = reserve_bytes
+        self._workers = workers  # a reservation is taken only when a thread is free to use it
         self._waiting: deque[Work] = deque()
 
     def submit(self, item: Work) -> None:
         if self._budget is not None:
             self._budget.track(item)
         if self._reserve:
-            self._waiting.append(item)
-            self._admit()
+            self._waiting.append(item)  # admitted in poll(): one count of the budget per turn, not per record
         else:
             self._pool.submit(item)
 
     def poll(self) -> None:
         for work, outcome in self._pool.finished():
+            if self._seconds is not None:
+                self._seconds.observe(work.step_seconds)
             if isinstance(outcome, BaseException):
                 self._failures.fail(work, _record_failure(outcome, self.name), stage=self.name)
             else:
@@ -132,14 +141,23 @@ class ThreadStage:
         self._waiting.clear()
         self._pool.close(deadline)
 
+    def _timed(self, work: Work) -> None:
+        started = time.perf_counter()
+        try:
+            self._step(work)
+        finally:
+            work.step_seconds = time.perf_counter() - started
+
     def _admit(self) -> None:
         assert self._budget is not None, "reserve_bytes needs a budget"
-        room = self._budget.room()
+        budget = self._budget
         # Nothing held anywhere (room == limit) lets one in even when the limit is below the reservation.
-        while self._waiting and (room >= self._reserve or room >= self._budget.limit):
+        while self._waiting and self._pool.outstanding < self._workers and (
+            budget.room() >= self._reserve or budget.room() >= budget.limit
+        ):
             work = self._waiting.popleft()
             work.reserved = self._reserve
-            room -= self._reserve
+            budget.reserve(self._reserve)
             self._pool.submit(work)
 
 
@@ -149,7 +167,8 @@ def _record_failure(error: BaseException, stage: str) -> Exception:
 
 
 def fetch_step(source: S3Source, metrics: Metrics, *, timeout: float) -> Callable[[Work], None]:
-    """Read the image bytes of a decoded request; counts attempts for the dead-letter headers."""
+    """Read the image bytes of a decoded request; counts attempts for the dead-letter headers, and
+    takes the bytes' SHA-256 for the output record here, off the main thread."""
 
     def step(work: Work) -> None:
         assert work.request is not None, "the fetch stage only takes decoded requests"
@@ -161,6 +180,7 @@ def fetch_step(source: S3Source, metrics: Metrics, *, timeout: float) -> Callabl
             raise
         finally:
             work.reserved = 0
+        work.sha256 = hashlib.sha256(work.data).hexdigest()
         metrics.fetched_bytes.inc(len(work.data))
         metrics.fetch_retries.inc(work.fetch_attempts - 1)
 
@@ -168,11 +188,13 @@ def fetch_step(source: S3Source, metrics: Metrics, *, timeout: float) -> Callabl
 
 
 def preprocess_step(prepare: Callable[[bytes], PreparedImage]) -> Callable[[Work], None]:
-    """Decode and preprocess the fetched bytes; the bytes are dropped once the image is prepared."""
+    """Decode and preprocess the fetched bytes; the bytes are dropped once the image is prepared, and
+    the image's own size is kept for the output record after the tensor is dropped too."""
 
     def step(work: Work) -> None:
         assert work.data is not None, "the preprocess stage only takes fetched work"
-        work.prepared = prepare(work.data)
+        prepared = work.prepared = prepare(work.data)
+        work.width, work.height = prepared.width, prepared.height
         work.data = None
 
     return step

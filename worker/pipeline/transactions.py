@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 _ATTEMPTS = 10  # timeouts of one commit before giving up (the process restarts and fences)
 _CALL_SECONDS = 10.0  # what librdkafka is asked to wait
 _INIT_SECONDS = 30.0
-_DEADLINE_MARGIN = 20.0  # beyond the requested wait, before the client counts as wedged
+_DEADLINE_MARGIN = 10.0  # beyond the requested wait, before the client counts as wedged
 
 
 class TransactionalCommitter:

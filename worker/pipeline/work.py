@@ -29,9 +29,14 @@ class Work:
     fetch_attempts: int = 0
     reserved: int = 0  # bytes held for a fetch whose size is not known yet
     data: bytes | None = None
+    sha256: str | None = None  # hex digest of the fetched bytes, taken on the fetch thread
     prepared: PreparedImage | None = None
+    width: int | None = None  # the image's own size, kept once the prepared tensor is dropped
+    height: int | None = None
+    step_seconds: float = 0.0  # how long the last thread stage's step took (set there, observed in its poll)
     ready_at: float = 0.0  # monotonic time it entered the batcher
     embedding: np.ndarray | None = None
+    sent_at: float = 0.0  # monotonic time its output was handed to the producer
 
     @property
     def tp(self) -> tuple[str, int]:
