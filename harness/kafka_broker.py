@@ -26,6 +26,7 @@ import argparse
 import base64
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import signal
@@ -82,6 +83,8 @@ listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,PROXIED:
 _LOG4J2_PROPERTIES = (  # everything the broker logs goes to broker.log in its temp dir
     "appender.f.type=File\nappender.f.name=F\nappender.f.fileName={log}\nappender.f.layout.type=PatternLayout\n"
     "appender.f.layout.pattern=[%d] %p %m (%c)%n\nrootLogger.level=INFO\nrootLogger.appenderRef.f.ref=F\n")
+
+_CLIENT_LOG = logging.getLogger("harness.librdkafka")
 
 
 def ensure_jars() -> Path:
@@ -162,7 +165,8 @@ class KafkaBroker:
 
     def admin(self) -> AdminClient:
         if self._admin is None:
-            self._admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+            # Its log goes through logging: printed only when polled, so never after the broker stops.
+            self._admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "logger": _CLIENT_LOG})
         return self._admin
 
     def _java(self, main: str, *args: str, extra_flags: tuple[str, ...] = ()) -> list[str]:
@@ -247,6 +251,7 @@ class KafkaBroker:
         self.start()
 
     def _end(self, timeout: float | None) -> None:
+        self._admin = None  # let it go first: it would keep reconnecting to the stopped broker
         process, self._process = self._process, None
         if process is None:
             return
@@ -268,7 +273,6 @@ class KafkaBroker:
     def close(self, *, keep_logs: bool = False) -> None:
         """Stop the broker and delete its temp dir unless ``keep_logs`` (or the ``keep_logs`` attribute)."""
         self.stop()
-        self._admin = None  # its librdkafka threads would keep logging "connection refused"
         if self._log_dir is not None and not (keep_logs or self.keep_logs):
             shutil.rmtree(self._log_dir, ignore_errors=True)
 
