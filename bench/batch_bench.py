@@ -23,12 +23,11 @@ import fastavro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run as a script
 
-from bench.pipeline_bench import end_to_end, steady_rate
-from harness.models import model_config_dir, write_random_checkpoint
+from bench.pipeline_bench import bench_settings, end_to_end, steady_rate
 from harness.photos import photo_corpus
 from harness.s3_server import S3Server
 from harness.workers import settings_env
-from worker.config import ModelSettings, Settings
+from worker.config import Settings
 
 
 def batch_rate(settings: Settings, uris: list[str], *, env: dict[str, str], folder: Path) -> float:
@@ -78,11 +77,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = write_random_checkpoint(args.model, Path(tmp) / "random.pt", seed=0)
-        model = ModelSettings(model_name=args.model, pretrained=str(checkpoint), model_config_dir=model_config_dir(),
-                              inference_batch_size=args.batch, preprocess_mode=args.mode)
-        settings = Settings(model=model, s3={"allowed_sources": ("bench",)}, pipeline={"metrics_port": 0},
-                            kafka={"group_id": "bench"})
+        settings = bench_settings(args.model, Path(tmp), batch=args.batch, mode=args.mode)
         images = photo_corpus()
         stream = end_to_end(settings, images, messages=args.images, log=Path(tmp) / "worker.log")
         s3 = from_s3(settings, images, args.images, Path(tmp) / "batch-s3")

@@ -88,6 +88,16 @@ def steady_rate(stamps: list[float]) -> float:
     return (len(stamps) - skip - 1) / (stamps[-1] - stamps[skip])
 
 
+def bench_settings(model_name: str, tmp: Path, *, batch: int, mode: str) -> Settings:
+    """A worker on random weights of `model_name` (a checkpoint written into `tmp`), reading the
+    benchmark bucket, with the given batch size and preprocessing mode."""
+    checkpoint = write_random_checkpoint(model_name, tmp / "random.pt", seed=0)
+    model = ModelSettings(model_name=model_name, pretrained=str(checkpoint), model_config_dir=model_config_dir(),
+                          inference_batch_size=batch, preprocess_mode=mode)
+    return Settings(model=model, s3={"allowed_sources": ("bench",)}, pipeline={"metrics_port": 0},
+                    kafka={"group_id": "bench"})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="ViT-B-32")
@@ -98,13 +108,9 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = write_random_checkpoint(args.model, Path(tmp) / "random.pt", seed=0)
-        model = ModelSettings(model_name=args.model, pretrained=str(checkpoint), model_config_dir=model_config_dir(),
-                              inference_batch_size=args.batch, preprocess_mode=args.mode)
-        settings = Settings(model=model, s3={"allowed_sources": ("bench",)}, pipeline={"metrics_port": 0},
-                            kafka={"group_id": "bench"})
+        settings = bench_settings(args.model, Path(tmp), batch=args.batch, mode=args.mode)
         images = photo_corpus()
-        device_rate = model_only(model, [data for _, data in images], seconds=args.model_seconds)
+        device_rate = model_only(settings.model, [data for _, data in images], seconds=args.model_seconds)
         e2e_rate = end_to_end(settings, images, messages=args.messages, log=Path(tmp) / "worker.log")
     print("| model | mode | batch | model-only img/s | end-to-end img/s | end-to-end / model-only |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")

@@ -40,13 +40,12 @@ from worker.metrics import Metrics
 from worker.pipeline.batching import Batcher
 from worker.pipeline.inference import InferenceStage
 from worker.pipeline.memory import InFlightBytes
-from worker.pipeline.stages import ThreadStage, fetch_step, preprocess_step
+from worker.pipeline.stages import FETCH_DEADLINE_GRACE_SECONDS, ThreadStage, fetch_step, preprocess_step
 from worker.pipeline.work import Work
 from worker.source import S3Source
 
 _BUSY_POLL_SECONDS = 0.005  # results arrive on other threads
 _MAX_TAKE = 500  # inputs taken per turn, so that finished work is collected often
-_FETCH_TIMEOUT_GRACE_SECONDS = 5.0  # as build.py: the fetch judges its own deadline first
 
 
 class Finisher:
@@ -108,7 +107,7 @@ class BatchRun:
         preprocess = ThreadStage(name="preprocess", workers=model.preprocess_workers,
                                  step=preprocess_step(embedder.prepare), next_step=self._batcher, failures=finisher,
                                  timeout=timeout, budget=budget)
-        fetch_timeout = timeout + _FETCH_TIMEOUT_GRACE_SECONDS
+        fetch_timeout = timeout + FETCH_DEADLINE_GRACE_SECONDS
         max_bytes = settings.s3.max_object_bytes
         self._s3_fetch = ThreadStage(
             name="fetch", workers=settings.s3.fetch_workers, step=fetch_step(s3, metrics, timeout=timeout),

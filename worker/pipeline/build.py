@@ -51,11 +51,10 @@ from worker.pipeline.outputs import OutputStage
 from worker.pipeline.produce import AckedEmitter, Emitter, InOrderEmitter, Outbox
 from worker.pipeline.rebalance import Rebalancer
 from worker.pipeline.runtime import Pipeline, Runtime
-from worker.pipeline.stages import DecodeStage, ThreadStage, fetch_step, preprocess_step
+from worker.pipeline.stages import FETCH_DEADLINE_GRACE_SECONDS, DecodeStage, ThreadStage, fetch_step, preprocess_step
 from worker.pipeline.transactions import TransactionalCommitter
 from worker.source import S3Source, make_s3_client
 
-_FETCH_TIMEOUT_GRACE_SECONDS = 5.0  # the fetch judges its own deadline first (outage or record)
 _DEFAULT_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes
 
 
@@ -126,7 +125,7 @@ def build_runtime(
     source = S3Source(client=s3_client or make_s3_client(settings.s3), settings=settings.s3)
     fetch = ThreadStage(
         name="fetch", workers=settings.s3.fetch_workers, step=fetch_step(source, metrics, timeout=timeout),
-        next_step=preprocess, failures=failures, timeout=timeout + _FETCH_TIMEOUT_GRACE_SECONDS,
+        next_step=preprocess, failures=failures, timeout=timeout + FETCH_DEADLINE_GRACE_SECONDS,
         seconds=metrics.fetch_seconds, budget=budget, reserve_bytes=settings.s3.max_object_bytes,
     )
     decode = DecodeStage(

@@ -30,6 +30,9 @@ from worker.pipeline.work import Work
 from worker.source import S3Source
 
 T_contra = TypeVar("T_contra", contravariant=True)
+# The fetch stage's watchdog waits this much past record_timeout_seconds: the fetch judges its own
+# deadline first, and only it can tell an outage (nothing served) from the record's own slowness.
+FETCH_DEADLINE_GRACE_SECONDS = 5.0
 
 
 class Stage(Protocol[T_contra]):
