@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 HELM := .cache/bin/helm
 HELM_VERSION := v3.22.0
 
-.PHONY: test demo lint typecheck pytest bench-cpu gpu-wheels image clean
+.PHONY: test demo lint typecheck pytest bench bench-cpu gpu-wheels image clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,9 +35,14 @@ $(HELM):
 demo: $(INSTALLED)
 	$(PY) -m demo
 
-bench-cpu: $(INSTALLED)
+# The CPU benchmarks (BENCHMARKS.md): preprocessing alone, the worker end to end next to model-only,
+# and where one worker's CPU goes (issue 8's ratios; a real broker and s3proxy, a few minutes in all).
+bench: $(INSTALLED)
 	$(PY) bench/preprocess_bench.py
 	$(PY) bench/pipeline_bench.py
+	$(PY) bench/cpu_bench.py
+
+bench-cpu: bench
 
 # The worker image (Dockerfile), tagged with the package version: the Helm chart's default image
 # is clip-embedding-worker:<appVersion>. Needs Docker with BuildKit; nothing else here does.

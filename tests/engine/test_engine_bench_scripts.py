@@ -1,4 +1,5 @@
-"""The bench scripts stay runnable: the GPU check's CPU dry run and a one-repeat preprocessing bench."""
+"""The bench scripts stay runnable: the GPU check's CPU dry run, a one-repeat preprocessing bench, and
+cpu_bench's decode floor and /proc counters (its full run needs a broker and minutes)."""
 
 from __future__ import annotations
 
@@ -27,3 +28,17 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path: Path) -> None:
 def test_preprocess_bench_prints_its_table() -> None:
     out = run("bench/preprocess_bench.py", "--repeats", "1")
     assert all(mode in out for mode in ("exact ", "fast-no-draft ", "fast "))
+
+
+def test_cpu_bench_floor_and_counters() -> None:
+    """cpu_bench's own pieces, without its broker and s3proxy run (that takes minutes): the bare decode gives
+    the model's square, and the /proc counters read this process."""
+    import os
+
+    from bench.cpu_bench import bare_decode, box_busy_cpu, thread_cpu, tree_cpu
+    from harness.photos import photo_corpus
+
+    _, jpeg = photo_corpus(long_sides=(1024,), qualities=(85,))[0]
+    assert bare_decode(jpeg, 224).size == (224, 224)
+    pid = os.getpid()
+    assert tree_cpu(pid) > 0 and thread_cpu(pid, pid) > 0 and box_busy_cpu() > 0

@@ -1,0 +1,303 @@
+"""Where one worker's CPU goes: its CPU per record next to a bare reduced-DCT decode + resize, in one run.
+
+Issue 8's targets, all measured here on the same machine in the same run:
+- the worker's CPU per record (every thread and child process, tiny model, 1024-px photos) <= 1.3x a
+  bare Pillow reduced-DCT decode + resize of the same photos (single thread, CPU time per image);
+- two preprocess workers give >= 1.8x the img/s of one;
+- the main thread (the poll loop) spends <= 50 µs of CPU per record.
+
+The bare decode is the floor: `Image.draft` to the smallest DCT scale that still covers the model's
+input, then one bicubic resize of the centre crop to the model's size; what the worker spends on top
+(Kafka, S3 fetch, hand-offs, Avro, the tiny model) is the overhead. The worker runs as `python -m
+worker` against the real Kafka broker and s3proxy (harness/s3proxy.py: moto would cost more CPU than
+the worker), once per preprocess_workers value, after an unreported warm-up run. A sampler reads
+/proc every 50 ms: the worker's process-tree CPU (utime+stime of all threads, plus children), its
+main thread's on-CPU time (schedstat, ns), the broker's, s3proxy's and the whole box's. The window
+is the one pipeline_bench's steady_rate uses, from the output stamps (first 10% dropped for model
+load, to the last output), and each counter is interpolated at its ends, so CPU per record covers
+exactly the records that img/s counts.
+
+    .venv/bin/python bench/cpu_bench.py --records 2000 --workers 1,2,4
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run as a script
+
+from bench.pipeline_bench import WARMUP_SHARE, steady_rate
+from harness.kafka_broker import KafkaBroker
+from harness.kafka_io import produce_requests, read_all, wait_until_committed
+from harness.models import TINY_MODEL_NAME, register_model_configs, tiny_model_settings, write_random_checkpoint
+from harness.photos import photo_corpus
+from harness.s3proxy import S3Proxy
+from harness.workers import WorkerProcess, settings_env
+from worker.config import ModelSettings, Settings
+from worker.encoding import EmbeddingEncoder
+from worker.messages import ImageRequest, S3Uri
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SAMPLE_SECONDS = 0.05
+LONG_SIDE = 1024
+DEFAULT_WORKERS = ModelSettings.model_fields["preprocess_workers"].default
+TARGET_RATIO, TARGET_SCALING, TARGET_MAIN_US = 1.3, 1.8, 50.0
+
+
+# --- the floor: a bare reduced-DCT decode + resize, one thread ---------------------------------------------
+
+def bare_decode(data: bytes, size: int) -> Image.Image:
+    """Decode at the smallest DCT scale whose short side still covers `size`, then one bicubic resize of
+    the centre square to size x size (shortest-side resize + centre crop, as CLIP's transform)."""
+    image = Image.open(io.BytesIO(data))
+    width, height = image.size
+    scale = size / min(width, height)
+    image.draft("RGB", (round(width * scale), round(height * scale)))
+    image = image.convert("RGB")
+    reduced = image.width / width  # the DCT scale the draft picked (1, 1/2, 1/4, 1/8)
+    side = min(width, height) * reduced
+    left, top = (image.width - side) / 2, (image.height - side) / 2
+    return image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+
+
+def bare_cpu_per_image(blobs: list[bytes], size: int, *, repeats: int) -> float:
+    """CPU seconds per image (this thread's CPU time), median over repeats after a warm-up pass."""
+    for data in blobs:
+        bare_decode(data, size)
+    per_image = []
+    for _ in range(repeats):
+        began = time.thread_time()
+        for data in blobs:
+            bare_decode(data, size)
+        per_image.append((time.thread_time() - began) / len(blobs))
+    return statistics.median(per_image)
+
+
+# --- CPU counters from /proc ---------------------------------------------------------------------------------
+
+def _stat_fields(path: str) -> list[str]:
+    with open(path) as file:
+        return file.read().rpartition(")")[2].split()  # the fields after "(comm)"; comm may hold spaces
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process (all its threads, its reaped children) and of its live descendants."""
+    try:
+        fields = _stat_fields(f"/proc/{pid}/stat")  # fields[11:15]: utime stime cutime cstime
+        total = sum(int(f) for f in fields[11:15]) / CLOCK_TICKS
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as file:
+                total += sum(tree_cpu(int(child)) for child in file.read().split())
+        return total
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+
+
+def thread_cpu(pid: int, tid: int) -> float:
+    """On-CPU seconds of one thread: schedstat's nanoseconds where the kernel has it, else stat's ticks."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/schedstat") as file:
+            return int(file.read().split()[0]) / 1e9
+    except FileNotFoundError:
+        fields = _stat_fields(f"/proc/{pid}/task/{tid}/stat")
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def box_busy_cpu() -> float:
+    """CPU seconds the whole machine has spent busy (not idle, not waiting for I/O) since boot."""
+    with open("/proc/stat") as file:
+        ticks = [int(v) for v in file.readline().split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / CLOCK_TICKS  # user..steal, less idle and iowait
+
+
+COUNTERS = ("worker", "main", "broker", "s3proxy", "box")
+
+
+class Sampler:
+    """Reads the counters every SAMPLE_SECONDS on a thread; `at(t)` interpolates them at a wall time."""
+
+    def __init__(self, probes: dict[str, Callable[[], float]]) -> None:
+        self._probes = probes
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time(), {name: probe() for name, probe in self._probes.items()}))
+            self._stop.wait(SAMPLE_SECONDS)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def at(self, when: float) -> dict[str, float]:
+        for (t0, a), (t1, b) in zip(self.samples, self.samples[1:], strict=False):
+            if t0 <= when <= t1:
+                share = (when - t0) / (t1 - t0) if t1 > t0 else 0.0
+                return {name: a[name] + (b[name] - a[name]) * share for name in a}
+        raise ValueError(f"{when} is outside the sampled span")
+
+
+# --- one worker run ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunFigures:
+    preprocess_workers: int
+    records: int  # records in the measured window
+    img_per_s: float
+    worker_cpu_s: float  # per record, all threads and children
+    main_cpu_s: float  # per record, the main thread
+    broker_cpu_s: float  # per record
+    s3proxy_cpu_s: float  # per record
+    box_busy_share: float  # of all the machine's cores, over the window
+
+
+def run_worker(base: Settings, broker: KafkaBroker, proxy: S3Proxy, objects: list[str], *, records: int,
+               preprocess_workers: int, tag: str, log: Path) -> RunFigures:
+    """`python -m worker` over `records` fresh messages on topics of its own; figures over the steady window."""
+    kafka = base.kafka.model_copy(update={
+        "bootstrap_servers": broker.bootstrap_servers, "group_id": f"bench-{tag}", "input_topic": f"images-{tag}",
+        "output_topic": f"embeddings-{tag}", "dead_letter_topic": f"dlq-{tag}"})
+    model = base.model.model_copy(update={"preprocess_workers": preprocess_workers})
+    settings = base.model_copy(update={"kafka": kafka, "model": model})
+    for topic, partitions in ((kafka.input_topic, 4), (kafka.output_topic, 2), (kafka.dead_letter_topic, 1)):
+        broker.create_topic(topic, partitions)
+    requests = [ImageRequest(id=f"m{i}", uri=S3Uri("bench", objects[i % len(objects)])) for i in range(records)]
+    produce_requests(broker.bootstrap_servers, kafka.input_topic, requests)
+
+    worker = WorkerProcess(settings_env(settings) | proxy.env(), log_path=log).start()
+    assert worker.process is not None and broker.pid is not None and proxy.pid is not None
+    pid, broker_pid, proxy_pid = worker.process.pid, broker.pid, proxy.pid
+    probes: dict[str, Callable[[], float]] = {
+        "worker": lambda: tree_cpu(pid), "main": lambda: thread_cpu(pid, pid),
+        "broker": lambda: tree_cpu(broker_pid), "s3proxy": lambda: tree_cpu(proxy_pid), "box": box_busy_cpu}
+    try:
+        with Sampler(probes) as sampler:
+            wait_until_committed(broker.bootstrap_servers, kafka.group_id, kafka.input_topic, timeout=600)
+    except BaseException:
+        print(worker.log_tail(), file=sys.stderr)
+        raise
+    finally:
+        worker.terminate(60)
+
+    decoder = EmbeddingEncoder(field_name=model.output_field, model_name="", pretrained="", normalized=True)
+    stamps = sorted(decoder.decode(m.value())["embedded_at"].timestamp()  # type: ignore[arg-type]
+                    for m in read_all(broker.bootstrap_servers, kafka.output_topic, expect=records))
+    skip = int(len(stamps) * WARMUP_SHARE)
+    start, end = sampler.at(stamps[skip]), sampler.at(stamps[-1])
+    counted = len(stamps) - skip - 1  # as steady_rate counts them
+    used = {name: end[name] - start[name] for name in COUNTERS}
+    return RunFigures(
+        preprocess_workers=preprocess_workers, records=counted, img_per_s=steady_rate(stamps),
+        worker_cpu_s=used["worker"] / counted, main_cpu_s=used["main"] / counted,
+        broker_cpu_s=used["broker"] / counted, s3proxy_cpu_s=used["s3proxy"] / counted,
+        box_busy_share=used["box"] / ((stamps[-1] - stamps[skip]) * (os.cpu_count() or 1)))
+
+
+# --- report --------------------------------------------------------------------------------------------------
+
+def report(args: argparse.Namespace, bare_s: float, runs: list[RunFigures], loads: tuple[str, str]) -> str:
+    cores = os.cpu_count() or 1
+    lines = [
+        f"{datetime.date.today()}, {platform.node()}: nproc {cores}, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}; load average {loads[0]} at the start, {loads[1]} at the end",
+        "",
+        "    .venv/bin/python bench/cpu_bench.py " + " ".join(sys.argv[1:]),
+        "",
+        f"Bare reduced-DCT decode + resize to {args.size} px (Pillow draft + bicubic, one thread), "
+        f"{args.photos} photos at {LONG_SIDE} px: **{bare_s * 1e3:.2f} ms CPU per image** "
+        f"({1 / bare_s:.0f} img/s per core).",
+        "",
+        "| preprocess workers | records | img/s | worker CPU ms/rec | vs bare decode | main thread µs/rec "
+        "| broker ms/rec | s3proxy ms/rec | box busy |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in runs:
+        default = " (default)" if r.preprocess_workers == DEFAULT_WORKERS else ""
+        lines.append(
+            f"| {r.preprocess_workers}{default} | {r.records} | {r.img_per_s:.1f} | {r.worker_cpu_s * 1e3:.2f} "
+            f"| {r.worker_cpu_s / bare_s:.2f}x | {r.main_cpu_s * 1e6:.0f} | {r.broker_cpu_s * 1e3:.2f} "
+            f"| {r.s3proxy_cpu_s * 1e3:.2f} | {r.box_busy_share:.0%} of {cores} |")
+    by_workers = {r.preprocess_workers: r for r in runs}
+    head = by_workers.get(DEFAULT_WORKERS, runs[-1])
+    lines += ["", f"Against issue 8 (run with {head.preprocess_workers} preprocess workers unless said):",
+              f"- worker CPU per record / bare decode: {head.worker_cpu_s / bare_s:.2f}x "
+              f"(target <= {TARGET_RATIO}x): {'met' if head.worker_cpu_s / bare_s <= TARGET_RATIO else 'NOT met'}",
+              f"- main thread: {head.main_cpu_s * 1e6:.0f} µs per record (target <= {TARGET_MAIN_US:.0f} µs): "
+              f"{'met' if head.main_cpu_s * 1e6 <= TARGET_MAIN_US else 'NOT met'}"]
+    if 1 in by_workers and 2 in by_workers:
+        one, two = by_workers[1], by_workers[2]
+        scaling = two.img_per_s / one.img_per_s
+        verdict = "met" if scaling >= TARGET_SCALING else "NOT met"
+        lines.append(f"- two preprocess workers / one: {scaling:.2f}x img/s (target >= {TARGET_SCALING}x): {verdict}")
+        # Cores that 1.8x run 1's rate would take at run 2's CPU per record (worker + broker + s3proxy).
+        needed = TARGET_SCALING * one.img_per_s * (two.worker_cpu_s + two.broker_cpu_s + two.s3proxy_cpu_s)
+        lines.append(f"  {TARGET_SCALING}x the one-worker rate at the two-worker run's CPU per record (worker, "
+                     f"broker, s3proxy) needs {needed:.2f} cores; this box has {cores}"
+                     + (": it cannot show the target until the CPU per record falls." if needed > cores else "."))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=2000, help="messages per worker run")
+    parser.add_argument("--workers", default=f"1,2,{DEFAULT_WORKERS}",
+                        help="comma-separated preprocess_workers, one worker run each")
+    parser.add_argument("--warmup-records", type=int, default=1000,
+                        help="an unreported worker run first, so that the JVMs' warm-up does not land in run 1")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=7, help="passes of the bare decode over the photos")
+    args = parser.parse_args(argv)
+    register_model_configs()
+    args.size = int(open_clip.get_model_config(TINY_MODEL_NAME)["vision_cfg"]["image_size"])
+    loads = (f"{os.getloadavg()[0]:.2f}", "")
+
+    photos = photo_corpus(long_sides=(LONG_SIDE,))
+    args.photos = len(photos)
+    bare_s = bare_cpu_per_image([data for _, data in photos], args.size, repeats=args.repeats)
+    runs: list[RunFigures] = []
+    with tempfile.TemporaryDirectory() as tmp, KafkaBroker() as broker, S3Proxy() as proxy:
+        checkpoint = write_random_checkpoint(TINY_MODEL_NAME, Path(tmp) / "tiny.pt", seed=0)
+        model = tiny_model_settings(checkpoint, inference_batch_size=args.batch, preprocess_mode="fast")
+        base = Settings(model=model, s3={"allowed_sources": ("bench",), "endpoint_url": proxy.endpoint_url},
+                        pipeline={"metrics_port": 0})
+        client = proxy.client()
+        client.create_bucket(Bucket="bench")
+        for name, data in photos:
+            client.put_object(Bucket="bench", Key=name, Body=data)
+        client.close()
+        objects = [name for name, _ in photos]
+        if args.warmup_records:  # not reported: the broker's and s3proxy's JITs warm up here, not in run 1
+            run_worker(base, broker, proxy, objects, records=args.warmup_records, preprocess_workers=DEFAULT_WORKERS,
+                       tag="warmup", log=Path(tmp) / "worker-warmup.log")
+        for workers in (int(w) for w in args.workers.split(",")):
+            runs.append(run_worker(base, broker, proxy, objects, records=args.records, preprocess_workers=workers,
+                                   tag=f"w{workers}", log=Path(tmp) / f"worker-{workers}.log"))
+            print(f"# preprocess_workers={workers}: {runs[-1].img_per_s:.1f} img/s", file=sys.stderr, flush=True)
+    loads = (loads[0], f"{os.getloadavg()[0]:.2f}")
+    print(report(args, bare_s, runs, loads))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
