@@ -50,11 +50,9 @@ class OffsetTracker:
         return state is not None and state.generation == generation
 
     def add(self, tp: TopicPartition, offset: int) -> int:
-        """A record was polled; returns the generation its completion must quote."""
-        state = self._partitions.get(tp)
-        if state is None:  # assignment callbacks can lag a first message on some paths
-            self.assign(tp)
-            state = self._partitions[tp]
+        """A record of an assigned partition was polled (the runtime drops records of any other);
+        returns the generation its completion must quote."""
+        state = self._partitions[tp]
         state.pending.append(offset)
         return state.generation
 
