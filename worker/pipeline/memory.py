@@ -19,33 +19,42 @@ from worker.pipeline.work import Work
 
 
 class InFlightBytes:
+    """Counts live records' bytes in one walk, at most every `every` seconds (it visits every record:
+    not on every turn), and keeps both sums: with reservations (`room`) and without (`held`)."""
+
     def __init__(self, *, limit: int, every: float = 0.02, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
         self._live: weakref.WeakSet[Work] = weakref.WeakSet()
-        self._every = every  # counting walks every live record: at most this often, not on every turn
+        self._every = every
         self._clock = clock
-        self._total = 0
+        self._total = 0  # held and reserved: what new fetches must fit beside
+        self._held = 0  # held only: what pausing the input responds to
         self._counted_at = float("-inf")
 
     def track(self, work: Work) -> None:
         self._live.add(work)
 
-    def total(self) -> int:
-        """Bytes held and reserved: what new fetches must fit beside."""
-        return sum(work.nbytes for work in list(self._live))
-
     def held(self) -> int:
-        """Bytes actually held (reservations left out): what pausing the input responds to. Pausing
-        cannot shrink a reservation, and counting them there made the input flap on small objects."""
-        return sum(work.nbytes - work.reserved for work in list(self._live))
+        """Bytes actually held, reservations left out. Pausing the input cannot shrink a reservation,
+        and counting them there made the input flap on small objects."""
+        self._recount()
+        return self._held
 
     def room(self) -> int:
-        """Bytes that may still be taken on (negative when over the limit); recounted every `every`
-        seconds, and lowered by each reservation in between (`reserve`)."""
-        now = self._clock()
-        if now - self._counted_at >= self._every:
-            self._total, self._counted_at = self.total(), now
+        """Bytes that may still be taken on (negative when over the limit), lowered by each
+        reservation made since the last count (`reserve`)."""
+        self._recount()
         return self.limit - self._total
 
     def reserve(self, nbytes: int) -> None:
         self._total += nbytes
+
+    def _recount(self) -> None:
+        now = self._clock()
+        if now - self._counted_at < self._every:
+            return
+        total = reserved = 0
+        for work in list(self._live):
+            total += work.nbytes
+            reserved += work.reserved
+        self._total, self._held, self._counted_at = total, total - reserved, now

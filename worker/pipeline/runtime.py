@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 _BUSY_POLL_SECONDS = 0.005  # while work is in flight: results arrive on other threads
 _IDLE_POLL_SECONDS = 0.1
 _MAX_CONSUME = 500
-_BYTES_EVERY_SECONDS = 0.02  # the byte count walks every live record: not on every turn
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +76,6 @@ class Runtime:
         self._clock = clock
         self._stop_deadline: float | None = None
         self._draining = False
-        self._in_flight_bytes = 0
-        self._bytes_at = float("-inf")
         self._idle_at = clock()
         self.last_loop_at = clock()
 
@@ -189,11 +186,9 @@ class Runtime:
         self._metrics.in_flight.set(self._tracker.in_flight())
 
     def _bytes_in_flight(self) -> int:
-        now = self._clock()
-        if now - self._bytes_at >= _BYTES_EVERY_SECONDS:
-            self._in_flight_bytes, self._bytes_at = self._budget.held(), now
-            self._metrics.in_flight_bytes.set(self._in_flight_bytes)
-        return self._in_flight_bytes
+        held = self._budget.held()
+        self._metrics.in_flight_bytes.set(held)
+        return held
 
     def _poll_timeout(self) -> float:
         if self._tracker.in_flight() == 0:
