@@ -1,6 +1,8 @@
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from worker.config import Settings, env_var, load_settings
@@ -77,3 +79,28 @@ def test_kafka_clients_follow_the_delivery_contract() -> None:
     assert is_cooperative(consumer)
     producer = producer_config(exactly_once.kafka, exactly_once.pipeline)
     assert producer["transactional.id"] == "clip-embedding-worker-pod-0", "stable, so a restart fences the old one"
+
+
+def test_a_list_setting_that_is_not_json_fails_naming_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIP_WORKER_S3__ALLOWED_SOURCES", "[photos")  # pydantic-settings names only "s3"
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert caught.value.setting == "CLIP_WORKER_S3__ALLOWED_SOURCES"
+
+
+# Text an environment can hold: no NUL, no surrogates (os.environ cannot encode them).
+env_text = st.text(alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=40)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(variable=st.sampled_from(every_env_var()), value=st.one_of(env_text, st.sampled_from(
+    ["[", "{", "[1, 2]", '{"a": 1}', "null", "-1", "1e999", "true", "[\"x\", 3]", ""])))
+def test_any_value_of_any_setting_loads_or_fails_naming_that_variable(
+    variable: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as env:
+        env.setenv(variable, value)
+        try:
+            load_settings()
+        except ConfigError as exc:
+            assert exc.setting == variable, (variable, value, exc)

@@ -10,12 +10,14 @@ that names the variable.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from worker.errors import ConfigError
 
@@ -232,4 +234,20 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         path = [str(part) for part in first["loc"]]
-        raise ConfigError(env_var(*path), first["msg"]) from None
+        where = f" (at {'.'.join(path[2:])})" if len(path) > 2 else ""  # an item of a list or dict setting
+        raise ConfigError(env_var(*path[:2]), first["msg"] + where) from None
+    except SettingsError:  # a list or dict setting whose value is not JSON: pydantic-settings names only its section
+        raise ConfigError(_unparsable_json_variable(), "not valid JSON (list and dict settings take JSON)") from None
+
+
+def _unparsable_json_variable() -> str:
+    """The first CLIP_WORKER_* variable of a list or dict setting whose value does not parse as JSON."""
+    for section_name, section in Settings.model_fields.items():
+        for name, field in section.annotation.model_fields.items():  # type: ignore[union-attr]
+            variable = env_var(section_name, name)
+            if get_origin(field.annotation) in (tuple, dict, list) and variable in os.environ:
+                try:
+                    json.loads(os.environ[variable])
+                except ValueError:
+                    return variable
+    return ENV_PREFIX + "*"
