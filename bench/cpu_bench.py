@@ -128,18 +128,51 @@ def box_busy_cpu() -> float:
 COUNTERS = ("worker", "main", "broker", "s3proxy", "box")
 
 
+def thread_groups(pid: int) -> dict[str, float]:
+    """CPU seconds of the worker's threads by what they are (their kernel names, pool.name_os_thread):
+    the main thread, each stage's pool, librdkafka's threads, the rest (torch's, Python's), child
+    processes. Keys start with "thread:"."""
+    groups: dict[str, float] = {}
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return groups
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/comm") as file:
+                comm = file.read().strip()
+            seconds = thread_cpu(pid, int(task))
+            with open(f"/proc/{pid}/task/{task}/children") as file:
+                children = sum(tree_cpu(int(child)) for child in file.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(task) == pid:
+            group = "main"
+        elif comm.startswith("rdk:"):
+            group = "librdkafka"
+        else:
+            group = comm.rstrip("0123456789").rstrip("_-") or "other"
+        groups[f"thread:{group}"] = groups.get(f"thread:{group}", 0.0) + seconds
+        if children:
+            groups["thread:child processes"] = groups.get("thread:child processes", 0.0) + children
+    return groups
+
+
 class Sampler:
     """Reads the counters every SAMPLE_SECONDS on a thread; `at(t)` interpolates them at a wall time."""
 
-    def __init__(self, probes: dict[str, Callable[[], float]]) -> None:
+    def __init__(self, probes: dict[str, Callable[[], float]],
+                 breakdown: Callable[[], dict[str, float]] = dict) -> None:
         self._probes = probes
+        self._breakdown = breakdown
         self.samples: list[tuple[float, dict[str, float]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.time(), {name: probe() for name, probe in self._probes.items()}))
+            sample = {name: probe() for name, probe in self._probes.items()} | self._breakdown()
+            self.samples.append((time.time(), sample))
             self._stop.wait(SAMPLE_SECONDS)
 
     def __enter__(self) -> Sampler:
@@ -154,7 +187,7 @@ class Sampler:
         for (t0, a), (t1, b) in zip(self.samples, self.samples[1:], strict=False):
             if t0 <= when <= t1:
                 share = (when - t0) / (t1 - t0) if t1 > t0 else 0.0
-                return {name: a[name] + (b[name] - a[name]) * share for name in a}
+                return {name: a[name] + (b.get(name, a[name]) - a[name]) * share for name in a}
         raise ValueError(f"{when} is outside the sampled span")
 
 
@@ -170,6 +203,7 @@ class RunFigures:
     broker_cpu_s: float  # per record
     s3proxy_cpu_s: float  # per record
     box_busy_share: float  # of all the machine's cores, over the window
+    threads: dict[str, float]  # the worker's CPU per record by thread group (thread_groups)
 
 
 def run_worker(base: Settings, broker: KafkaBroker, proxy: S3Proxy, objects: list[str], *, records: int,
@@ -192,7 +226,7 @@ def run_worker(base: Settings, broker: KafkaBroker, proxy: S3Proxy, objects: lis
         "worker": lambda: tree_cpu(pid), "main": lambda: thread_cpu(pid, pid),
         "broker": lambda: tree_cpu(broker_pid), "s3proxy": lambda: tree_cpu(proxy_pid), "box": box_busy_cpu}
     try:
-        with Sampler(probes) as sampler:
+        with Sampler(probes, breakdown=lambda: thread_groups(pid)) as sampler:
             wait_until_committed(broker.bootstrap_servers, kafka.group_id, kafka.input_topic, timeout=600)
     except BaseException:
         print(worker.log_tail(), file=sys.stderr)
@@ -211,7 +245,9 @@ def run_worker(base: Settings, broker: KafkaBroker, proxy: S3Proxy, objects: lis
         preprocess_workers=preprocess_workers, records=counted, img_per_s=steady_rate(stamps),
         worker_cpu_s=used["worker"] / counted, main_cpu_s=used["main"] / counted,
         broker_cpu_s=used["broker"] / counted, s3proxy_cpu_s=used["s3proxy"] / counted,
-        box_busy_share=used["box"] / ((stamps[-1] - stamps[skip]) * (os.cpu_count() or 1)))
+        box_busy_share=used["box"] / ((stamps[-1] - stamps[skip]) * (os.cpu_count() or 1)),
+        threads={name.removeprefix("thread:"): (end[name] - start.get(name, 0.0)) / counted
+                 for name in end if name.startswith("thread:")})
 
 
 # --- report --------------------------------------------------------------------------------------------------
@@ -238,6 +274,12 @@ def report(args: argparse.Namespace, bare_s: float, runs: list[RunFigures], load
             f"| {r.preprocess_workers}{default} | {r.records} | {r.img_per_s:.1f} | {r.worker_cpu_s * 1e3:.2f} "
             f"| {r.worker_cpu_s / bare_s:.2f}x | {r.main_cpu_s * 1e6:.0f} | {r.broker_cpu_s * 1e3:.2f} "
             f"| {r.s3proxy_cpu_s * 1e3:.2f} | {r.box_busy_share:.0%} of {cores} |")
+    groups = sorted({group for r in runs for group in r.threads}, key=lambda g: -max(r.threads.get(g, 0) for r in runs))
+    lines += ["", "Where the worker's CPU goes, µs per record by thread (kernel thread names):", "",
+              "| preprocess workers | " + " | ".join(groups) + " |", "| ---: |" + " ---: |" * len(groups)]
+    for r in runs:
+        lines.append(f"| {r.preprocess_workers} | " + " | ".join(f"{r.threads.get(g, 0.0) * 1e6:.0f}" for g in groups)
+                     + " |")
     by_workers = {r.preprocess_workers: r for r in runs}
     head = by_workers.get(DEFAULT_WORKERS, runs[-1])
     lines += ["", f"Against issue 8 (run with {head.preprocess_workers} preprocess workers unless said):",
