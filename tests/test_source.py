@@ -180,6 +180,36 @@ def test_faults_that_outlast_the_attempts_with_nothing_served_meanwhile_are_an_o
     assert proxy.faults_served == 3
 
 
+def test_an_object_failing_alone_while_s3_serves_the_last_good_object_is_the_records_fault(
+    proxy: FaultyS3Proxy, proxied_client: Any, s3_client: Any, s3_bucket: str
+) -> None:
+    """Nothing else fetched meanwhile (a quiet stream, or the input paused for an outage): one GET of
+    the object that last succeeded decides. Without it this record was parked as an outage and
+    retried alone forever."""
+    s3_client.put_object(Bucket=s3_bucket, Key="down.jpg", Body=b"never")
+    s3_client.put_object(Bucket=s3_bucket, Key="fine.jpg", Body=b"fine")
+    proxy.fail("down.jpg", kind="slowdown", times=100)
+    source = source_for(proxied_client, allowed_sources=(s3_bucket,), max_attempts=3)
+    assert source.fetch(S3Uri(s3_bucket, "fine.jpg")) == (b"fine", 1)
+    with pytest.raises(RetriesExhausted) as caught:
+        source.fetch(S3Uri(s3_bucket, "down.jpg"))
+    assert caught.value.attempts == 3 and proxy.faults_served == 3
+
+
+def test_when_the_last_good_object_fails_too_it_is_an_outage(
+    proxy: FaultyS3Proxy, proxied_client: Any, s3_client: Any, s3_bucket: str
+) -> None:
+    s3_client.put_object(Bucket=s3_bucket, Key="down.jpg", Body=b"never")
+    s3_client.put_object(Bucket=s3_bucket, Key="fine.jpg", Body=b"fine")
+    source = source_for(proxied_client, allowed_sources=(s3_bucket,), max_attempts=3)
+    source.fetch(S3Uri(s3_bucket, "fine.jpg"))
+    proxy.fail("down.jpg", kind="slowdown", times=100)
+    proxy.fail("fine.jpg", kind="internal-error", times=1)  # the probe: S3 fails it as well
+    with pytest.raises(SourceOutage):
+        source.fetch(S3Uri(s3_bucket, "down.jpg"))
+    assert proxy.faults_served == 4
+
+
 def test_missing_credentials_are_an_outage_not_retried_per_record(
     proxy: FaultyS3Proxy, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,9 +1,11 @@
 """Reading image bytes from S3: the allowlist, the byte limit, retries, and botocore's errors; and
 listing a prefix, for the batch commands.
 
-Plain boto3, so the same code runs against AWS S3, MinIO, Ceph RGW, R2 or moto. botocore's
-exceptions are translated here, once, into worker.errors: a transient failure (throttling, 5xx,
-timeout, reset) is retried with exponential backoff and full jitter; after the last attempt it
+boto3's client holds the configuration and credentials, so the same code runs against AWS S3, MinIO,
+Ceph RGW, R2 or moto; a GET is signed by botocore and sent by urllib3 (worker.s3_get: botocore's
+get_object costs about a millisecond of the GIL per object), listing stays on boto3. botocore's and
+urllib3's exceptions are translated here, once, into worker.errors: a transient failure (throttling,
+5xx, timeout, reset) is retried with exponential backoff and full jitter; after the last attempt it
 becomes RetriesExhausted. Credentials come from the standard AWS chain and are never logged.
 """
 
@@ -15,11 +17,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError, NoCredentialsError
+from urllib3 import BaseHTTPResponse
+from urllib3.exceptions import HTTPError as Urllib3Error
 
 from worker.config import S3Settings, env_var
 from worker.errors import (
@@ -37,6 +41,7 @@ from worker.errors import (
     WorkerError,
 )
 from worker.messages import S3Uri
+from worker.s3_get import SignedGet
 from worker.text import safe_text
 
 _NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
@@ -44,6 +49,7 @@ _DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
 # The credentials as a whole, not this object: every other request fails the same way (an outage).
 _CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "TokenRefreshRequired"}
 _CHUNK_BYTES = 1 << 20
+_ERROR_BODY_BYTES = 64 * 1024  # an S3 error document is a few hundred bytes; a longer body is not one
 _THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed", "503"}
 
 
@@ -101,15 +107,34 @@ def make_s3_client(settings: S3Settings) -> Any:
     )
 
 
+class Served(Protocol):
+    """Where the monotonic time of the last successful fetch is kept: ``multiprocessing.Value("d")``
+    shares it between processes (time.monotonic is one clock for the whole machine on Linux)."""
+
+    value: float
+
+
+@dataclass(slots=True)
+class LastSuccess:
+    """The default ``Served``: this process's fetches only."""
+
+    value: float = float("-inf")
+
+
 class S3Source:
-    """Fetches objects for the fetch stage's threads; thread-safe (boto3 clients are).
+    """Fetches objects for the fetch stage's threads; thread-safe (boto3 clients and urllib3 pools are).
 
     An outage is not the record's fault. When a record runs out of attempts, or past its deadline,
     the question is whether S3 served anyone else meanwhile: if another fetch succeeded since the
     backoff before this record's last attempt, the failure is this object's (RetriesExhausted, RecordTimeout: dead
     letters); if nothing succeeded, S3 itself is down (SourceOutage: the runtime parks the record and
     retries it later). A slow object is read in small pieces against the deadline, so one that
-    trickles a byte a second fails in time instead of holding a fetch thread for days.
+    trickles a byte a second fails in time instead of holding a fetch thread for days. ``served``
+    holds the time of the last success; processes that share one judge outages together (a value
+    before any fetch began, such as a fresh Value's 0.0, means none yet). When nothing else was
+    fetched meanwhile (a quiet stream, or the input paused for the outage), one GET of the object
+    that last succeeded here decides: without it, one object throttled for good looked like an
+    outage, and its record was parked and retried alone, forever, with the input paused.
     """
 
     def __init__(
@@ -119,13 +144,16 @@ class S3Source:
         settings: S3Settings,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        served: Served | None = None,
     ) -> None:
         self._client = client
         self._settings = settings
         self._allowlist = Allowlist.parse(settings.allowed_sources)
         self._sleep = sleep
         self._clock = clock
-        self._last_success = float("-inf")  # monotonic time a fetch last succeeded, from any thread
+        self._served = served if served is not None else LastSuccess()  # from any thread (or process)
+        self._last_good: S3Uri | None = None  # the object this process last fetched, to probe S3 with
+        self._get_signed = SignedGet(client, pool_size=settings.fetch_workers)
 
     def fetch(self, uri: S3Uri, *, deadline: float = float("inf")) -> tuple[bytes, int]:
         """The object's bytes and the number of attempts it took. Raises a SourceError that says how
@@ -141,27 +169,38 @@ class S3Source:
                 exc.attempts = attempt
                 raise
             except _TooSlow as exc:
-                raise self._judged(RecordTimeout(f"{exc}", stage="fetch"), window, attempt) from None
+                raise self._judged(RecordTimeout(f"{exc}", stage="fetch"), uri, window, attempt) from None
             except SourceUnavailable as exc:
                 ceiling = min(settings.backoff_max_seconds, settings.backoff_initial_seconds * 2 ** (attempt - 1))
                 if attempt == settings.max_attempts or self._clock() + ceiling > deadline:
                     exhausted = RetriesExhausted(f"{exc} (after {attempt} attempts)")
                     exhausted.attempts = attempt
-                    raise self._judged(exhausted, window, attempt) from exc
+                    raise self._judged(exhausted, uri, window, attempt) from exc
                 window = self._clock()
                 self._sleep(random.uniform(0, ceiling))
                 continue
-            self._last_success = self._clock()
+            self._served.value, self._last_good = self._clock(), uri
             return data, attempt
         raise AssertionError("unreachable: the loop returns or raises")
 
-    def _judged(self, error: WorkerError, began: float, attempt: int) -> WorkerError:
-        """``error`` if S3 served another fetch since ``began``; else an outage (never dead-lettered)."""
-        if self._last_success >= began:
+    def _judged(self, error: WorkerError, uri: S3Uri, began: float, attempt: int) -> WorkerError:
+        """``error`` if S3 served another fetch since ``began``, or serves the last good object now;
+        else an outage (never dead-lettered)."""
+        if self._served.value >= began or self._serves(self._last_good, instead_of=uri):
             return error
         outage = SourceOutage(f"S3 is not serving: {error} (no fetch succeeded meanwhile)")
         outage.attempts = attempt
         return outage
+
+    def _serves(self, probe: S3Uri | None, *, instead_of: S3Uri) -> bool:
+        if probe is None or probe == instead_of:
+            return False
+        try:
+            self._get(probe, self._clock() + self._settings.timeout_seconds)
+        except (WorkerError, _TooSlow):
+            return False
+        self._served.value = self._clock()
+        return True
 
     def list_objects(self, prefix: S3Uri) -> Iterator[S3Uri]:
         """The objects under ``prefix`` in key order. Its key is taken as whole "/" segments, as the
@@ -178,28 +217,33 @@ class S3Source:
     def _get(self, uri: S3Uri, deadline: float) -> bytes:
         limit = self._settings.max_object_bytes
         with _translated(uri):
-            response = self._client.get_object(Bucket=uri.bucket, Key=uri.key)
-            body = response["Body"]
+            response = self._get_signed.open(uri.bucket, uri.key)
             try:
-                length = int(response.get("ContentLength") or 0)
-                if length > limit:
+                if not 200 <= response.status < 300:
+                    raise self._get_signed.error(response, self._error_body(response, uri, deadline))
+                length = response.length_remaining  # urllib3's reading of Content-Length; None if absent
+                if length is not None and length > limit:
                     raise SourceTooLarge(f"{uri} is {length} bytes, over the limit of {limit}")
-                data = self._read(body, uri, limit=limit, deadline=deadline)
+                data = self._read(response, uri, limit=limit, deadline=deadline)
             finally:
-                body.close()
-        if length and len(data) != length:
+                response.close()  # a no-op once read to the end: urllib3 has pooled the connection then
+                response.release_conn()  # else the closed connection goes back, to be reopened
+        if length is not None and len(data) != length:
             raise SourceUnavailable(f"{uri}: the connection closed after {len(data)} of {length} bytes")
         return data
 
-    def _read(self, body: Any, uri: S3Uri, *, limit: int, deadline: float) -> bytes:
-        # read1 returns what one socket read gives; botocore's read(n) would wait for all n bytes.
-        raw = getattr(body, "_raw_stream", None)
-        read = raw.read1 if raw is not None and hasattr(raw, "read1") else body.read
+    def _error_body(self, response: BaseHTTPResponse, uri: S3Uri, deadline: float) -> bytes:
+        try:
+            return self._read(response, uri, limit=_ERROR_BODY_BYTES, deadline=deadline)
+        except SourceTooLarge:
+            return b""  # not an S3 error document: the status alone decides
+
+    def _read(self, body: BaseHTTPResponse, uri: S3Uri, *, limit: int, deadline: float) -> bytes:
         buffer = io.BytesIO()  # getvalue() hands over its buffer: no second copy of the object
         while True:
             if self._clock() > deadline:
                 raise _TooSlow(f"{uri}: still reading after the record's deadline ({buffer.tell()} bytes so far)")
-            chunk = read(_CHUNK_BYTES)
+            chunk = body.read1(_CHUNK_BYTES)  # what one socket read gives; read(n) would wait for all n
             if not chunk:
                 return buffer.getvalue()
             if buffer.tell() + len(chunk) > limit:
@@ -213,14 +257,14 @@ class _TooSlow(Exception):
 
 @contextmanager
 def _translated(uri: S3Uri) -> Iterator[None]:
-    """botocore's exceptions, raised in the block, as worker.errors."""
+    """botocore's and urllib3's exceptions, raised in the block, as worker.errors."""
     try:
         yield
     except ClientError as exc:
         raise _translate_client_error(uri, exc) from None
     except NoCredentialsError:
         raise CredentialsUnavailable("no AWS credentials found in the standard chain") from None
-    except (ConnectionError, HTTPClientError) as exc:
+    except (ConnectionError, HTTPClientError, Urllib3Error) as exc:  # refused, reset, timed out, cut short
         raise SourceUnavailable(f"{uri}: {type(exc).__name__}") from None
     except BotoCoreError as exc:
         raise SourceUnavailable(f"{uri}: {type(exc).__name__}: {safe_text(exc)}") from None

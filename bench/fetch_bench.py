@@ -1,0 +1,152 @@
+"""CPU per S3 GET and GET/s: boto3's get_object next to the signed urllib3 GET (worker/s3_get.py), in one run.
+
+Issue 8, direction 3: the fetch threads cost ~0.5-1 ms of pure Python per object under the GIL, most of
+it botocore's. Both paths fetch the same photos (harness.photos at 1024 px, ~190 KB each) from s3proxy
+(harness/s3proxy.py: moto would cost more CPU than either client) with 1, 2 and 4 threads:
+- boto3: ``client.get_object`` and the body read a socket read at a time, as S3Source did before;
+- signed: ``S3Source.fetch``, the worker's path (allowlist, retry loop, signed urllib3 GET, read).
+CPU per GET is this process's CPU time (all its threads; s3proxy is another process) over the GETs.
+The paths take turns, in alternating order, for every thread count and repeat, so that drift on a
+shared box hits both alike; each figure is the median over the repeats. First, both paths fetch keys
+with characters that need quoting: s3proxy checks SigV4 signatures, so a wrong one fails here.
+
+    .venv/bin/python bench/fetch_bench.py --gets 480 --repeats 5 --threads 1,2,4
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run as a script
+
+from harness.photos import photo_corpus
+from harness.s3_server import REGION
+from harness.s3proxy import S3Proxy
+from worker.config import S3Settings
+from worker.messages import S3Uri
+from worker.source import S3Source, make_s3_client
+
+BUCKET = "fetch-bench"
+LONG_SIDE = 1024
+ODD_KEYS = ("odd/a b+c%d~e.jpg", "odd/ünï cödé/(1)!*'.jpg", "odd/x=y&z;@$,.jpg")
+Get = Callable[[str], bytes]
+
+
+def boto3_get(client: Any) -> Get:
+    """get_object and a read1 loop over the body: what S3Source._get did before the signed GET."""
+
+    def get(key: str) -> bytes:
+        body = client.get_object(Bucket=BUCKET, Key=key)["Body"]
+        chunks = []
+        try:
+            while chunk := body._raw_stream.read1(1 << 20):
+                chunks.append(chunk)
+        finally:
+            body.close()
+        return b"".join(chunks)
+
+    return get
+
+
+def signed_get(source: S3Source) -> Get:
+    return lambda key: source.fetch(S3Uri(BUCKET, key))[0]
+
+
+def measure(get: Get, keys: list[str], *, gets: int, threads: int) -> tuple[float, float]:
+    """(CPU seconds per GET, GETs per second) for ``gets`` GETs spread over ``threads`` threads."""
+    share = gets // threads
+    start = threading.Barrier(threads + 1)
+
+    def run(offset: int) -> None:
+        start.wait()
+        for i in range(share):
+            get(keys[(offset + i) % len(keys)])
+
+    pool = [threading.Thread(target=run, args=(n * 7,)) for n in range(threads)]
+    for thread in pool:
+        thread.start()
+    cpu, wall = time.process_time(), time.perf_counter()
+    start.wait()
+    for thread in pool:
+        thread.join()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return cpu / (share * threads), share * threads / wall
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gets", type=int, default=480, help="GETs per measurement")
+    parser.add_argument("--repeats", type=int, default=5, help="measurements per path and thread count")
+    parser.add_argument("--threads", default="1,2,4", help="comma-separated thread counts")
+    args = parser.parse_args(argv)
+    counts = [int(t) for t in args.threads.split(",")]
+    load_start = os.getloadavg()[0]
+    photos = photo_corpus(long_sides=(LONG_SIDE,))
+    keys = [name for name, _ in photos]
+    with S3Proxy() as proxy:
+        os.environ.update(proxy.env())  # the standard chain finds s3proxy's keys, as the worker would
+        uploader = proxy.client()
+        uploader.create_bucket(Bucket=BUCKET)
+        for name, data in photos:
+            uploader.put_object(Bucket=BUCKET, Key=name, Body=data)
+        for key in ODD_KEYS:
+            uploader.put_object(Bucket=BUCKET, Key=key, Body=key.encode())
+        uploader.close()
+        settings = S3Settings(endpoint_url=proxy.endpoint_url, region=REGION, fetch_workers=max(counts),
+                              allowed_sources=(BUCKET,))
+        client = make_s3_client(settings)
+        paths = {"boto3": boto3_get(client), "signed": signed_get(S3Source(client=client, settings=settings))}
+        for name, get in paths.items():
+            for key in ODD_KEYS:  # s3proxy verifies the signature: a wrongly signed key fails here
+                if get(key) != key.encode():
+                    raise SystemExit(f"{name} read the wrong bytes for {key!r}")
+            measure(get, keys, gets=args.gets, threads=max(counts))  # warm-up: connections, s3proxy's JIT
+        figures: dict[tuple[str, int], list[tuple[float, float]]] = {}
+        for repeat in range(args.repeats):
+            for threads in counts:
+                order = list(paths) if repeat % 2 == 0 else list(reversed(paths))
+                for name in order:
+                    figures.setdefault((name, threads), []).append(
+                        measure(paths[name], keys, gets=args.gets, threads=threads))
+            print(f"# repeat {repeat + 1}/{args.repeats} done", file=sys.stderr, flush=True)
+        client.close()
+    mean_size = statistics.mean(len(data) for _, data in photos)
+    print(report(args, figures, counts, mean_size, (load_start, os.getloadavg()[0])))
+    return 0
+
+
+def report(args: argparse.Namespace, figures: dict[tuple[str, int], list[tuple[float, float]]],
+           counts: list[int], mean_size: float, loads: tuple[float, float]) -> str:
+    cpu = {k: statistics.median(c for c, _ in v) for k, v in figures.items()}
+    rate = {k: statistics.median(r for _, r in v) for k, v in figures.items()}
+    lines = [
+        f"{datetime.date.today()}, {platform.node()}: nproc {os.cpu_count()}, Python {platform.python_version()}; "
+        f"load average {loads[0]:.2f} at the start, {loads[1]:.2f} at the end",
+        "",
+        "    .venv/bin/python bench/fetch_bench.py " + " ".join(sys.argv[1:]),
+        "",
+        f"{args.gets} GETs per measurement of {len(set(k for k in figures))} path/thread pairs, median of "
+        f"{args.repeats}; objects {mean_size / 1e3:.0f} KB on average, from s3proxy on the same box.",
+        "",
+        "| threads | boto3 CPU µs/GET | signed CPU µs/GET | CPU saved | boto3 GET/s | signed GET/s | GET/s ratio |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for n in counts:
+        b, s = ("boto3", n), ("signed", n)
+        lines.append(f"| {n} | {cpu[b] * 1e6:.0f} | {cpu[s] * 1e6:.0f} | {1 - cpu[s] / cpu[b]:.0%} "
+                     f"| {rate[b]:.0f} | {rate[s]:.0f} | {rate[s] / rate[b]:.2f}x |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
