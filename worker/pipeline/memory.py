@@ -4,9 +4,11 @@ A record count alone does not bound memory: 1,024 records of 30 MB objects are 3
 every live record holds (its fetch reservation, fetched bytes and prepared tensor: Work.nbytes) are
 counted too: the start of new fetches (stages.py) waits while the budget, reservations included, is
 spent, and the input (backpressure.py) pauses while the bytes actually held reach it. Records are
-tracked by weak reference: a record is counted for exactly as long as
-something still holds it - a pool thread, the batcher, the emitter - stale work of a revoked
-partition included, and no stage has to remember to hand its bytes back.
+tracked by weak reference from the moment a stage admits it to a fetch (records queued before that
+hold only their message, and leaving them out keeps the walk short: most of max_in_flight waits
+there), and counted for exactly as long as something still holds it - a pool thread, the batcher,
+the emitter - stale work of a revoked partition included, and no stage has to remember to hand its
+bytes back.
 """
 
 from __future__ import annotations

@@ -116,12 +116,12 @@ class ThreadStage:
         self._waiting: deque[Work] = deque()
 
     def submit(self, item: Work) -> None:
-        if self._budget is not None:
-            self._budget.track(item)
         if self._reserve:
             self._waiting.append(item)  # admitted in poll(): one count of the budget per turn, not per record
-        else:
-            self._pool.submit(item)
+            return
+        if self._budget is not None:
+            self._budget.track(item)
+        self._pool.submit(item)
 
     def poll(self) -> None:
         for work, outcome in self._pool.finished():
@@ -161,6 +161,7 @@ class ThreadStage:
             work = self._waiting.popleft()
             work.reserved = self._reserve
             budget.reserve(self._reserve)
+            budget.track(work)  # from here on it holds bytes; waiting, it held only its message
             self._pool.submit(work)
 
 
