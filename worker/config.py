@@ -47,7 +47,14 @@ class ModelSettings(_Section):
     half_dtype: Literal["float16", "bfloat16"] = Field(
         "float16", description="Which half precision use_fp16 selects on CUDA."
     )
-    preprocess_workers: int = Field(4, ge=1, le=256, description="Threads that decode and preprocess images.")
+    preprocess_workers: int = Field(
+        4, ge=1, le=256, description="Threads (or, with preprocess_in=processes, processes) that decode and preprocess."
+    )
+    preprocess_in: Literal["threads", "processes"] = Field(
+        "threads",
+        description="threads: fetch and preprocess on threads of the worker process (one GIL). processes: "
+        "preprocess_workers decoder processes fetch and preprocess, s3.fetch_workers threads shared among them.",
+    )
     preprocess_mode: Literal["fast", "exact"] = Field(
         "fast",
         description="exact: open_clip's own eval transform, bit for bit. "

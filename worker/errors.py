@@ -32,7 +32,8 @@ this record ever succeed (retryable or permanent), and at which stage did it fai
         │   ├── TruncatedImage      the image data ends early
         │   ├── CorruptImage        the image data is damaged in some other way
         │   ├── UnsupportedImage    a mode or format the model's transform cannot take
-        │   └── DecompressionBomb   more pixels than the limit, found before the full decode
+        │   ├── DecompressionBomb   more pixels than the limit, found before the full decode
+        │   └── DecoderCrashed      a decoder process died twice while this image was in it
         ├── RecordTimeout           a stage took longer than record_timeout_seconds for this record
         ├── UnexpectedError         a stage raised something no boundary translated (a bug, or MemoryError)
         ├── EmbedError              stage embed: the device failed for this record alone
@@ -46,7 +47,11 @@ never succeed go there; an outage pauses the input and retries the same records 
 
 from __future__ import annotations
 
-from typing import ClassVar
+import functools
+import traceback
+from typing import Any, ClassVar
+
+_STACK_FRAMES = 8  # of an unexpected error's traceback, in its dead letter
 
 
 class WorkerError(Exception):
@@ -181,12 +186,19 @@ class DecompressionBomb(ImageError):
     pass
 
 
+class DecoderCrashed(ImageError):
+    """Decoding this image killed the decoder process (a segfault in a codec, the OOM killer) twice."""
+
+
 class RecordTimeout(RecordError):
     """A stage held this record past record_timeout_seconds; its late result, if any, is dropped."""
 
     def __init__(self, message: str, *, stage: str) -> None:
         super().__init__(message)
         self.stage = stage  # type: ignore[misc]  # per instance: the stage that timed out
+
+    def __reduce__(self) -> tuple[Any, ...]:  # from a decoder process: `stage` is keyword-only
+        return (functools.partial(RecordTimeout, stage=self.stage), (str(self),), self.__dict__)
 
 
 class UnexpectedError(RecordError):
@@ -197,6 +209,29 @@ class UnexpectedError(RecordError):
         super().__init__(f"{type(error).__name__}: {error}")
         self.stage = stage  # type: ignore[misc]
         self.__cause__ = error  # with its traceback, for the dead letter's stack trace
+        self._trace: str | None = None  # the traceback as text, once it crossed a process boundary
+
+    def trace(self) -> str:
+        """The last frames of the original error's traceback, for the one who fixes the bug."""
+        if self._trace is not None:
+            return self._trace
+        if self.__cause__ is None:
+            return ""
+        try:
+            return "".join(traceback.format_exception(self.__cause__, limit=-_STACK_FRAMES, chain=False))
+        except Exception as exc:  # formatting reads source files and calls __str__: neither may fail the record
+            return f"<traceback unavailable: {type(exc).__name__}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:  # from a decoder process: the cause travels as text
+        return (_unexpected_from_text, (str(self), self.stage, self.trace()))
+
+
+def _unexpected_from_text(message: str, stage: str, trace: str) -> UnexpectedError:
+    error = UnexpectedError.__new__(UnexpectedError)
+    Exception.__init__(error, message)
+    error.stage = stage  # type: ignore[misc]
+    error._trace = trace
+    return error
 
 
 class EmbedError(RecordError):

@@ -63,11 +63,12 @@ def worker_settings(
     test's bucket, with fresh topics, reading S3 through the proxy with quick retries and the
     credentials of the environment (aws_credentials), and committing every 200 ms."""
 
-    def make(*, input_partitions: int, max_object_bytes: int = 32 * 1024 * 1024, **pipeline: Any) -> Settings:
+    def make(*, input_partitions: int, max_object_bytes: int = 32 * 1024 * 1024, preprocess_in: str = "threads",
+             **pipeline: Any) -> Settings:
         return make_settings(
             s3_bucket,
             input_partitions=input_partitions,
-            model=FAST_TINY,
+            model=FAST_TINY | {"preprocess_in": preprocess_in},
             kafka={"consumer_config": {"auto.commit.interval.ms": "200"}},
             s3={"endpoint_url": proxy.endpoint_url, "max_object_bytes": max_object_bytes, "fetch_workers": 4,
                 "max_attempts": MAX_ATTEMPTS, "backoff_initial_seconds": 0.001, "backoff_max_seconds": 0.01,
@@ -162,7 +163,10 @@ class Bad:
     reason: str  # a part of __connect.errors.exception.message
 
 
+# Decoder processes fetch and decode in children: the same matrix holds across the process boundary.
+@pytest.mark.parametrize("preprocess_in", ["threads", "processes"])
 def test_every_bad_record_is_dead_lettered_once_and_every_good_one_embedded(
+    preprocess_in: str,
     kafka_broker: KafkaBroker,
     s3_client: Any,
     s3_bucket: str,
@@ -239,7 +243,7 @@ def test_every_bad_record_is_dead_lettered_once_and_every_good_one_embedded(
     interleaved += good_records[len(bad_records):] + bad_records[len(good_records):]
     assert len(interleaved) == len(good) + len(bad) == 29
 
-    settings = worker_settings(input_partitions=3, max_object_bytes=limit)
+    settings = worker_settings(input_partitions=3, max_object_bytes=limit, preprocess_in=preprocess_in)
     kafka = settings.kafka
     input_topic, output_topic, dlq = kafka.input_topic, kafka.output_topic, kafka.dead_letter_topic
     produced = produce_located(kafka_broker.bootstrap_servers, input_topic, interleaved)

@@ -148,6 +148,13 @@ class Preprocessor:
             pixels = torch.from_numpy(fast_pixels(decoded, plan(decoded.width, decoded.height, self.cfg)))
         return PreparedImage(pixels, decoded.width, decoded.height, decoded.format, decoded.scale)
 
+    def output_shape(self) -> tuple[tuple[int, int, int], str]:
+        """The shape and numpy dtype of what `prepare` gives (slots.py sizes the decoders' slots by it)."""
+        height, width = (self.cfg.size, self.cfg.size) if isinstance(self.cfg.size, int) else self.cfg.size
+        if self.mode == "exact":
+            return (3, height, width), "float32"
+        return (height, width, 3), "uint8"
+
     def _resized(self, size: tuple[int, int]) -> tuple[int, int]:
         return plan(size[0], size[1], self.cfg).resized
 

@@ -34,7 +34,6 @@ in flight (the input is idle) the streak is a plain run of bad records, and is c
 from __future__ import annotations
 
 import logging
-import traceback
 from typing import Literal
 
 from worker import __version__
@@ -49,7 +48,6 @@ Policy = Literal["dead-letter", "skip", "stop"]
 _MAX_KEY_BYTES = 16 * 1024
 _MAX_ORIGINAL_HEADER_BYTES = 64 * 1024
 _SIZE_HEADERS_BYTES = 256  # room kept for the headers that say what was cut
-_STACK_FRAMES = 8
 _MAX_HEADER_CHARS = 4000  # the stack trace is the longest; the message is capped at safe_text's 1000
 
 # Header names; replay.py reads them back. Every header the worker adds starts with one of PREFIXES.
@@ -86,7 +84,7 @@ def dead_letter_record(
         (EXCEPTION_MESSAGE, safe_text(error)),
     ]
     if isinstance(error, UnexpectedError):
-        context.append((STACKTRACE, _stacktrace(error)))
+        context.append((STACKTRACE, error.trace()))
     context += [
         (ORIGINAL_TIMESTAMP, "" if work.timestamp_ms is None else work.timestamp_ms),
         (FETCH_ATTEMPTS, work.fetch_attempts),
@@ -109,17 +107,6 @@ def dead_letter_record(
         added += [(VALUE_TRUNCATED, b"true"), (ORIGINAL_VALUE_SIZE, str(len(value)).encode())]
         value = b"" if minimal else value[: max(0, budget)]
     return OutRecord(topic=topic, key=key, value=value, headers=kept + added, timestamp_ms=work.timestamp_ms)
-
-
-def _stacktrace(error: UnexpectedError) -> str:
-    """The last frames of what a stage raised unexpectedly (a bug), for the one who fixes it."""
-    cause = error.__cause__
-    if cause is None:
-        return ""
-    try:
-        return "".join(traceback.format_exception(cause, limit=-_STACK_FRAMES, chain=False))
-    except Exception as exc:  # formatting reads source files and calls __str__: neither may fail the record
-        return f"<traceback unavailable: {type(exc).__name__}>"
 
 
 def _original_headers(headers: Headers, budget: int, *, minimal: bool) -> tuple[Headers, int]:

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import Consumer, Message
 
@@ -33,7 +34,7 @@ from worker.pipeline.offsets import OffsetTracker
 from worker.pipeline.outage import OutageGate
 from worker.pipeline.produce import Headers, Outbox
 from worker.pipeline.rebalance import Rebalancer
-from worker.pipeline.stages import DecodeStage, ThreadStage
+from worker.pipeline.stages import DecodeStage, Stage
 from worker.pipeline.work import Work
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,7 @@ class Pipeline:
     """The stages in data-path order (build.py draws the diagram), and where failures go."""
 
     decode: DecodeStage
-    fetch: ThreadStage
-    preprocess: ThreadStage
+    images: tuple[Stage[Work], ...]  # fetch and preprocess threads, or the decoder processes doing both
     batcher: Batcher
     inference: InferenceStage
     failures: FailureRouter
@@ -174,8 +174,8 @@ class Runtime:
 
     def _advance(self) -> None:
         pipeline = self._pipeline
-        pipeline.fetch.poll()
-        pipeline.preprocess.poll()
+        for stage in pipeline.images:
+            stage.poll()
         pipeline.batcher.poll()
         pipeline.inference.poll()
         pipeline.outages.poll()
@@ -213,7 +213,8 @@ class Runtime:
         offsets, 4. leave the group, 5. end the transaction, 6. close the producer: in that order."""
         deadline = self._stop_deadline or self._clock() + self._settings.shutdown_grace_seconds
         pipeline = self._pipeline
-        for stage in (pipeline.fetch, pipeline.preprocess, pipeline.inference):
+        stages: tuple[Stage[Any], ...] = (*pipeline.images, pipeline.inference)
+        for stage in stages:
             stage.close(deadline)
         if isinstance(error, ClientWedged):
             return  # nothing can be flushed or committed through a wedged client; the successor fences it

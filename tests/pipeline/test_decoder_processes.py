@@ -1,0 +1,239 @@
+"""The decoder processes (preprocess_in=processes) against the real S3 server: the same pixels as the
+thread path, errors that keep their class and stage across the process boundary, and the two things
+only processes can survive - a decoder killed by an image, and a decoder stuck on one.
+
+Each test drives a DecoderStage directly, with real forkserver children, real shared memory and the
+moto server over sockets; `target` wraps the real decoder main (decoders.serve) to crash or hang on
+chosen keys, the way a codec bug would.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pickle
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
+from typing import Any
+
+import pytest
+
+from harness.s3_server import S3Server
+from tests.conftest import Credentials
+from worker.config import LogSettings, S3Settings
+from worker.encoding import Source
+from worker.engine import Embedder
+from worker.errors import DecoderCrashed, FatalError, RecordTimeout, SourceNotFound, UnexpectedError
+from worker.messages import ImageRequest, S3Uri
+from worker.metrics import Metrics
+from worker.pipeline import decoders
+from worker.pipeline.decoder_stage import DecoderStage
+from worker.pipeline.decoders import DecoderSpec
+from worker.pipeline.memory import InFlightBytes
+from worker.pipeline.slots import SharedSlots, SlotLayout
+from worker.pipeline.work import Work
+
+MiB = 1024 * 1024
+
+
+class Sink:
+    """Next step and failure sink in one: what finished, and how."""
+
+    def __init__(self) -> None:
+        self.done: list[Work] = []
+        self.failed: list[tuple[Work, Exception, str]] = []
+
+    def submit(self, item: Work) -> None:
+        self.done.append(item)
+
+    def poll(self) -> None: ...
+
+    def close(self, deadline: float) -> None: ...
+
+    def fail(self, work: Work, error: Exception, *, stage: str) -> None:
+        self.failed.append((work, error, stage))
+
+    @property
+    def finished(self) -> int:
+        return len(self.done) + len(self.failed)
+
+
+def work_for(bucket: str, key: str, number: int) -> Work:
+    work = Work(source=Source("in", 0, number), generation=1, key=None, value=None, headers=[], timestamp_ms=None)
+    work.request = ImageRequest(id=key, uri=S3Uri(bucket, key))
+    return work
+
+
+def serve_with_faults(spec: DecoderSpec, conn: Connection, decoding: Any) -> None:
+    """The real decoder main, except that decoding a key starting "crash" segfaults, and one starting
+    "hang" never returns (a codec stuck in a loop)."""
+    real = decoders._Decoder.decode
+
+    def decode(self: Any, task: decoders.Task, fetched: Any) -> Any:
+        if task.uri.key.startswith("crash"):
+            ctypes.string_at(0)  # a real segfault, on this thread, as a codec bug would
+        if task.uri.key.startswith("hang"):
+            time.sleep(3600)
+        return real(self, task, fetched)
+
+    decoders._Decoder.decode = decode  # type: ignore[method-assign]  # only in this child process
+    decoders.serve(spec, conn, decoding)
+
+
+def dies_at_start(spec: DecoderSpec, conn: Connection, decoding: Any) -> None:
+    os._exit(3)
+
+
+@pytest.fixture
+def make_stage(
+    s3_server: S3Server, aws_credentials: Credentials, embedder: Embedder
+) -> Iterator[Callable[..., tuple[DecoderStage, SharedSlots, Sink]]]:
+    stages: list[DecoderStage] = []
+
+    def make(
+        bucket: str, *, processes: int = 2, threads: int = 2, timeout: float = 30.0, slots: int = 8,
+        target: Callable[[DecoderSpec, Connection, Any], None] = decoders.serve,
+    ) -> tuple[DecoderStage, SharedSlots, Sink]:
+        s3 = S3Settings(endpoint_url=s3_server.endpoint_url, region="us-east-1", allowed_sources=(bucket,),
+                        max_attempts=2, backoff_initial_seconds=0.01, backoff_max_seconds=0.02)
+        preprocessor = embedder.preprocessor
+        shape, dtype = preprocessor.output_shape()
+        shared = SharedSlots(SlotLayout(count=slots, shape=shape, dtype=dtype))
+        spec = DecoderSpec(
+            s3=s3, cfg=preprocessor.cfg, mode=preprocessor.mode, max_pixels=preprocessor.max_pixels,
+            exif_orientation=False, slots=shared.name, layout=shared.layout, threads=threads, fetch_timeout=timeout,
+            log=LogSettings(), served=decoders_value(), environ=dict(os.environ),
+        )
+        sink = Sink()
+        stage = DecoderStage(processes=processes, spec=spec, slots=shared, next_step=sink, failures=sink,
+                             metrics=Metrics(), timeout=timeout, budget=InFlightBytes(limit=256 * MiB),
+                             reserve_bytes=MiB, target=target)
+        stages.append(stage)
+        return stage, shared, sink
+
+    yield make
+    for stage in stages:
+        stage.close(time.monotonic() + 5)
+
+
+def decoders_value() -> Any:
+    import multiprocessing
+
+    return multiprocessing.get_context("forkserver").Value("d", float("-inf"))
+
+
+def run_until(stage: DecoderStage, sink: Sink, expected: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while sink.finished < expected:
+        assert time.monotonic() < deadline, f"{sink.finished} of {expected} finished"
+        stage.poll()
+        time.sleep(0.005)
+
+
+def test_decoder_processes_give_the_pixels_and_digest_the_thread_path_gives(
+    make_stage: Callable[..., tuple[DecoderStage, SharedSlots, Sink]], s3_client: Any, s3_bucket: str,
+    small_photos: list[tuple[str, bytes]], embedder: Embedder,
+) -> None:
+    import hashlib
+
+    for name, data in small_photos:
+        s3_client.put_object(Bucket=s3_bucket, Key=name, Body=data)
+    stage, slots, sink = make_stage(s3_bucket, slots=4)  # fewer slots than records: they must come back
+    records = [work_for(s3_bucket, name, i) for i, (name, _) in enumerate(small_photos * 3)]
+    for work in records:
+        stage.submit(work)
+    expected = {name: data for name, data in small_photos}
+    deadline = time.monotonic() + 60
+    while len(sink.done) < len(records):
+        assert not sink.failed, sink.failed
+        assert time.monotonic() < deadline
+        stage.poll()
+        for work in sink.done:  # checked and dropped as they come, freeing their slots
+            if work.prepared is not None:
+                assert work.request is not None
+                data = expected[work.request.uri.key]
+                assert (work.prepared.pixels == embedder.prepare(data).pixels).all()
+                assert work.sha256 == hashlib.sha256(data).hexdigest() and work.reserved == 0
+                work.prepared = None
+        time.sleep(0.005)
+    assert slots.free() == slots.layout.count
+
+
+def test_errors_keep_their_class_stage_and_attempts_across_the_process_boundary(
+    make_stage: Callable[..., tuple[DecoderStage, SharedSlots, Sink]], s3_client: Any, s3_bucket: str,
+) -> None:
+    s3_client.put_object(Bucket=s3_bucket, Key="page.html", Body=b"<!DOCTYPE html><html></html>")
+    stage, slots, sink = make_stage(s3_bucket)
+    stage.submit(work_for(s3_bucket, "missing.jpg", 0))
+    stage.submit(work_for(s3_bucket, "page.html", 1))
+    run_until(stage, sink, 2)
+    failed = {w.request.uri.key: (e, stage_name, w.fetch_attempts) for w, e, stage_name in sink.failed if w.request}
+    error, where, attempts = failed["missing.jpg"]
+    assert isinstance(error, SourceNotFound) and where == "fetch" and attempts == 1
+    error, where, attempts = failed["page.html"]
+    assert type(error).__name__ == "NotAnImage" and error.stage == "decode-image" and "HTML" in str(error)
+    assert slots.free() == slots.layout.count
+
+
+def test_a_record_that_kills_two_decoders_fails_as_decoder_crashed_and_the_rest_are_finished(
+    make_stage: Callable[..., tuple[DecoderStage, SharedSlots, Sink]], s3_client: Any, s3_bucket: str,
+    small_photos: list[tuple[str, bytes]],
+) -> None:
+    name, data = small_photos[0]
+    s3_client.put_object(Bucket=s3_bucket, Key=name, Body=data)
+    s3_client.put_object(Bucket=s3_bucket, Key="crash.jpg", Body=data)
+    stage, _slots, sink = make_stage(s3_bucket, target=serve_with_faults, slots=16)
+    stage.submit(work_for(s3_bucket, "crash.jpg", 0))
+    for i in range(1, 9):
+        stage.submit(work_for(s3_bucket, name, i))
+    run_until(stage, sink, 9)
+    assert [(type(e), w.source.offset, s) for w, e, s in sink.failed] == [(DecoderCrashed, 0, "preprocess")]
+    assert "died 2 times" in str(sink.failed[0][1])
+    assert sorted(w.source.offset for w in sink.done) == list(range(1, 9))
+    stage.submit(work_for(s3_bucket, name, 9))  # the replacements work
+    run_until(stage, sink, 10)
+    assert len(sink.done) == 9
+
+
+def test_a_record_stuck_in_a_decoder_times_out_and_its_decoder_is_replaced(
+    make_stage: Callable[..., tuple[DecoderStage, SharedSlots, Sink]], s3_client: Any, s3_bucket: str,
+    small_photos: list[tuple[str, bytes]],
+) -> None:
+    name, data = small_photos[0]
+    s3_client.put_object(Bucket=s3_bucket, Key=name, Body=data)
+    s3_client.put_object(Bucket=s3_bucket, Key="hang.jpg", Body=data)
+    stage, _slots, sink = make_stage(s3_bucket, processes=1, threads=2, timeout=2.0, target=serve_with_faults)
+    stage.submit(work_for(s3_bucket, "hang.jpg", 0))
+    for i in range(1, 5):
+        stage.submit(work_for(s3_bucket, name, i))
+    started = time.monotonic()
+    run_until(stage, sink, 5)
+    assert [(type(e), w.source.offset) for w, e, _ in sink.failed] == [(RecordTimeout, 0)]
+    assert time.monotonic() - started < 15
+    assert sorted(w.source.offset for w in sink.done) == [1, 2, 3, 4]
+
+
+def test_decoders_that_keep_dying_before_finishing_anything_stop_the_worker(
+    make_stage: Callable[..., tuple[DecoderStage, SharedSlots, Sink]], s3_bucket: str,
+) -> None:
+    stage, _slots, _sink = make_stage(s3_bucket, processes=1, target=dies_at_start)
+    deadline = time.monotonic() + 30
+    with pytest.raises(FatalError, match="decoder processes died in a row"):
+        while time.monotonic() < deadline:
+            stage.poll()
+            time.sleep(0.01)
+
+
+def test_record_timeouts_and_unexpected_errors_survive_pickling_with_their_stage_and_trace() -> None:
+    timeout = RecordTimeout("slow", stage="fetch")
+    timeout.attempts = 3  # type: ignore[attr-defined]
+    copy = pickle.loads(pickle.dumps(timeout))
+    assert (type(copy), str(copy), copy.stage, copy.attempts) == (RecordTimeout, "slow", "fetch", 3)
+    try:
+        {}["missing"]
+    except KeyError as exc:
+        unexpected = UnexpectedError(exc, stage="preprocess")
+    copied = pickle.loads(pickle.dumps(unexpected))
+    assert (str(copied), copied.stage) == ("KeyError: 'missing'", "preprocess")
+    assert "KeyError" in copied.trace() and copied.trace() == unexpected.trace()

@@ -1,0 +1,180 @@
+"""The decoder process: fetch, decode and preprocess records away from the main process's GIL.
+
+Why processes: in one process the data path cannot pass ~800 img/s however many cores it has
+(../shared/notes/performance.md): boto3 and Pillow's bookkeeping hold the GIL for ~1.3 ms per record,
+and a thread busy in Python slows every thread that wants the GIL back (lock convoys). Each decoder
+process has its own GIL, its own S3 client and a few threads, so that S3's latency overlaps decoding.
+
+What crosses the pipe is small: a Task (record number, URI, slot) in, a Done or Failed out. The pixels
+go straight into a shared-memory slot (slots.py). Errors cross as pickled worker.errors classes;
+anything else a step raises becomes UnexpectedError here, its traceback carried as text.
+
+The process ignores SIGINT and SIGTERM: the parent decides when it stops (a None task, or the pipe
+closing when the parent dies), so a Ctrl-C to the process group cannot kill records mid-decode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+from open_clip.transform import PreprocessCfg
+
+from worker.config import LogSettings, S3Settings
+from worker.engine.decode import raise_pillow_limit
+from worker.engine.preprocess import PreprocessMode, Preprocessor
+from worker.errors import UnexpectedError, WorkerError
+from worker.logs import configure_logging
+from worker.messages import S3Uri
+from worker.pipeline.pool import name_os_thread
+from worker.pipeline.slots import SlotLayout, SlotWriter
+from worker.source import S3Source, make_s3_client
+
+
+@dataclass(frozen=True, slots=True)
+class DecoderSpec:
+    """Everything a decoder process needs, pickled once when it starts."""
+
+    s3: S3Settings
+    cfg: PreprocessCfg
+    mode: PreprocessMode
+    max_pixels: int
+    exif_orientation: bool
+    slots: str  # the shared block's name
+    layout: SlotLayout
+    threads: int
+    fetch_timeout: float
+    log: LogSettings
+    served: Any  # multiprocessing.Value("d"): when any decoder's fetch last succeeded (S3Source)
+    environ: dict[str, str]  # the worker's environment when it built the stage (AWS_* credentials, ...)
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    id: int
+    uri: S3Uri
+    slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    id: int
+    sha256: str
+    attempts: int
+    fetched_bytes: int
+    width: int
+    height: int
+    format: str
+    scale: int
+    fetch_seconds: float
+    preprocess_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    id: int
+    error: WorkerError
+    stage: str  # "fetch" or "preprocess"
+    attempts: int
+    seconds: float
+
+
+def serve(spec: DecoderSpec, conn: Connection, decoding: Any) -> None:
+    """The process's main: take tasks until told to stop, fetch them on `spec.threads` threads and
+    decode them on one. `decoding` (a shared multiprocessing.Value("q")) holds the id of the task
+    being decoded, -1 between tasks: if this process has to be killed for a stuck task, the
+    parent knows which one it was, and that the tasks queued behind it are not at fault."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # A forkserver child inherits the environment of the forkserver's first use, not the worker's now.
+    os.environ.clear()
+    os.environ.update(spec.environ)
+    configure_logging(spec.log)
+    torch.set_num_threads(1)  # exact mode's transform; the parallelism is the processes
+    raise_pillow_limit(spec.max_pixels)
+    decoder = _Decoder(spec)
+    sending = threading.Lock()
+
+    def send(outcome: Done | Failed) -> None:
+        with sending:
+            conn.send(outcome)
+
+    def fetch(task: Task) -> None:
+        fetched = decoder.fetch(task)
+        if isinstance(fetched, Failed):
+            send(fetched)
+        else:
+            decoder_thread.submit(decode, task, fetched)
+
+    def decode(task: Task, fetched: _Fetched) -> None:
+        decoding.value = task.id
+        outcome = decoder.decode(task, fetched)
+        decoding.value = -1
+        send(outcome)
+
+    # Fetches wait on S3 side by side; decoding runs one image at a time: the process is one core's worth.
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="decode", initializer=name_os_thread) as decoder_thread,
+        ThreadPoolExecutor(spec.threads, thread_name_prefix="fetch", initializer=name_os_thread) as fetching,
+    ):
+        while True:
+            try:
+                task = conn.recv()
+            except (EOFError, OSError):  # the parent is gone
+                break
+            if task is None:
+                break
+            fetching.submit(fetch, task)
+
+
+class _Decoder:
+    def __init__(self, spec: DecoderSpec) -> None:
+        self._spec = spec
+        self._source = S3Source(client=make_s3_client(spec.s3), settings=spec.s3, served=spec.served)
+        self._preprocessor = Preprocessor(
+            spec.cfg, mode=spec.mode, max_pixels=spec.max_pixels, exif_orientation=spec.exif_orientation
+        )
+        self._slots = SlotWriter(spec.slots, spec.layout)
+
+    def fetch(self, task: Task) -> _Fetched | Failed:
+        started = time.perf_counter()
+        try:
+            data, attempts = self._source.fetch(task.uri, deadline=time.monotonic() + self._spec.fetch_timeout)
+        except Exception as exc:
+            return Failed(task.id, _worker_error(exc, "fetch"), "fetch", getattr(exc, "attempts", 1),
+                          time.perf_counter() - started)
+        return _Fetched(data, attempts, time.perf_counter() - started)
+
+    def decode(self, task: Task, fetched: _Fetched) -> Done | Failed:
+        started = time.perf_counter()
+        data = fetched.data
+        try:
+            prepared = self._preprocessor.prepare(data)
+            self._slots.write(task.slot, prepared.pixels.numpy())
+        except Exception as exc:
+            return Failed(task.id, _worker_error(exc, "preprocess"), "preprocess", fetched.attempts,
+                          time.perf_counter() - started)
+        return Done(
+            id=task.id, sha256=hashlib.sha256(data).hexdigest(), attempts=fetched.attempts, fetched_bytes=len(data),
+            width=prepared.width, height=prepared.height, format=prepared.format, scale=prepared.scale,
+            fetch_seconds=fetched.seconds, preprocess_seconds=time.perf_counter() - started,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Fetched:
+    data: bytes
+    attempts: int
+    seconds: float
+
+
+def _worker_error(error: Exception, stage: str) -> WorkerError:
+    return error if isinstance(error, WorkerError) else UnexpectedError(error, stage=stage)
