@@ -1,27 +1,49 @@
 #!/usr/bin/env bash
 # Fetch what bench/gpu_check.sh needs on the GPU machine, into .cache/gpu-wheels (ignored by git; the
-# device tool carries it: carry=[".cache/gpu-wheels"]). That machine has no network and its own python3
-# (3.12) with torch, torchvision, timm, numpy, pillow, huggingface_hub, safetensors, regex, tqdm and
-# scikit-image, but not open_clip or pydantic. Only those missing pieces are fetched, each with
-# --no-deps, so nothing here can replace its torch. The photo corpus is written out too, so both
-# machines test the same bytes. Run it here, once, where PyPI is reachable:
+# device tool carries it: carry=[".cache/gpu-wheels"], at most 64 MiB with the working tree). That
+# machine has no network, no Java and its own python3 (3.12) with torch, torchvision, timm, numpy,
+# pillow, huggingface_hub, safetensors, regex, tqdm, scikit-image, prometheus-client, urllib3, httpx's
+# pieces, attrs and certifi, but not the worker's own dependencies. Only those missing pieces are
+# fetched, each with --no-deps, at the versions in .venv, so nothing here can replace its torch:
+# - open_clip and pydantic (the engine and the settings);
+# - confluent-kafka (librdkafka inside: its mock cluster stands in for Kafka), fastavro, boto3 and the
+#   schema registry client's imports, so that `python -m worker` runs there end to end;
+# - gofakes3 v1.2.0, an S3 server as one static Go binary (built here with Go), into bin/;
+# - the photo corpus, so both machines test the same bytes.
+# Run it here, once, where PyPI and the Go module proxy are reachable:
 #     bash bench/fetch_gpu_wheels.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=${1:-.cache/gpu-wheels}
 PY=${PYTHON:-.venv/bin/python}
+LIMIT_MIB=60  # the device tool carries 64 MiB, the working tree (~1 MiB) included
+GOFAKES3=github.com/johannesboyne/gofakes3/cmd/gofakes3@v1.2.0
 
-# The project's pins (pyproject.toml) and, for their dependencies, the versions in .venv.
-WHEELS=(
-    open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4
-    pydantic==2.14.3 pydantic-core==2.50.4 pydantic-settings==2.16.3
-    annotated-types==0.8.0 typing-inspection==0.4.5 python-dotenv==1.2.4 typing-extensions==4.16.0
+NAMES=(
+    open_clip_torch ftfy wcwidth
+    pydantic pydantic-core pydantic-settings annotated-types typing-inspection python-dotenv typing-extensions
+    confluent-kafka fastavro boto3 botocore s3transfer jmespath
+    authlib joserfc cryptography cffi pycparser cachetools httpx2 httpcore2 truststore
+)
+mapfile -t WHEELS < <("$PY" - "${NAMES[@]}" <<'PYTHON'
+import importlib.metadata as metadata
+import sys
+
+for name in sys.argv[1:]:
+    print(f"{name}=={metadata.version(name)}")
+PYTHON
 )
 rm -rf "$DEST"
-mkdir -p "$DEST/corpus"
+mkdir -p "$DEST/corpus" "$DEST/bin"
 "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d "$DEST" "${WHEELS[@]}"
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d "$DEST" "${WHEELS[@]}"
+
+if [[ $(go env GOOS)/$(go env GOARCH) != linux/amd64 ]]; then
+    echo "gofakes3 must be built for linux/amd64 (the GPU machine); this Go builds for $(go env GOOS)/$(go env GOARCH)" >&2
+    exit 1
+fi
+GOBIN="$PWD/$DEST/bin" CGO_ENABLED=0 GOFLAGS=-mod=mod go install -trimpath -ldflags="-s -w" "$GOFAKES3"
 
 "$PY" - "$DEST/corpus" <<'PYTHON'
 import sys
@@ -33,5 +55,10 @@ folder = Path(sys.argv[1])
 for name, data in photo_corpus():
     (folder / name).write_bytes(data)
 PYTHON
-ls "$DEST"
-du -sh "$DEST"
+ls "$DEST" "$DEST/bin"
+size=$(du -sb "$DEST" | cut -f1)
+echo "$DEST: $((size / 1024 / 1024)) MiB (limit $LIMIT_MIB MiB)"
+if ((size > LIMIT_MIB * 1024 * 1024)); then
+    echo "$DEST is over $LIMIT_MIB MiB: the device tool would not carry it with the working tree" >&2
+    exit 1
+fi

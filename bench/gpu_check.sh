@@ -1,35 +1,64 @@
 #!/usr/bin/env bash
-# The engine's GPU checks in one call of the device tool (under 5 minutes on an H200):
-#     bash bench/fetch_gpu_wheels.sh                   # here, once: wheels + corpus into .cache/gpu-wheels
-#     run(command="bash bench/gpu_check.sh", carry=[".cache/gpu-wheels"], timeout_s=420)
-# The machine starts bare with its own python3 and torch: the carried wheels (open_clip, pydantic, ...)
-# are installed --no-deps into a private folder, so its torch stays as it is. Results: the log and
-# gpu_check.json under $OUT. Dry run of everything but CUDA, here: bash bench/gpu_check.sh --cpu-smoke
+# The engine's GPU checks (issue 8) in one call of the device tool, under 8 minutes on an H200:
+#     bash bench/fetch_gpu_wheels.sh                   # here, once: wheels, gofakes3, corpus into .cache/gpu-wheels
+#     run(command="bash bench/gpu_check.sh", carry=[".cache/gpu-wheels"], timeout_s=540)
+# The machine starts bare with its own python3 and torch: the carried wheels (open_clip, pydantic,
+# confluent-kafka, boto3, ...) are installed --no-deps into a private folder, so its torch stays as it is.
+# Each part (bench/gpu_check.py) runs as its own process under a hard time limit and appends every
+# figure to $OUT/gpu_check.jsonl as it is measured, so a part that overruns or crashes costs only
+# itself; the summary ($OUT/gpu_check.json, the log's end) is written last. A rerun of some parts:
+#     GPU_CHECK_PARTS="e2e decode" bash bench/gpu_check.sh
+# Dry run of every part on the CPU, tiny model, one process (tests/engine/test_engine_bench_scripts.py):
+#     bash bench/gpu_check.sh --cpu-smoke
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=${GPU_WHEELS:-.cache/gpu-wheels}
 OUTDIR=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUTDIR"
+rm -f "$OUTDIR/gpu_check.jsonl"
 export PYTHONUNBUFFERED=1
+LOG="$OUTDIR/gpu_check.log"
+CHECK=(bench/gpu_check.py --wheels "$WHEELS" --jsonl "$OUTDIR/gpu_check.jsonl")
 
 if [[ " $* " == *" --cpu-smoke "* ]]; then
     PY=${PYTHON:-.venv/bin/python}
-else
-    PY=${PYTHON:-python3}
-    if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-        echo "no wheels in $WHEELS: run bench/fetch_gpu_wheels.sh and carry $WHEELS" >&2
-        exit 2
-    fi
-    SITE=/tmp/gpu-check-site
-    "$PY" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-        "$WHEELS"/*.whl || exit 3
-    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader || true
+    timeout --kill-after=5 100 "$PY" "${CHECK[@]}" --cpu-smoke --json "$OUTDIR/gpu_check.json" 2>&1 | tee "$LOG"
+    exit "${PIPESTATUS[0]}"
 fi
-"$PY" -c "import torch, torchvision, open_clip, pydantic, PIL, numpy; print('# python', __import__('sys').version.split()[0], 'torch', torch.__version__, 'torchvision', torchvision.__version__, 'open_clip', open_clip.__version__, 'pillow', PIL.__version__, 'numpy', numpy.__version__)" || exit 4
 
-timeout --kill-after=10 290 "$PY" bench/gpu_check.py --corpus "$WHEELS/corpus" --json "$OUTDIR/gpu_check.json" "$@" \
-    2>&1 | tee "$OUTDIR/gpu_check.log"
-status=${PIPESTATUS[0]}
-[[ $status == 124 ]] && echo "gpu_check.py ran past 290 s and was stopped" >&2
-exit "$status"
+PY=${PYTHON:-python3}
+if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+    echo "no wheels in $WHEELS: run bench/fetch_gpu_wheels.sh and carry $WHEELS" >&2
+    exit 2
+fi
+SITE=/tmp/gpu-check-site
+if ! "$PY" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+    "$WHEELS"/*.whl >"$OUTDIR/pip.log" 2>&1; then
+    tail -20 "$OUTDIR/pip.log" | tee "$LOG" >&2
+    exit 3
+fi
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
+    "$PY" -c "import torch, torchvision, open_clip, confluent_kafka, boto3, fastavro, pydantic, PIL, numpy; print('# python', __import__('sys').version.split()[0], 'torch', torch.__version__, 'torchvision', torchvision.__version__, 'open_clip', open_clip.__version__, 'librdkafka', confluent_kafka.libversion()[0], 'boto3', boto3.__version__, 'pillow', PIL.__version__, 'numpy', numpy.__version__, 'cores', __import__('os').cpu_count())"
+} 2>&1 | tee -a "$LOG"
+
+# Each part's hard limit in seconds: its own budget (gpu_check.py GPU_BUDGET) plus 10-20 s for starting
+# Python, torch and the CUDA context, and for the last step a budget check lets through. Together 465 s.
+LIMITS="models:160 attention:35 compile:75 decode:60 e2e:135"
+for part in ${GPU_CHECK_PARTS:-models attention compile decode e2e}; do
+    limit=$(tr ' ' '\n' <<<"$LIMITS" | sed -n "s/^$part://p")
+    if [[ -z $limit ]]; then
+        echo "unknown part $part (known: $LIMITS)" >&2
+        continue
+    fi
+    timeout --kill-after=5 "$limit" "$PY" "${CHECK[@]}" --parts "$part" 2>&1 | tee -a "$LOG"
+    status=${PIPESTATUS[0]}
+    if [[ $status == 124 || $status == 137 ]]; then
+        echo "{\"part\": \"$part\", \"kind\": \"status\", \"status\": \"killed at its hard limit of $limit s\"}" \
+            >>"$OUTDIR/gpu_check.jsonl"
+    fi
+done
+"$PY" bench/gpu_check.py --summarize --jsonl "$OUTDIR/gpu_check.jsonl" --json "$OUTDIR/gpu_check.json" 2>&1 \
+    | tee -a "$LOG"
+exit "${PIPESTATUS[0]}"

@@ -1,0 +1,140 @@
+"""Part "e2e": the whole worker (`python -m worker`, its own process) from Kafka through S3 to Avro outputs.
+
+What it is: the real worker process, settings from CLIP_WORKER_* variables as in a pod, reading JSON
+requests from Kafka, fetching the corpus photos from S3 over HTTP, embedding on the device and
+producing Avro records. What it is not: a production data path. The GPU machine has no Java and no
+network, so Kafka is librdkafka's mock cluster (one in-process mock broker, topics auto-created with
+4 partitions) and S3 is gofakes3 in memory (standins.py); their costs are not a real broker's or S3's.
+
+Each run produces N requests into fresh topics, starts the worker, and samples every 0.25 s: outputs
+written (the output topic's end offsets), dead letters, the GPU's busy % (nvidia-smi), the worker's
+process-tree CPU and the machine's. img/s is the output rate over the steady window: from a few
+seconds after the first output (model load and warm-up excluded) to the time limit or the last
+record. The worker is then stopped with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from bench.gpu_parts.common import Budget, Context, Report
+from bench.gpu_parts.standins import BUCKET, LOG, GpuSampler, box_cpu, mock_kafka, s3_server, tree_cpu, upload
+from harness.kafka_io import produce_requests
+from harness.workers import settings_env
+from worker.config import ModelSettings, Settings
+from worker.messages import ImageRequest, S3Uri
+
+ROOT = Path(__file__).resolve().parents[2]
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
+               "AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED", "AWS_RESPONSE_CHECKSUM_VALIDATION": "WHEN_REQUIRED"}
+
+
+def written(probe: Consumer, topic: str) -> int:
+    try:
+        partitions = probe.list_topics(topic, timeout=5).topics[topic].partitions
+        return sum(probe.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in partitions)
+    except (KafkaException, KeyError):
+        return 0
+
+
+def worker_settings(ctx: Context, bootstrap: str, endpoint: str, tag: str, model: str, batch: int,
+                    preprocess: dict[str, Any]) -> Settings:
+    return Settings(
+        model={"model_name": model, "pretrained": "none", "device": str(ctx.device), "inference_batch_size": batch,
+               **ctx.model_extra, **preprocess},
+        kafka={"bootstrap_servers": bootstrap, "group_id": f"bench-{tag}", "input_topic": f"in-{tag}",
+               "output_topic": f"out-{tag}", "dead_letter_topic": f"dlq-{tag}"},
+        s3={"endpoint_url": endpoint, "region": "us-east-1", "allowed_sources": (BUCKET,), "fetch_workers": 32},
+        pipeline={"metrics_port": 0, "max_in_flight": 4 * batch + 512, "shutdown_grace_seconds": 5.0},
+    )
+
+
+def one_run(ctx: Context, report: Report, budget: Budget, *, bootstrap: str, endpoint: str, server: str,
+            model: str, batch: int, preprocess: dict[str, Any], messages: int, log_dir: Path) -> None:
+    tag = uuid.uuid4().hex[:8]
+    settings = worker_settings(ctx, bootstrap, endpoint, tag, model, batch, preprocess)
+    names = [name for name, _ in ctx.corpus]
+    requests = (ImageRequest(id=f"r{i}", uri=S3Uri(BUCKET, names[i % len(names)])) for i in range(messages))
+    produce_requests(bootstrap, settings.kafka.input_topic, requests)
+    label = f"{model} batch {batch} " + ", ".join(f"{k}={v}" for k, v in preprocess.items())
+    env = os.environ | settings_env(settings) | CREDENTIALS | {"AWS_ENDPOINT_URL_S3": endpoint}
+    log = log_dir / f"worker-{tag}.log"
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{tag}", "logger": LOG})
+    gpu = GpuSampler()
+    with log.open("ab") as out:
+        worker = subprocess.Popen([sys.executable, "-m", "worker"], cwd=ROOT, env=env, stdout=out, stderr=out)
+    started = time.monotonic()
+    samples: list[tuple[float, int, float, float]] = []  # (time, outputs, worker CPU s, box CPU s)
+    first = dead = 0.0
+    warmup, window = (0.5, 6.0) if ctx.smoke else (3.0, 20.0)
+    try:
+        while budget.left() > 5.0 and worker.poll() is None:
+            time.sleep(0.25)
+            now, done = time.monotonic(), written(probe, settings.kafka.output_topic)
+            dead = written(probe, settings.kafka.dead_letter_topic)
+            samples.append((now, done, tree_cpu(worker.pid), box_cpu()))
+            first = first or (now if done else 0.0)
+            if done + dead >= messages or (first and now - first >= warmup + window):
+                break
+    finally:
+        stop_began = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        try:
+            code: int | None = worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            code = worker.wait()
+        gpu.close()
+        probe.close()
+    steady = [s for s in samples if first and s[0] >= first + warmup]
+    if len(steady) < 2:  # all done before the warm-up ended: from the last sample without outputs (a lower bound)
+        steady = [s for i, s in enumerate(samples) if s[1] or (i + 1 < len(samples) and samples[i + 1][1])]
+    if len(steady) < 2:
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        report.check(f"e2e {label}: outputs written", False, f"{samples[-1][1] if samples else 0} outputs, "
+                     f"{dead:.0f} dead letters, exit {code}; worker log: " + " | ".join(tail)[-1500:])
+        return
+    (t0, n0, c0, b0), (t1, n1, c1, b1) = steady[0], steady[-1]
+    seconds = max(t1 - t0, 1e-6)
+    report.figure(kind="end to end", model=model, batch=batch, **preprocess, s3=server, kafka="librdkafka mock",
+                  img_per_s=round((n1 - n0) / seconds, 1), outputs=int(n1), dead_letters=int(dead),
+                  window_s=round(seconds, 1), startup_s=round(first - started, 1),
+                  gpu_busy_pct=gpu.mean(t0, t1), worker_cores=round((c1 - c0) / seconds, 2),
+                  worker_cpu_ms_per_image=round(1000 * (c1 - c0) / max(n1 - n0, 1), 2),
+                  box_cores=round((b1 - b0) / seconds, 2), stop_s=round(time.monotonic() - stop_began, 1), exit=code)
+    report.check(f"e2e {label}: outputs written, no dead letters", n1 > 0 and dead == 0,
+                 f"{n1} outputs, {dead:.0f} dead letters in {t1 - started:.0f} s")
+
+
+def run(ctx: Context, report: Report, budget: Budget) -> None:
+    processes = "preprocess_in" in ModelSettings.model_fields  # decoder processes: a setting in the making
+    threads: dict[str, Any] = {"preprocess_workers": 16}
+    in_processes: dict[str, Any] = {"preprocess_workers": 16, "preprocess_in": "processes"} if processes else threads
+    if ctx.smoke:
+        runs: list[tuple[str, int, dict[str, Any], int]] = [("tiny-vit", 16, {"preprocess_workers": 2}, 64)]
+    else:
+        runs = [("ViT-B-32", 256, threads, 40_000), ("ViT-L-14", 128, in_processes, 20_000)]
+        runs += [("ViT-B-32", 256, in_processes, 40_000)] if processes else []
+    with tempfile.TemporaryDirectory() as tmp, mock_kafka() as bootstrap, s3_server(ctx, Path(tmp) / "s3.log") as (
+        endpoint, server
+    ):
+        upload(endpoint, ctx.corpus)
+        report.figure(kind="e2e setup", kafka=f"librdkafka mock cluster at {bootstrap}", s3=f"{server} at {endpoint}",
+                      objects=len(ctx.corpus))
+        for i, (model, batch, preprocess, messages) in enumerate(runs):
+            share = budget.share(len(runs) - i)
+            if share.left() < (4.0 if ctx.smoke else 35.0):
+                report.note(f"e2e {model} {preprocess} skipped: out of time")
+                continue
+            one_run(ctx, report, share, bootstrap=bootstrap, endpoint=endpoint, server=server, model=model,
+                    batch=batch, preprocess=preprocess, messages=messages, log_dir=Path(tmp))
