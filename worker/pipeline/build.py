@@ -118,7 +118,8 @@ def build_runtime(
     )
     timeout = pipeline.record_timeout_seconds
     inference = InferenceStage(
-        embed=embedder.embed, next_step=output, failures=failures, metrics=metrics, timeout=timeout
+        embed=embedder.embed, next_step=output, failures=failures, metrics=metrics, timeout=timeout,
+        encode=output.encode,
     )
     batcher = Batcher(
         batch_size=embedder.batch_size, max_wait=pipeline.max_batch_wait_ms / 1000, next_step=inference

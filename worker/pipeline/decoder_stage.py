@@ -58,11 +58,7 @@ class _Child:
     conn: Connection
     decoding: Any  # multiprocessing.Value("q"): the task its decode thread is on, -1 for none
     tasks: dict[int, _Running] = field(default_factory=dict)
-
-    @property
-    def isolated(self) -> bool:
-        """It holds a record that was inside a dead decoder: nothing else goes to it meanwhile."""
-        return any(running.crashes for running in self.tasks.values())
+    suspects: int = 0  # records it holds that were inside a dead decoder: nothing else goes to it meanwhile
 
 
 class DecoderStage:
@@ -123,7 +119,8 @@ class DecoderStage:
     def _receive(self, child: _Child) -> None:
         try:
             while child.conn.poll():
-                self._finish(child, child.conn.recv())
+                for outcome in child.conn.recv():
+                    self._finish(child, outcome)
         except (EOFError, OSError):
             pass
         if child.process.exitcode is not None or child.conn.closed:
@@ -133,6 +130,7 @@ class DecoderStage:
         running = child.tasks.pop(outcome.id, None)
         if running is None:
             return  # a task given up (expired) before its result came
+        child.suspects -= running.crashes > 0
         work = running.work
         work.reserved = 0
         metrics = self._metrics
@@ -150,7 +148,8 @@ class DecoderStage:
         metrics.fetch_seconds.observe(outcome.fetch_seconds)
         metrics.preprocess_seconds.observe(outcome.preprocess_seconds)
         metrics.fetched_bytes.inc(outcome.fetched_bytes)
-        metrics.fetch_retries.inc(outcome.attempts - 1)
+        if outcome.attempts > 1:
+            metrics.fetch_retries.inc(outcome.attempts - 1)
         work.fetch_attempts, work.sha256 = outcome.attempts, outcome.sha256
         work.width, work.height = outcome.width, outcome.height
         work.prepared = PreparedImage(
@@ -214,17 +213,18 @@ class DecoderStage:
 
     def _admit(self) -> None:
         budget, threads = self._budget, self._spec.threads
+        sends: dict[int, list[Task]] = {}  # child index -> its new tasks, sent in one message
         while self._waiting and self._slots.free() and (
             budget.room() >= self._reserve or budget.room() >= budget.limit
         ):
             work, crashes = self._waiting[0]
             # A record that was inside a dead decoder runs alone, so that a second death names it for sure.
-            open_ = [c for c in self._children if not c.isolated and len(c.tasks) < (1 if crashes else threads)]
-            if crashes:
-                open_ = [c for c in open_ if not c.tasks]
+            open_ = [i for i, c in enumerate(self._children)
+                     if not c.suspects and (not c.tasks if crashes else len(c.tasks) < threads)]
             if not open_:
-                return
-            child = min(open_, key=lambda c: len(c.tasks))
+                break
+            index = min(open_, key=lambda i: len(self._children[i].tasks))
+            child = self._children[index]
             self._waiting.popleft()
             assert work.request is not None, "the decoder stage only takes decoded requests"
             task = Task(next(self._ids), work.request.uri, self._slots.take())
@@ -232,7 +232,8 @@ class DecoderStage:
             budget.reserve(self._reserve)
             budget.track(work)  # from here on it holds bytes (tracking twice is harmless: a set)
             child.tasks[task.id] = _Running(work, task.slot, self._clock(), crashes)
-            try:
-                child.conn.send(task)
-            except OSError:  # it died since the last poll: the next poll hands its records out again
-                return
+            child.suspects += crashes > 0
+            sends.setdefault(index, []).append(task)
+        for index, tasks in sends.items():
+            with contextlib.suppress(OSError):  # it died since the last poll: the next one hands them out again
+                self._children[index].conn.send(tasks)

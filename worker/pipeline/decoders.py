@@ -5,7 +5,8 @@ Why processes: in one process the data path cannot pass ~800 img/s however many 
 and a thread busy in Python slows every thread that wants the GIL back (lock convoys). Each decoder
 process has its own GIL, its own S3 client and a few threads, so that S3's latency overlaps decoding.
 
-What crosses the pipe is small: a Task (record number, URI, slot) in, a Done or Failed out. The pixels
+What crosses the pipe is small: lists of Tasks (record number, URI, slot) in, lists of Done or
+Failed out, so that one pipe write carries many records when they come quickly. The pixels
 go straight into a shared-memory slot (slots.py). Errors cross as pickled worker.errors classes;
 anything else a step raises becomes UnexpectedError here, its traceback carried as text.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import signal
 import threading
 import time
@@ -37,6 +39,8 @@ from worker.messages import S3Uri
 from worker.pipeline.pool import name_os_thread
 from worker.pipeline.slots import SlotLayout, SlotWriter
 from worker.source import S3Source, make_s3_client
+
+_MAX_BATCH = 64  # outcomes per message back to the parent
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +92,8 @@ class Failed:
 
 
 def serve(spec: DecoderSpec, conn: Connection, decoding: Any) -> None:
-    """The process's main: take tasks until told to stop, fetch them on `spec.threads` threads and
-    decode them on one. `decoding` (a shared multiprocessing.Value("q")) holds the id of the task
+    """The process's main: take lists of tasks until told to stop, fetch them on `spec.threads`
+    threads and decode them on one. `decoding` (a shared multiprocessing.Value("q")) holds the id of the task
     being decoded, -1 between tasks: if this process has to be killed for a stuck task, the
     parent knows which one it was, and that the tasks queued behind it are not at fault."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -102,37 +106,47 @@ def serve(spec: DecoderSpec, conn: Connection, decoding: Any) -> None:
     raise_pillow_limit(spec.max_pixels)
     decoder = _Decoder(spec)
     sending = threading.Lock()
+    decodes: queue.SimpleQueue[tuple[Task, _Fetched] | None] = queue.SimpleQueue()
 
-    def send(outcome: Done | Failed) -> None:
+    def send(outcomes: list[Done | Failed]) -> None:
         with sending:
-            conn.send(outcome)
+            conn.send(outcomes)
 
     def fetch(task: Task) -> None:
         fetched = decoder.fetch(task)
         if isinstance(fetched, Failed):
-            send(fetched)
+            send([fetched])
         else:
-            decoder_thread.submit(decode, task, fetched)
+            decodes.put((task, fetched))
 
-    def decode(task: Task, fetched: _Fetched) -> None:
-        decoding.value = task.id
-        outcome = decoder.decode(task, fetched)
-        decoding.value = -1
-        send(outcome)
+    def decode_all() -> None:
+        """One image at a time (the process is one core's worth); results go back in batches, sent
+        whenever no decode is waiting: one pipe write for many records when they come quickly."""
+        name_os_thread()
+        done: list[Done | Failed] = []
+        while (item := decodes.get()) is not None:
+            task, fetched = item
+            decoding.value = task.id
+            done.append(decoder.decode(task, fetched))
+            decoding.value = -1
+            if decodes.empty() or len(done) >= _MAX_BATCH:
+                send(done)
+                done = []
 
-    # Fetches wait on S3 side by side; decoding runs one image at a time: the process is one core's worth.
-    with (
-        ThreadPoolExecutor(1, thread_name_prefix="decode", initializer=name_os_thread) as decoder_thread,
-        ThreadPoolExecutor(spec.threads, thread_name_prefix="fetch", initializer=name_os_thread) as fetching,
-    ):
-        while True:
+    decoder_thread = threading.Thread(target=decode_all, name="decode", daemon=True)
+    decoder_thread.start()
+    with ThreadPoolExecutor(spec.threads, thread_name_prefix="fetch", initializer=name_os_thread) as fetching:
+        while True:  # fetches wait on S3 side by side
             try:
-                task = conn.recv()
+                tasks = conn.recv()
             except (EOFError, OSError):  # the parent is gone
                 break
-            if task is None:
+            if tasks is None:
                 break
-            fetching.submit(fetch, task)
+            for task in tasks:
+                fetching.submit(fetch, task)
+    decodes.put(None)
+    decoder_thread.join()
 
 
 class _Decoder:

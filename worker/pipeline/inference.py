@@ -33,9 +33,12 @@ class InferenceStage:
 
     def __init__(
         self, *, embed: EmbedFn, next_step: Stage[Work], failures: FailureSink, metrics: Metrics, timeout: float,
-        max_batches: int = 2,
+        encode: Callable[[Work], None] | None = None, max_batches: int = 2,
     ) -> None:
+        """`encode(work)`, when given, runs on this thread for each embedded record (outputs.py), so
+        the main thread receives records ready to produce: one hand-off, no Avro on the main thread."""
         self._embed = embed
+        self._encode = encode
         self._metrics = metrics
         self._pool: WorkPool[list[Work], list[np.ndarray | EmbedError]] = WorkPool(
             name="device", workers=1, fn=self._run
@@ -46,6 +49,8 @@ class InferenceStage:
         self._max_batches = max_batches
 
     def _run(self, batch: list[Work]) -> list[np.ndarray | EmbedError]:
+        for work in batch:
+            self._metrics.batch_wait_seconds.observe(work.batch_wait)
         started = time.perf_counter()
         images = []
         for work in batch:
@@ -54,17 +59,22 @@ class InferenceStage:
         results = self._embed(images)
         self._metrics.inference_seconds.observe(time.perf_counter() - started)
         self._metrics.batch_size.observe(len(batch))
+        if self._encode is not None:
+            for work, result in zip(batch, results, strict=True):
+                if isinstance(result, np.ndarray):
+                    work.embedding = result
+                    self._encode(work)
         return results
 
     def has_room(self) -> bool:
         return self._pool.outstanding < self._max_batches
 
     def submit(self, item: list[Work]) -> None:
-        """Take a batch from the batcher (main thread): how long each of its images waited there is
-        observed now, as it leaves."""
-        now = time.monotonic()
+        """Take a batch from the batcher (main thread); how long each image waited for its batch is
+        observed on the device thread, off the main thread."""
+        left = time.monotonic()
         for work in item:
-            self._metrics.batch_wait_seconds.observe(now - work.ready_at)
+            work.batch_wait = left - work.ready_at
         self._pool.submit(item)
 
     def poll(self) -> None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from worker.encoding import Source
 from worker.engine import PreparedImage
 from worker.messages import ImageRequest
+
+if TYPE_CHECKING:  # produce.py imports this module
+    from worker.pipeline.produce import OutRecord
 
 
 @dataclass(slots=True, eq=False, weakref_slot=True)
@@ -35,7 +39,10 @@ class Work:
     height: int | None = None
     step_seconds: float = 0.0  # how long the last thread stage's step took (set there, observed in its poll)
     ready_at: float = 0.0  # monotonic time it entered the batcher
+    batch_wait: float = 0.0  # seconds it waited there (observed on the device thread)
     embedding: np.ndarray | None = None
+    output: OutRecord | None = None  # the output record, built on the device thread (outputs.py)
+    output_error: Exception | None = None  # or why it could not be built
     sent_at: float = 0.0  # monotonic time its output was handed to the producer
 
     @property
