@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
+from open_clip.transform import PreprocessCfg
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run as a script
@@ -50,6 +51,7 @@ from harness.s3proxy import S3Proxy
 from harness.workers import WorkerProcess, settings_env
 from worker.config import ModelSettings, Settings
 from worker.encoding import EmbeddingEncoder
+from worker.engine.preprocess import Preprocessor
 from worker.messages import ImageRequest, S3Uri
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -76,17 +78,20 @@ def bare_decode(data: bytes, size: int) -> Image.Image:
     return image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
 
 
-def bare_cpu_per_image(blobs: list[bytes], size: int, *, repeats: int) -> float:
-    """CPU seconds per image (this thread's CPU time), median over repeats after a warm-up pass."""
-    for data in blobs:
-        bare_decode(data, size)
-    per_image = []
-    for _ in range(repeats):
-        began = time.thread_time()
+def cpu_per_image(steps: dict[str, Callable[[bytes], object]], blobs: list[bytes], *, repeats: int) -> dict[str, float]:
+    """CPU seconds per image of each step (this thread's CPU time), the steps taking turns within each
+    repeat after a warm-up pass; medians over the repeats."""
+    for step in steps.values():
         for data in blobs:
-            bare_decode(data, size)
-        per_image.append((time.thread_time() - began) / len(blobs))
-    return statistics.median(per_image)
+            step(data)
+    per_image: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            began = time.thread_time()
+            for data in blobs:
+                step(data)
+            per_image[name].append((time.thread_time() - began) / len(blobs))
+    return {name: statistics.median(values) for name, values in per_image.items()}
 
 
 # --- CPU counters from /proc ---------------------------------------------------------------------------------
@@ -129,10 +134,11 @@ def box_busy_cpu() -> float:
 COUNTERS = ("worker", "main", "broker", "s3proxy", "box")
 
 
-def thread_groups(pid: int) -> dict[str, float]:
+def thread_groups(pid: int, prefix: str = "") -> dict[str, float]:
     """CPU seconds of the worker's threads by what they are (their kernel names, pool.name_os_thread):
-    the main thread, each stage's pool, librdkafka's threads, the rest (torch's, Python's), child
-    processes. Keys start with "thread:"."""
+    the main thread, each stage's pool, librdkafka's threads, the rest (torch's, Python's); and the
+    same for its child processes' threads (decoders, forkserver), prefixed "child ". Keys start with
+    "thread:"."""
     groups: dict[str, float] = {}
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
@@ -144,7 +150,7 @@ def thread_groups(pid: int) -> dict[str, float]:
                 comm = file.read().strip()
             seconds = thread_cpu(pid, int(task))
             with open(f"/proc/{pid}/task/{task}/children") as file:
-                children = sum(tree_cpu(int(child)) for child in file.read().split())
+                children = [int(child) for child in file.read().split()]
         except (FileNotFoundError, ProcessLookupError):
             continue
         if int(task) == pid:
@@ -153,9 +159,11 @@ def thread_groups(pid: int) -> dict[str, float]:
             group = "librdkafka"
         else:
             group = comm.rstrip("0123456789").rstrip("_-") or "other"
-        groups[f"thread:{group}"] = groups.get(f"thread:{group}", 0.0) + seconds
-        if children:
-            groups["thread:child processes"] = groups.get("thread:child processes", 0.0) + children
+        key = f"thread:{prefix}{group}"
+        groups[key] = groups.get(key, 0.0) + seconds
+        for child in children:
+            for name, child_seconds in thread_groups(child, "child ").items():
+                groups[name] = groups.get(name, 0.0) + child_seconds
     return groups
 
 
@@ -265,7 +273,8 @@ def report(args: argparse.Namespace, bare_s: float, runs: list[RunFigures], load
         "",
         f"Bare reduced-DCT decode + resize to {args.size} px (Pillow draft + bicubic, one thread), "
         f"{args.photos} photos at {LONG_SIDE} px: **{bare_s * 1e3:.2f} ms CPU per image** "
-        f"({1 / bare_s:.0f} img/s per core).",
+        f"({1 / bare_s:.0f} img/s per core). The worker's own fast-mode `Preprocessor.prepare` on the same "
+        f"photos, taking turns with it: {args.prepare_s * 1e3:.2f} ms ({args.prepare_s / bare_s:.2f}x).",
         "",
         "| preprocess in | workers | records | img/s | worker CPU ms/rec | vs bare decode | main thread µs/rec "
         "| broker ms/rec | s3proxy ms/rec | box busy |",
@@ -321,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="an unreported worker run first, so that the JVMs' warm-up does not land in run 1")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7, help="passes of the bare decode over the photos")
+    parser.add_argument("--decode-only", action="store_true", help="only the bare decode and the worker's prepare")
     args = parser.parse_args(argv)
     register_model_configs()
     args.size = int(open_clip.get_model_config(TINY_MODEL_NAME)["vision_cfg"]["image_size"])
@@ -328,7 +338,15 @@ def main(argv: list[str] | None = None) -> int:
 
     photos = photo_corpus(long_sides=(LONG_SIDE,))
     args.photos = len(photos)
-    bare_s = bare_cpu_per_image([data for _, data in photos], args.size, repeats=args.repeats)
+    cfg = PreprocessCfg(**open_clip.get_model_preprocess_cfg(open_clip.create_model(TINY_MODEL_NAME)))
+    prepare = Preprocessor(cfg, mode="fast", max_pixels=ModelSettings().max_image_pixels).prepare
+    floors = cpu_per_image({"bare": lambda data: bare_decode(data, args.size), "prepare": prepare},
+                           [data for _, data in photos], repeats=args.repeats)
+    bare_s, args.prepare_s = floors["bare"], floors["prepare"]
+    if args.decode_only:
+        print(f"bare {bare_s * 1e3:.3f} ms, the worker's fast prepare {args.prepare_s * 1e3:.3f} ms per image "
+              f"({args.prepare_s / bare_s:.2f}x)")
+        return 0
     runs: list[RunFigures] = []
     with tempfile.TemporaryDirectory() as tmp, KafkaBroker() as broker, S3Proxy() as proxy:
         checkpoint = write_random_checkpoint(TINY_MODEL_NAME, Path(tmp) / "tiny.pt", seed=0)

@@ -19,6 +19,7 @@ from harness.models import TINY_MODEL_NAME, register_model_configs, tiny_model_s
 from harness.photos import photo_corpus
 from harness.s3_server import S3Server
 from harness.workers import InProcessWorker
+from tests.conftest import Credentials
 from worker.config import Settings
 from worker.encoding import EmbeddingEncoder
 from worker.engine import Embedder
@@ -41,6 +42,7 @@ def direct_open_clip_embeddings(checkpoint: Path, images: list[bytes]) -> np.nda
 def test_every_message_gets_exactly_one_faithful_embedding_and_offsets_reach_the_end(
     kafka_broker: KafkaBroker,
     s3_server: S3Server,
+    aws_credentials: Credentials,  # in the environment, for the decoder processes' own clients
     s3_client: Any,
     s3_bucket: str,
     topic_factory: Callable[..., str],

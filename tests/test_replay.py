@@ -28,6 +28,7 @@ from harness.kafka_io import read_all, wait_until_committed, written_count
 from harness.models import tiny_model_settings
 from harness.s3_server import S3Server
 from harness.workers import InProcessWorker, settings_env
+from tests.conftest import Credentials
 from worker.config import Settings
 from worker.encoding import Source
 from worker.engine import Embedder
@@ -109,6 +110,7 @@ def iso(ms: int) -> str:
 def test_records_dead_lettered_for_a_missing_object_are_replayed_once_it_exists_and_then_embedded(
     kafka_broker: KafkaBroker, s3_server: S3Server, s3_client: Any, s3_bucket: str,
     topic_factory: Callable[..., str], tiny_checkpoint: Path, small_photos: list[tuple[str, bytes]],
+    aws_credentials: Credentials,  # in the environment, for the decoder processes' own clients
 ) -> None:
     bootstrap = kafka_broker.bootstrap_servers
     input_topic = topic_factory(partitions=2)

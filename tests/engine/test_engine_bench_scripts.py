@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -71,10 +73,11 @@ def test_cpu_bench_floor_and_counters() -> None:
     the model's square, and the /proc counters read this process."""
     import os
 
-    from bench.cpu_bench import bare_decode, box_busy_cpu, thread_cpu, tree_cpu
+    from bench.cpu_bench import bare_decode, box_busy_cpu, thread_cpu, thread_groups, tree_cpu
     from harness.photos import photo_corpus
 
     _, jpeg = photo_corpus(long_sides=(1024,), qualities=(85,))[0]
     assert bare_decode(jpeg, 224).size == (224, 224)
     pid = os.getpid()
     assert tree_cpu(pid) > 0 and thread_cpu(pid, pid) > 0 and box_busy_cpu() > 0
+    assert thread_groups(pid)["thread:main"] == pytest.approx(thread_cpu(pid, pid), rel=0.5)

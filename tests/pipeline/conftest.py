@@ -14,6 +14,7 @@ from confluent_kafka import Message
 from harness.kafka_broker import KafkaBroker
 from harness.models import tiny_model_settings
 from harness.s3_server import S3Server
+from tests.conftest import Credentials
 from worker.config import Settings
 from worker.engine import Embedder, EmbedResult, PreparedImage
 from worker.messages import ImageRequest, S3Uri
@@ -30,10 +31,13 @@ def embedder(tiny_checkpoint: Path) -> Embedder:
 
 @pytest.fixture
 def make_settings(
-    kafka_broker: KafkaBroker, s3_server: S3Server, tiny_checkpoint: Path, topic_factory: Callable[..., str]
+    kafka_broker: KafkaBroker, s3_server: S3Server, tiny_checkpoint: Path, topic_factory: Callable[..., str],
+    aws_credentials: Credentials,
 ) -> Callable[..., Settings]:
     """make_settings(bucket, input_partitions=3, kafka=..., pipeline=..., model=...) -> Settings with
-    fresh topics and group on the session broker, the tiny model, and the S3 server."""
+    fresh topics and group on the session broker, the tiny model, and the S3 server. The credentials
+    are in the environment (aws_credentials), as in a pod: decoder processes read S3 with their own
+    clients, so a client handed to the worker in-process does not reach them."""
 
     def make(
         bucket: str,

@@ -28,6 +28,9 @@ from worker.config import Settings
 from worker.engine import Embedder, PreparedImage
 
 MiB = 1024 * 1024
+# These tests wrap the embedder's prepare() in this process and measure this process's memory: the
+# preprocessing must run on threads here (decoder processes have their own tests).
+ON_THREADS = FAST_TINY | {"preprocess_in": "threads"}
 
 
 
@@ -121,7 +124,7 @@ def test_big_objects_never_hold_more_than_the_byte_budget(
         client.put_object(Bucket="big", Key=key, Body=bytes([i]) * (30 * MiB))
     budget = 100 * MiB
     settings = make_settings(
-        "big", input_partitions=1, model=FAST_TINY,
+        "big", input_partitions=1, model=ON_THREADS,
         kafka={"consumer_config": {"auto.commit.interval.ms": "200"}},
         s3={"endpoint_url": endpoint, "max_object_bytes": 32 * MiB, "fetch_workers": 8},
         pipeline={"max_in_flight_bytes": budget},
@@ -154,7 +157,7 @@ def test_a_trickling_object_times_out_alone_and_the_partition_flows(
     s3_client.put_object(Bucket=bucket, Key="slow.jpg", Body=small_photos[0][1])
     proxy.trickle("slow.jpg")
     settings = make_settings(
-        bucket, input_partitions=1, model=FAST_TINY,
+        bucket, input_partitions=1, model=ON_THREADS,
         kafka={"consumer_config": {"auto.commit.interval.ms": "200"}},
         s3={"endpoint_url": proxy.endpoint_url, "fetch_workers": 4},
         pipeline={"record_timeout_seconds": 3},
@@ -188,7 +191,7 @@ def test_a_stuck_preprocess_fails_its_record_and_shutdown_does_not_wait_for_it(
     s3_client.put_object(Bucket=s3_bucket, Key="stuck.jpg", Body=stuck)
     s3_client.put_object(Bucket=s3_bucket, Key="good.jpg", Body=good)
     settings = make_settings(
-        s3_bucket, input_partitions=1, model=FAST_TINY,
+        s3_bucket, input_partitions=1, model=ON_THREADS,
         kafka={"consumer_config": {"auto.commit.interval.ms": "200"}},
         pipeline={"record_timeout_seconds": 3, "shutdown_grace_seconds": 1, "liveness_stall_seconds": 1},
     )
