@@ -1,0 +1,144 @@
+"""The fetch + decode stage alone: one decode worker against two, as threads and as processes, in one run.
+
+Issue 8 asks that two decode workers give >= 1.8x one. End to end on a 2-core box that cannot show
+(cpu_bench.py: the broker, s3proxy and the model need cores too), so this measures the stage the
+workers make up, as build.py wires it, and nothing else: records go in as decoded requests, each
+comes out as a prepared image (shared-memory slot or tensor) and is dropped. Objects come from
+s3proxy (harness/s3proxy.py), the 16 corpus photos at 1024 px cycled. For each setting the stage
+runs over `--records` after a warm-up of a tenth as many; img/s is wall time, CPU per image is the
+process tree's (decoder processes included; s3proxy's JVM is another tree, reported apart). The
+settings take turns, threads then processes, one worker then two, and the whole round repeats;
+figures are medians over the rounds.
+
+    .venv/bin/python bench/decoder_bench.py --records 600 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run as a script
+
+from bench.cpu_bench import tree_cpu
+from harness.models import TINY_MODEL_NAME, register_model_configs, tiny_model_settings, write_random_checkpoint
+from harness.photos import photo_corpus
+from harness.s3proxy import S3Proxy
+from worker.config import Settings
+from worker.encoding import Source
+from worker.engine import Embedder
+from worker.messages import ImageRequest, S3Uri
+from worker.metrics import Metrics
+from worker.pipeline.build import decoder_stage
+from worker.pipeline.memory import InFlightBytes
+from worker.pipeline.stages import ThreadStage, fetch_step, preprocess_step
+from worker.pipeline.work import Work
+from worker.source import S3Source, make_s3_client
+
+
+class Drop:
+    """The stage's next step and failure sink: counts what finished, keeps nothing."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.failed: list[str] = []
+
+    def submit(self, item: Work) -> None:
+        self.done += 1
+
+    def fail(self, work: Work, error: Exception, *, stage: str) -> None:
+        self.failed.append(f"{stage}: {error!r}")
+
+
+def stages_for(mode: str, workers: int, settings: Settings, embedder: Embedder, sink: Drop) -> list[Any]:
+    """The stage(s) build.py would wire for `mode`, ending in `sink`."""
+    budget, metrics = InFlightBytes(limit=settings.pipeline.max_in_flight_bytes), Metrics()
+    timeout = settings.pipeline.record_timeout_seconds
+    if mode == "processes":
+        model = settings.model.model_copy(update={"preprocess_workers": workers})
+        return [decoder_stage(settings.model_copy(update={"model": model}), embedder, next_step=sink,  # type: ignore[arg-type]
+                              failures=sink, metrics=metrics, budget=budget)]
+    preprocess = ThreadStage(name="preprocess", workers=workers, step=preprocess_step(embedder.prepare),
+                             next_step=sink, failures=sink, timeout=timeout, budget=budget)
+    source = S3Source(client=make_s3_client(settings.s3), settings=settings.s3)
+    fetch = ThreadStage(name="fetch", workers=settings.s3.fetch_workers, next_step=preprocess, failures=sink,
+                        step=fetch_step(source, metrics, timeout=timeout), timeout=timeout, budget=budget,
+                        reserve_bytes=settings.s3.max_object_bytes)
+    return [fetch, preprocess]
+
+
+def run(stages: list[Any], sink: Drop, keys: list[str], count: int) -> tuple[float, float]:
+    """Push `count` records through; (seconds, CPU seconds of this process tree)."""
+    pid = os.getpid()
+    began, cpu = time.perf_counter(), tree_cpu(pid)
+    target = sink.done + len(sink.failed) + count
+    for i in range(count):
+        work = Work(source=Source("bench", 0, i), generation=1, key=None, value=None, headers=[], timestamp_ms=None)
+        work.request = ImageRequest(id=f"r{i}", uri=S3Uri("bench", keys[i % len(keys)]))
+        stages[0].submit(work)
+    while sink.done + len(sink.failed) < target:
+        for stage in stages:
+            stage.poll()
+        time.sleep(0.001)
+    assert not sink.failed, sink.failed[:3]
+    return time.perf_counter() - began, tree_cpu(pid) - cpu
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=600)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    register_model_configs()
+    photos = photo_corpus(long_sides=(1024,))
+    load_start = os.getloadavg()[0]
+    rates: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp, S3Proxy() as proxy:
+        os.environ.update(proxy.env())  # decoder processes read S3 with the environment's credentials
+        client = proxy.client()
+        client.create_bucket(Bucket="bench")
+        for name, data in photos:
+            client.put_object(Bucket="bench", Key=name, Body=data)
+        client.close()
+        checkpoint = write_random_checkpoint(TINY_MODEL_NAME, Path(tmp) / "tiny.pt", seed=0)
+        model = tiny_model_settings(checkpoint, preprocess_mode="fast")
+        settings = Settings(model=model, s3={"allowed_sources": ("bench",), "endpoint_url": proxy.endpoint_url})
+        embedder = Embedder.load(model)
+        keys = [name for name, _ in photos]
+        assert proxy.pid is not None
+        for _ in range(args.rounds):
+            for mode in ("threads", "processes"):
+                for workers in (1, 2):
+                    sink = Drop()
+                    stages = stages_for(mode, workers, settings, embedder, sink)
+                    run(stages, sink, keys, max(1, args.records // 10))  # warm-up: connections, first decodes
+                    proxy_cpu = tree_cpu(proxy.pid)
+                    seconds, cpu = run(stages, sink, keys, args.records)
+                    proxy_cpu = tree_cpu(proxy.pid) - proxy_cpu
+                    for stage in stages:
+                        stage.close(time.monotonic() + 10)
+                    rates.setdefault((mode, workers), []).append(
+                        (args.records / seconds, cpu / args.records, proxy_cpu / args.records))
+                    print(f"# {mode} x{workers}: {args.records / seconds:.0f} img/s", file=sys.stderr, flush=True)
+    median = {key: tuple(statistics.median(v[i] for v in values) for i in range(3)) for key, values in rates.items()}
+    print(f"{datetime.date.today()}, {platform.node()}: nproc {os.cpu_count()}, Python {platform.python_version()}; "
+          f"load average {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end\n")
+    print("    .venv/bin/python bench/decoder_bench.py " + " ".join(sys.argv[1:]) + "\n")
+    print("| preprocess in | workers | img/s | stage CPU ms/img | s3proxy CPU ms/img | two / one |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for (mode, workers), (rate, cpu, proxy_cpu) in median.items():
+        scaling = f"{rate / median[(mode, 1)][0]:.2f}x" if workers == 2 else ""
+        print(f"| {mode} | {workers} | {rate:.1f} | {cpu * 1e3:.2f} | {proxy_cpu * 1e3:.2f} | {scaling} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
