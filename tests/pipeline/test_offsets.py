@@ -101,3 +101,29 @@ def test_the_watermark_is_always_one_past_the_longest_finished_prefix(order: lis
         finished.add(offset)
         prefix = next(i for i in range(13) if i not in finished)
         assert tracker.committable({TP: floor}).get(TP, 0) == min(prefix, floor)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["assign", "add", "finish", "revoke"]), st.integers(0, 2),
+                          st.integers(0, 30)), max_size=80))
+def test_the_in_flight_count_is_the_records_polled_and_not_yet_below_a_watermark(
+    steps: list[tuple[str, int, int]],
+) -> None:
+    """in_flight() is kept as records come and go (the loop asks several times a turn); it must equal
+    counting the pending records of every held partition, whatever the order of events."""
+    tracker = OffsetTracker()
+    generations: dict[tuple[str, int], int] = {}
+    next_offset: dict[tuple[str, int], int] = {}
+    for action, partition, number in steps:
+        tp = ("images", partition)
+        if action == "assign":
+            generations[tp] = tracker.assign(tp)
+            next_offset.setdefault(tp, 0)
+        elif action == "revoke":
+            tracker.revoke(tp)
+            generations.pop(tp, None)
+        elif tp in generations and action == "add":
+            tracker.add(tp, next_offset[tp])
+            next_offset[tp] += 1
+        elif tp in generations:
+            tracker.finish(tp, number, generations[tp])
+        assert tracker.in_flight() == sum(len(state.pending) for state in tracker._partitions.values())

@@ -31,6 +31,7 @@ class _Partition:
 class OffsetTracker:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._partitions: dict[TopicPartition, _Partition] = {}
+        self._in_flight = 0  # the sum of len(pending) over the partitions, kept as they change
         self._generation = 0
         self._clock = clock
         self.progressed_at = clock()  # when a watermark last moved (for /livez)
@@ -38,12 +39,15 @@ class OffsetTracker:
     def assign(self, tp: TopicPartition) -> int:
         """Start tracking a newly assigned partition; returns its generation."""
         self._generation += 1
+        self.revoke(tp)  # assigned again without a revoke (a lost partition): its old records no longer count
         self._partitions[tp] = _Partition(generation=self._generation)
         return self._generation
 
     def revoke(self, tp: TopicPartition) -> None:
         """Forget a partition: its in-flight work belongs to another consumer now."""
-        self._partitions.pop(tp, None)
+        state = self._partitions.pop(tp, None)
+        if state is not None:
+            self._in_flight -= len(state.pending)
 
     def is_current(self, tp: TopicPartition, generation: int) -> bool:
         state = self._partitions.get(tp)
@@ -54,6 +58,7 @@ class OffsetTracker:
         returns the generation its completion must quote."""
         state = self._partitions[tp]
         state.pending.append(offset)
+        self._in_flight += 1
         return state.generation
 
     def finish(self, tp: TopicPartition, offset: int, generation: int) -> list[int]:
@@ -68,12 +73,13 @@ class OffsetTracker:
             released.append(state.pending.popleft())
             state.finished.discard(released[-1])
         if released:
+            self._in_flight -= len(released)
             state.committable = released[-1] + 1
             self.progressed_at = self._clock()
         return released
 
     def in_flight(self) -> int:
-        return sum(len(state.pending) for state in self._partitions.values())
+        return self._in_flight
 
     def committable(self, floors: Mapping[TopicPartition, int] | None = None) -> dict[TopicPartition, int]:
         """Offsets that moved since the last confirm(), capped at `floors` (the dead-letter streak's

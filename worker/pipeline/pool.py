@@ -79,9 +79,10 @@ class WorkPool(Generic[T, R]):
     def expired(self, timeout: float) -> Iterator[T]:
         """Items whose task has run for longer than `timeout` seconds; each is given up for good."""
         cutoff = self._clock() - timeout
-        for task, (item, started) in list(self._started.items()):
+        while self._started:
+            task, (item, started) = next(iter(self._started.items()))  # the oldest: started in order
             if started > cutoff:
-                return  # started in order: the rest are younger
+                return  # the rest are younger
             del self._started[task]
             self._abandoned.add(task)
             self.outstanding -= 1
