@@ -39,11 +39,12 @@ def embedder(tiny_checkpoint: Path) -> Embedder:
 
 @pytest.fixture
 def batch_settings(tiny_checkpoint: Path, s3_server: S3Server) -> Callable[..., Settings]:
-    """batch_settings(*allowed_sources, **pipeline) -> Settings on the test S3 endpoint."""
+    """batch_settings(*allowed_sources, preprocess_in=..., **pipeline) -> Settings on the test S3 endpoint."""
 
-    def make(*allowed_sources: str, s3: dict[str, object] | None = None, **pipeline: object) -> Settings:
+    def make(*allowed_sources: str, s3: dict[str, object] | None = None, preprocess_in: str = "threads",
+             **pipeline: object) -> Settings:
         return Settings(
-            model=tiny_model_settings(tiny_checkpoint, **MODEL),
+            model=tiny_model_settings(tiny_checkpoint, **MODEL, preprocess_in=preprocess_in),
             s3={"endpoint_url": s3_server.endpoint_url, "region": "us-east-1", "allowed_sources": allowed_sources}
             | (s3 or {}),
             pipeline=pipeline,

@@ -23,6 +23,7 @@ from botocore.config import Config
 from fastavro.schema import to_parsing_canonical_form
 
 from tests.batch.conftest import BAD, FIELD, cosine
+from tests.conftest import Credentials
 from worker.batch.commands import EmbedOptions, embed
 from worker.batch.formats import FormatName
 from worker.batch.inputs import InputSource
@@ -109,9 +110,12 @@ def test_each_format_is_written_in_whole_parts_and_reads_back_as_the_engines_emb
         assert column.type == pa.list_(pa.float32(), 32), "a fixed-size list of float32"
 
 
+# With decoder processes the S3 inputs are fetched and decoded in them, the local files on threads.
+@pytest.mark.parametrize("preprocess_in", ["threads", "processes"])
 def test_a_manifest_mixes_local_files_and_s3_objects_under_the_allowlist(
-    batch_settings: Callable[..., Settings], embedder: Embedder, s3_client: Any, s3_bucket: str,
+    preprocess_in: str, batch_settings: Callable[..., Settings], embedder: Embedder, s3_client: Any, s3_bucket: str,
     small_photos: list[tuple[str, bytes]], reference: Callable[[bytes], np.ndarray], tmp_path: Path,
+    aws_credentials: Credentials,  # in the environment, for the decoder processes' own clients
 ) -> None:
     (name_a, photo_a), (name_b, photo_b) = small_photos[:2]
     s3_client.put_object(Bucket=s3_bucket, Key=f"in/{name_a}", Body=photo_a)
@@ -127,7 +131,8 @@ def test_a_manifest_mixes_local_files_and_s3_objects_under_the_allowlist(
     ]
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("\n".join(json.dumps(line) for line in lines) + "\n{not json\n")
-    tally, rows, _ = run(batch_settings(s3_bucket), embedder, str(manifest), s3_client=s3_client)
+    tally, rows, _ = run(batch_settings(s3_bucket, preprocess_in=preprocess_in), embedder, str(manifest),
+                         s3_client=s3_client)
     by_id = {row["id"]: row for row in rows}
     assert cosine(np.array(by_id["s3-photo"][FIELD]), reference(photo_a)) >= 0.9999
     assert by_id["s3-photo"]["metadata"] == {"camera": "7"}

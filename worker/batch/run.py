@@ -5,8 +5,8 @@
         ▼
     fetch from S3     (fetch_workers threads)  │  read a local file  (fetch_workers threads, local.py)
         ▼                                        ▼
-    decode + preprocess   (preprocess_workers threads)
-        ▼
+    decode + preprocess   (preprocess_workers threads; with preprocess_in=processes, S3 objects are
+        ▼                  fetched and decoded in decoder processes, as in the stream)
     batcher               (inference_batch_size, or max_batch_wait_ms; flushed once the inputs run out)
         ▼
     embed on the device   (one thread, <= 2 batches outstanding)
@@ -38,6 +38,8 @@ from worker.errors import FatalError, Outage, RecordError, UnexpectedError
 from worker.messages import ImageRequest, S3Uri
 from worker.metrics import Metrics
 from worker.pipeline.batching import Batcher
+from worker.pipeline.build import decoder_stage
+from worker.pipeline.decoder_stage import DecoderStage
 from worker.pipeline.inference import InferenceStage
 from worker.pipeline.memory import InFlightBytes
 from worker.pipeline.stages import FETCH_DEADLINE_GRACE_SECONDS, ThreadStage, fetch_step, preprocess_step
@@ -109,10 +111,11 @@ class BatchRun:
                                  timeout=timeout, budget=budget)
         fetch_timeout = timeout + FETCH_DEADLINE_GRACE_SECONDS
         max_bytes = settings.s3.max_object_bytes
-        self._s3_fetch = ThreadStage(
+        self._s3_fetch: ThreadStage | DecoderStage = ThreadStage(
             name="fetch", workers=settings.s3.fetch_workers, step=fetch_step(s3, metrics, timeout=timeout),
             next_step=preprocess, failures=finisher, timeout=fetch_timeout, budget=budget, reserve_bytes=max_bytes,
-        )
+        ) if model.preprocess_in == "threads" else decoder_stage(  # S3 objects fetched and decoded in processes
+            settings, embedder, next_step=self._batcher, failures=finisher, metrics=metrics, budget=budget)
         self._file_fetch = ThreadStage(
             name="read", workers=settings.s3.fetch_workers, step=local_fetch_step(self._path_of, max_bytes=max_bytes),
             next_step=preprocess, failures=finisher, timeout=fetch_timeout, budget=budget, reserve_bytes=max_bytes,

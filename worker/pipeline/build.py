@@ -56,8 +56,17 @@ from worker.pipeline.produce import AckedEmitter, Emitter, InOrderEmitter, Outbo
 from worker.pipeline.rebalance import Rebalancer
 from worker.pipeline.runtime import Pipeline, Runtime
 from worker.pipeline.slots import SharedSlots, SlotLayout
-from worker.pipeline.stages import FETCH_DEADLINE_GRACE_SECONDS, DecodeStage, ThreadStage, fetch_step, preprocess_step
+from worker.pipeline.stages import (
+    FETCH_DEADLINE_GRACE_SECONDS,
+    DecodeStage,
+    FailureSink,
+    Stage,
+    ThreadStage,
+    fetch_step,
+    preprocess_step,
+)
 from worker.pipeline.transactions import TransactionalCommitter
+from worker.pipeline.work import Work
 from worker.source import S3Source, make_s3_client
 
 _DEFAULT_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes
@@ -176,7 +185,7 @@ def build_runtime(
 
 
 def decoder_stage(
-    settings: Settings, embedder: Embedder, *, next_step: Batcher, failures: FailureRouter, metrics: Metrics,
+    settings: Settings, embedder: Embedder, *, next_step: Stage[Work], failures: FailureSink, metrics: Metrics,
     budget: InFlightBytes,
 ) -> DecoderStage:
     """Fetch + decode + preprocess on model.preprocess_workers processes, s3.fetch_workers threads among them."""
