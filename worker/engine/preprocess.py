@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -45,10 +45,10 @@ class PreparedImage:
     height: int
     format: str
     scale: int  # reduced-DCT factor the fast path decoded at (1 = full size)
+    nbytes: int = field(init=False)  # of the pixels; read by every walk of the byte budget, so kept
 
-    @property
-    def nbytes(self) -> int:
-        return self.pixels.numel() * self.pixels.element_size()
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nbytes", self.pixels.numel() * self.pixels.element_size())
 
 
 @dataclass(frozen=True, slots=True)
