@@ -23,10 +23,8 @@ exactly the records that img/s counts.
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -42,6 +40,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run as a script
 
+from bench.header import run_header
 from bench.pipeline_bench import WARMUP_SHARE, steady_rate
 from harness.kafka_broker import KafkaBroker
 from harness.kafka_io import produce_requests, read_all, wait_until_committed
@@ -263,14 +262,10 @@ def run_worker(base: Settings, broker: KafkaBroker, proxy: S3Proxy, objects: lis
 
 # --- report --------------------------------------------------------------------------------------------------
 
-def report(args: argparse.Namespace, bare_s: float, runs: list[RunFigures], loads: tuple[str, str]) -> str:
+def report(args: argparse.Namespace, bare_s: float, runs: list[RunFigures], loads: tuple[float, float]) -> str:
     cores = os.cpu_count() or 1
     lines = [
-        f"{datetime.date.today()}, {platform.node()}: nproc {cores}, {platform.processor() or platform.machine()}, "
-        f"Python {platform.python_version()}; load average {loads[0]} at the start, {loads[1]} at the end",
-        "",
-        "    .venv/bin/python bench/cpu_bench.py " + " ".join(sys.argv[1:]),
-        "",
+        *run_header("cpu_bench.py", loads),
         f"Bare reduced-DCT decode + resize to {args.size} px (Pillow draft + bicubic, one thread), "
         f"{args.photos} photos at {LONG_SIDE} px: **{bare_s * 1e3:.2f} ms CPU per image** "
         f"({1 / bare_s:.0f} img/s per core). The worker's own fast-mode `Preprocessor.prepare` on the same "
@@ -334,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     register_model_configs()
     args.size = int(open_clip.get_model_config(TINY_MODEL_NAME)["vision_cfg"]["image_size"])
-    loads = (f"{os.getloadavg()[0]:.2f}", "")
+    load_at_start = os.getloadavg()[0]
 
     photos = photo_corpus(long_sides=(LONG_SIDE,))
     args.photos = len(photos)
@@ -368,8 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(run_worker(base, broker, proxy, objects, records=args.records, preprocess_in=mode,
                                        preprocess_workers=workers, tag=tag, log=Path(tmp) / f"worker-{tag}.log"))
                 print(f"# {tag}: {runs[-1].img_per_s:.1f} img/s", file=sys.stderr, flush=True)
-    loads = (loads[0], f"{os.getloadavg()[0]:.2f}")
-    print(report(args, bare_s, runs, loads))
+    print(report(args, bare_s, runs, (load_at_start, os.getloadavg()[0])))
     return 0
 
 

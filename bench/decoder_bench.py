@@ -16,9 +16,7 @@ figures are medians over the rounds.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,6 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run as a script
 
 from bench.cpu_bench import tree_cpu
+from bench.header import run_header
 from harness.models import TINY_MODEL_NAME, register_model_configs, tiny_model_settings, write_random_checkpoint
 from harness.photos import photo_corpus
 from harness.s3proxy import S3Proxy
@@ -129,9 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                         (args.records / seconds, cpu / args.records, proxy_cpu / args.records))
                     print(f"# {mode} x{workers}: {args.records / seconds:.0f} img/s", file=sys.stderr, flush=True)
     median = {key: tuple(statistics.median(v[i] for v in values) for i in range(3)) for key, values in rates.items()}
-    print(f"{datetime.date.today()}, {platform.node()}: nproc {os.cpu_count()}, Python {platform.python_version()}; "
-          f"load average {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end\n")
-    print("    .venv/bin/python bench/decoder_bench.py " + " ".join(sys.argv[1:]) + "\n")
+    print("\n".join(run_header("decoder_bench.py", (load_start, os.getloadavg()[0]))))
     print("| preprocess in | workers | img/s | stage CPU ms/img | s3proxy CPU ms/img | two / one |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for (mode, workers), (rate, cpu, proxy_cpu) in median.items():

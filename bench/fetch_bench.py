@@ -16,9 +16,7 @@ with characters that need quoting: s3proxy checks SigV4 signatures, so a wrong o
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import statistics
 import sys
 import threading
@@ -29,6 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run as a script
 
+from bench.header import run_header
 from harness.photos import photo_corpus
 from harness.s3_server import REGION
 from harness.s3proxy import S3Proxy
@@ -130,11 +129,7 @@ def report(args: argparse.Namespace, figures: dict[tuple[str, int], list[tuple[f
     cpu = {k: statistics.median(c for c, _ in v) for k, v in figures.items()}
     rate = {k: statistics.median(r for _, r in v) for k, v in figures.items()}
     lines = [
-        f"{datetime.date.today()}, {platform.node()}: nproc {os.cpu_count()}, Python {platform.python_version()}; "
-        f"load average {loads[0]:.2f} at the start, {loads[1]:.2f} at the end",
-        "",
-        "    .venv/bin/python bench/fetch_bench.py " + " ".join(sys.argv[1:]),
-        "",
+        *run_header("fetch_bench.py", loads),
         f"{args.gets} GETs per measurement of {len(set(k for k in figures))} path/thread pairs, median of "
         f"{args.repeats}; objects {mean_size / 1e3:.0f} KB on average, from s3proxy on the same box.",
         "",

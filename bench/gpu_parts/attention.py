@@ -16,12 +16,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import open_clip
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
-from bench.gpu_parts.common import Budget, Context, Report, cosines, free, rate
+from bench.gpu_parts.common import Budget, Context, Report, cosines, free, random_tower, rate
 
 PATTERNS = ("attention", "sdp", "flash", "fmha", "softmax", "bmm", "multi_head", "cudnn")
 BACKENDS = (SDPBackend.MATH, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION)
@@ -57,10 +56,7 @@ def fused_names(found: dict[str, dict[str, int]]) -> list[str]:
 def run(ctx: Context, report: Report, budget: Budget) -> None:
     model = ctx.models("ViT-B-16")[0]
     device, smoke = ctx.device, ctx.smoke
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    torch.manual_seed(0)
-    module = open_clip.create_model(model, pretrained=None, device=device, precision="fp32").visual
-    module = module.to(dtype=dtype).eval().requires_grad_(False)
+    module, dtype = random_tower(ctx, model)
     blocks = [type(m).__name__ for m in module.modules() if "Attention" in type(m).__name__]
     report.figure(model=model, kind="sdpa flags", dtype=str(dtype), attention_modules=sorted(set(blocks)),
                   count=len(blocks), **flags())

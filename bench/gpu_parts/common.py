@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import open_clip
 import torch
 
 from worker.config import ModelSettings
@@ -156,3 +157,13 @@ def rate(run: Any, device: torch.device, *, images: int, seconds: float, windows
         sync(device)
         rates.append(images * calls / (time.perf_counter() - began))
     return float(np.median(rates))
+
+
+def random_tower(ctx: Any, model: str) -> tuple[torch.nn.Module, torch.dtype]:
+    """`model`'s vision tower with seeded random weights on ctx.device, fp16 on CUDA (fp32 on the CPU),
+    in eval mode without gradients; and that dtype."""
+    device = ctx.device
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(0)
+    module = open_clip.create_model(model, pretrained=None, device=device, precision="fp32").visual
+    return module.to(dtype=dtype).eval().requires_grad_(False), dtype

@@ -19,10 +19,9 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-import open_clip
 import torch
 
-from bench.gpu_parts.common import Budget, Context, Report, cosines, free, rate, sync
+from bench.gpu_parts.common import Budget, Context, Report, cosines, free, random_tower, rate, sync
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -70,10 +69,7 @@ def compiled(module: torch.nn.Module, bucket: int, *, mode: str | None, backend:
 def run(ctx: Context, report: Report, budget: Budget) -> None:
     model = ctx.models("ViT-B-32")[0]
     device, smoke = ctx.device, ctx.smoke
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    torch.manual_seed(0)
-    module = open_clip.create_model(model, pretrained=None, device=device, precision="fp32").visual
-    module = module.to(dtype=dtype).eval().requires_grad_(False)
+    module, dtype = random_tower(ctx, model)
     bucket, partial, seconds = (8, 5, 0.05) if smoke else (256, 200, 0.4)
     inputs = [torch.randn(bucket, 3, 224, 224, device=device, dtype=dtype) for _ in range(3)]
     turn = iter(range(10**9))

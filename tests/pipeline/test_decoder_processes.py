@@ -123,6 +123,21 @@ def decoders_value() -> Any:
     return multiprocessing.get_context("forkserver").Value("d", float("-inf"))
 
 
+def fault_then_photos(s3_client: Any, bucket: str, photo: tuple[str, bytes], fault_key: str) -> str:
+    """Store the photo under its name and under `fault_key` (which serve_with_faults acts on)."""
+    name, data = photo
+    for key in (name, fault_key):
+        s3_client.put_object(Bucket=bucket, Key=key, Body=data)
+    return name
+
+
+def submit_fault_then_photos(stage: DecoderStage, bucket: str, fault_key: str, name: str, *, photos: int) -> None:
+    """The faulty record at offset 0, then `photos` good ones at offsets 1.."""
+    stage.submit(work_for(bucket, fault_key, 0))
+    for i in range(1, photos + 1):
+        stage.submit(work_for(bucket, name, i))
+
+
 def run_until(stage: DecoderStage, sink: Sink, expected: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while sink.finished < expected:
@@ -180,13 +195,9 @@ def test_a_record_that_kills_two_decoders_fails_as_decoder_crashed_and_the_rest_
     make_stage: Callable[..., tuple[DecoderStage, SharedSlots, Sink]], s3_client: Any, s3_bucket: str,
     small_photos: list[tuple[str, bytes]],
 ) -> None:
-    name, data = small_photos[0]
-    s3_client.put_object(Bucket=s3_bucket, Key=name, Body=data)
-    s3_client.put_object(Bucket=s3_bucket, Key="crash.jpg", Body=data)
+    name = fault_then_photos(s3_client, s3_bucket, small_photos[0], "crash.jpg")
     stage, _slots, sink = make_stage(s3_bucket, target=serve_with_faults, slots=16)
-    stage.submit(work_for(s3_bucket, "crash.jpg", 0))
-    for i in range(1, 9):
-        stage.submit(work_for(s3_bucket, name, i))
+    submit_fault_then_photos(stage, s3_bucket, "crash.jpg", name, photos=8)
     run_until(stage, sink, 9)
     assert [(type(e), w.source.offset, s) for w, e, s in sink.failed] == [(DecoderCrashed, 0, "preprocess")]
     assert "died 2 times" in str(sink.failed[0][1])
@@ -200,13 +211,9 @@ def test_a_record_stuck_in_a_decoder_times_out_and_its_decoder_is_replaced(
     make_stage: Callable[..., tuple[DecoderStage, SharedSlots, Sink]], s3_client: Any, s3_bucket: str,
     small_photos: list[tuple[str, bytes]],
 ) -> None:
-    name, data = small_photos[0]
-    s3_client.put_object(Bucket=s3_bucket, Key=name, Body=data)
-    s3_client.put_object(Bucket=s3_bucket, Key="hang.jpg", Body=data)
+    name = fault_then_photos(s3_client, s3_bucket, small_photos[0], "hang.jpg")
     stage, _slots, sink = make_stage(s3_bucket, processes=1, threads=2, timeout=2.0, target=serve_with_faults)
-    stage.submit(work_for(s3_bucket, "hang.jpg", 0))
-    for i in range(1, 5):
-        stage.submit(work_for(s3_bucket, name, i))
+    submit_fault_then_photos(stage, s3_bucket, "hang.jpg", name, photos=4)
     started = time.monotonic()
     run_until(stage, sink, 5)
     assert [(type(e), w.source.offset) for w, e, _ in sink.failed] == [(RecordTimeout, 0)]
