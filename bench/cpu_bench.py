@@ -216,8 +216,10 @@ class RunFigures:
 
 
 def run_worker(base: Settings, broker: KafkaBroker, proxy: S3Proxy, objects: list[str], *, records: int,
-               preprocess_in: str, preprocess_workers: int, tag: str, log: Path) -> RunFigures:
-    """`python -m worker` over `records` fresh messages on topics of its own; figures over the steady window."""
+               preprocess_in: str, preprocess_workers: int, tag: str, log: Path, pods: int = 1) -> RunFigures:
+    """`python -m worker` over `records` fresh messages on topics of its own; figures over the steady window.
+    With `pods` > 1, that many worker processes share the group (the plainest alternative to decoder
+    processes: more workers per GPU), each with `preprocess_workers` threads; their CPU is summed."""
     kafka = base.kafka.model_copy(update={
         "bootstrap_servers": broker.bootstrap_servers, "group_id": f"bench-{tag}", "input_topic": f"images-{tag}",
         "output_topic": f"embeddings-{tag}", "dead_letter_topic": f"dlq-{tag}"})
@@ -228,20 +230,31 @@ def run_worker(base: Settings, broker: KafkaBroker, proxy: S3Proxy, objects: lis
     requests = [ImageRequest(id=f"m{i}", uri=S3Uri("bench", objects[i % len(objects)])) for i in range(records)]
     produce_requests(broker.bootstrap_servers, kafka.input_topic, requests)
 
-    worker = WorkerProcess(settings_env(settings) | proxy.env(), log_path=log).start()
-    assert worker.process is not None and broker.pid is not None and proxy.pid is not None
-    pid, broker_pid, proxy_pid = worker.process.pid, broker.pid, proxy.pid
+    workers = [WorkerProcess(settings_env(settings) | proxy.env(), log_path=log.with_suffix(f".{n}.log")).start()
+               for n in range(pods)]
+    pids = [worker.process.pid for worker in workers if worker.process is not None]
+    assert len(pids) == pods and broker.pid is not None and proxy.pid is not None
+    broker_pid, proxy_pid = broker.pid, proxy.pid
+
+    def threads_of_all() -> dict[str, float]:
+        merged: dict[str, float] = {}
+        for pid in pids:
+            for name, seconds in thread_groups(pid).items():
+                merged[name] = merged.get(name, 0.0) + seconds
+        return merged
+
     probes: dict[str, Callable[[], float]] = {
-        "worker": lambda: tree_cpu(pid), "main": lambda: thread_cpu(pid, pid),
+        "worker": lambda: sum(tree_cpu(pid) for pid in pids), "main": lambda: sum(thread_cpu(pid, pid) for pid in pids),
         "broker": lambda: tree_cpu(broker_pid), "s3proxy": lambda: tree_cpu(proxy_pid), "box": box_busy_cpu}
     try:
-        with Sampler(probes, breakdown=lambda: thread_groups(pid)) as sampler:
+        with Sampler(probes, breakdown=threads_of_all) as sampler:
             wait_until_committed(broker.bootstrap_servers, kafka.group_id, kafka.input_topic, timeout=600)
     except BaseException:
-        print(worker.log_tail(), file=sys.stderr)
+        print(workers[0].log_tail(), file=sys.stderr)
         raise
     finally:
-        worker.terminate(60)
+        for worker in workers:
+            worker.terminate(60)
 
     decoder = EmbeddingEncoder(field_name=model.output_field, model_name="", pretrained="", normalized=True)
     stamps = sorted(decoder.decode(m.value())["embedded_at"].timestamp()  # type: ignore[arg-type]
@@ -251,7 +264,8 @@ def run_worker(base: Settings, broker: KafkaBroker, proxy: S3Proxy, objects: lis
     counted = len(stamps) - skip - 1  # as steady_rate counts them
     used = {name: end[name] - start[name] for name in COUNTERS}
     return RunFigures(
-        preprocess_in=preprocess_in, preprocess_workers=preprocess_workers, records=counted,
+        preprocess_in=f"{pods} worker processes" if pods > 1 else preprocess_in,
+        preprocess_workers=preprocess_workers * pods, records=counted,
         img_per_s=steady_rate(stamps),
         worker_cpu_s=used["worker"] / counted, main_cpu_s=used["main"] / counted,
         broker_cpu_s=used["broker"] / counted, s3proxy_cpu_s=used["s3proxy"] / counted,
@@ -321,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated preprocess_workers, one worker run each")
     parser.add_argument("--preprocess-in", default="threads,processes",
                         help="comma-separated preprocess_in values; every workers value runs with each")
+    parser.add_argument("--pods", type=int, default=0,
+                        help="also run this many worker processes in one group, one preprocess thread each")
     parser.add_argument("--warmup-records", type=int, default=1000,
                         help="an unreported worker run first, so that the JVMs' warm-up does not land in run 1")
     parser.add_argument("--batch", type=int, default=32)
@@ -363,6 +379,11 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(run_worker(base, broker, proxy, objects, records=args.records, preprocess_in=mode,
                                        preprocess_workers=workers, tag=tag, log=Path(tmp) / f"worker-{tag}.log"))
                 print(f"# {tag}: {runs[-1].img_per_s:.1f} img/s", file=sys.stderr, flush=True)
+        if args.pods > 1:  # the plainest alternative to decoder processes: more workers
+            runs.append(run_worker(base, broker, proxy, objects, records=args.records, preprocess_in="threads",
+                                   preprocess_workers=1, pods=args.pods, tag=f"pods-{args.pods}",
+                                   log=Path(tmp) / "worker-pods.log"))
+            print(f"# {args.pods} pods: {runs[-1].img_per_s:.1f} img/s", file=sys.stderr, flush=True)
     print(report(args, bare_s, runs, (load_at_start, os.getloadavg()[0])))
     return 0
 
