@@ -158,14 +158,15 @@ class DecoderStage:
         self._next.submit(work)
 
     def _expire(self) -> None:
-        """A decoder holding a task past the deadline is stuck: the task its decode thread is on (or,
-        if none, the oldest) fails; the process is killed and replaced; its other tasks go again."""
+        """A decoder holding a task past the deadline is stuck: the task its decode thread is on, if that
+        one is late (else the oldest late one) fails; the process is killed and replaced; its other
+        tasks go again. A decode that began just now is not the one that held the others up."""
         cutoff = self._clock() - self._timeout
         for child in list(self._children):
             late = [task for task, running in child.tasks.items() if running.started < cutoff]
             if not late:
                 continue
-            stuck = child.decoding.value if child.decoding.value in child.tasks else late[0]
+            stuck = child.decoding.value if child.decoding.value in late else late[0]
             running = child.tasks.pop(stuck)
             self._slots.give_back(running.slot)
             running.work.reserved = 0
