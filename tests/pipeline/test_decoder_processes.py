@@ -103,7 +103,7 @@ def make_stage(
         spec = DecoderSpec(
             s3=s3, cfg=preprocessor.cfg, mode=preprocessor.mode, max_pixels=preprocessor.max_pixels,
             exif_orientation=False, slots=shared.name, layout=shared.layout, threads=threads, fetch_timeout=timeout,
-            log=LogSettings(), served=decoders_value(), environ=dict(os.environ),
+            log=LogSettings(), served=decoders.last_success(), environ=dict(os.environ),
         )
         sink = Sink()
         stage = DecoderStage(processes=processes, spec=spec, slots=shared, next_step=sink, failures=sink,
@@ -116,11 +116,6 @@ def make_stage(
     for stage in stages:
         stage.close(time.monotonic() + 5)
 
-
-def decoders_value() -> Any:
-    import multiprocessing
-
-    return multiprocessing.get_context("forkserver").Value("d", float("-inf"))
 
 
 def fault_then_photos(s3_client: Any, bucket: str, photo: tuple[str, bytes], fault_key: str) -> str:

@@ -26,7 +26,6 @@ Every stage takes submit/poll/close (stages.py); every failure goes through fail
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from typing import Any
 
@@ -45,7 +44,7 @@ from worker.pipeline.batching import Batcher
 from worker.pipeline.commit import Committer, StoredOffsetsCommitter
 from worker.pipeline.deadletter import DeadLetterStage
 from worker.pipeline.decoder_stage import DecoderStage
-from worker.pipeline.decoders import DecoderSpec
+from worker.pipeline.decoders import DecoderSpec, last_success
 from worker.pipeline.failures import FailureRouter
 from worker.pipeline.inference import InferenceStage
 from worker.pipeline.memory import InFlightBytes
@@ -201,7 +200,7 @@ def decoder_stage(
         s3=settings.s3, cfg=preprocessor.cfg, mode=preprocessor.mode, max_pixels=preprocessor.max_pixels,
         exif_orientation=preprocessor.exif_orientation, slots=slots.name, layout=layout, threads=threads,
         fetch_timeout=timeout, log=settings.log,
-        served=multiprocessing.get_context("forkserver").Value("d", float("-inf")),  # shared by all decoders
+        served=last_success(),
         environ=dict(os.environ),
     )
     return DecoderStage(

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import time
 from collections import deque
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from typing import Any
 from worker.engine import PreparedImage
 from worker.errors import DecoderCrashed, FatalError, RecordTimeout
 from worker.metrics import Metrics
-from worker.pipeline.decoders import DecoderSpec, Done, Failed, Task, serve
+from worker.pipeline.decoders import CONTEXT, DecoderSpec, Done, Failed, Task, serve
 from worker.pipeline.memory import InFlightBytes
 from worker.pipeline.slots import SharedSlots
 from worker.pipeline.stages import FailureSink, Stage
@@ -80,8 +79,7 @@ class DecoderStage:
         self._reserve = reserve_bytes
         self._clock = clock
         self._target = target
-        self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(["worker.pipeline.decoders"])
+        CONTEXT.set_forkserver_preload(["worker.pipeline.decoders"])
         self._ids = count()
         self._waiting: deque[tuple[Work, int]] = deque()  # (work, crashes)
         self._deaths = 0  # in a row, without a record finished
@@ -180,9 +178,9 @@ class DecoderStage:
     # -- decoder processes -------------------------------------------------------------------------
 
     def _start(self, number: int) -> _Child:
-        here, there = self._context.Pipe(duplex=True)
-        decoding = self._context.Value("q", -1, lock=False)
-        process = self._context.Process(
+        here, there = CONTEXT.Pipe(duplex=True)
+        decoding = CONTEXT.Value("q", -1, lock=False)
+        process = CONTEXT.Process(
             target=self._target, args=(self._spec, there, decoding), name=f"decoder-{number}", daemon=True
         )
         process.start()

@@ -17,6 +17,7 @@ closing when the parent dies), so a Ctrl-C to the process group cannot kill reco
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import queue
 import signal
@@ -41,6 +42,13 @@ from worker.pipeline.slots import SlotLayout, SlotWriter
 from worker.source import S3Source, make_s3_client
 
 _MAX_BATCH = 64  # outcomes per message back to the parent
+# Decoders fork from a server process started clean (no CUDA context, no librdkafka threads to copy).
+CONTEXT = multiprocessing.get_context("forkserver")
+
+
+def last_success() -> Any:
+    """The value every decoder's S3Source shares as `served`: when any of them last fetched an object."""
+    return CONTEXT.Value("d", float("-inf"))
 
 
 @dataclass(frozen=True, slots=True)
