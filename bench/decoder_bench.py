@@ -36,9 +36,8 @@ from worker.encoding import Source
 from worker.engine import Embedder
 from worker.messages import ImageRequest, S3Uri
 from worker.metrics import Metrics
-from worker.pipeline.build import decoder_stage
+from worker.pipeline.image_stages import decoder_stage, fetch_threads, preprocess_threads
 from worker.pipeline.memory import InFlightBytes
-from worker.pipeline.stages import ThreadStage, fetch_step, preprocess_step
 from worker.pipeline.work import Work
 from worker.source import S3Source, make_s3_client
 
@@ -58,19 +57,14 @@ class Drop:
 
 
 def stages_for(mode: str, workers: int, settings: Settings, embedder: Embedder, sink: Drop) -> list[Any]:
-    """The stage(s) build.py would wire for `mode`, ending in `sink`."""
+    """The stage(s) the worker wires for `mode` (image_stages.py), ending in `sink`."""
     budget, metrics = InFlightBytes(limit=settings.pipeline.max_in_flight_bytes), Metrics()
-    timeout = settings.pipeline.record_timeout_seconds
+    sized = settings.model_copy(update={"model": settings.model.model_copy(update={"preprocess_workers": workers})})
     if mode == "processes":
-        model = settings.model.model_copy(update={"preprocess_workers": workers})
-        return [decoder_stage(settings.model_copy(update={"model": model}), embedder, next_step=sink,  # type: ignore[arg-type]
-                              failures=sink, metrics=metrics, budget=budget)]
-    preprocess = ThreadStage(name="preprocess", workers=workers, step=preprocess_step(embedder.prepare),
-                             next_step=sink, failures=sink, timeout=timeout, budget=budget)
+        return [decoder_stage(sized, embedder, next_step=sink, failures=sink, metrics=metrics, budget=budget)]
+    preprocess = preprocess_threads(sized, embedder, next_step=sink, failures=sink, metrics=metrics, budget=budget)
     source = S3Source(client=make_s3_client(settings.s3), settings=settings.s3)
-    fetch = ThreadStage(name="fetch", workers=settings.s3.fetch_workers, next_step=preprocess, failures=sink,
-                        step=fetch_step(source, metrics, timeout=timeout), timeout=timeout, budget=budget,
-                        reserve_bytes=settings.s3.max_object_bytes)
+    fetch = fetch_threads(settings, source, next_step=preprocess, failures=sink, metrics=metrics, budget=budget)
     return [fetch, preprocess]
 
 

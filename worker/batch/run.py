@@ -38,11 +38,11 @@ from worker.errors import FatalError, Outage, RecordError, UnexpectedError
 from worker.messages import ImageRequest, S3Uri
 from worker.metrics import Metrics
 from worker.pipeline.batching import Batcher
-from worker.pipeline.build import decoder_stage
 from worker.pipeline.decoder_stage import DecoderStage
+from worker.pipeline.image_stages import decoder_stage, fetch_threads, preprocess_threads
 from worker.pipeline.inference import InferenceStage
 from worker.pipeline.memory import InFlightBytes
-from worker.pipeline.stages import FETCH_DEADLINE_GRACE_SECONDS, ThreadStage, fetch_step, preprocess_step
+from worker.pipeline.stages import FETCH_DEADLINE_GRACE_SECONDS, ThreadStage
 from worker.pipeline.work import Work
 from worker.source import S3Source
 
@@ -106,14 +106,12 @@ class BatchRun:
                                    timeout=timeout)
         self._batcher = Batcher(batch_size=embedder.batch_size, max_wait=pipeline.max_batch_wait_ms / 1000,
                                 next_step=inference)
-        preprocess = ThreadStage(name="preprocess", workers=model.preprocess_workers,
-                                 step=preprocess_step(embedder.prepare), next_step=self._batcher, failures=finisher,
-                                 timeout=timeout, budget=budget)
+        preprocess = preprocess_threads(settings, embedder, next_step=self._batcher, failures=finisher,
+                                        metrics=metrics, budget=budget)
         fetch_timeout = timeout + FETCH_DEADLINE_GRACE_SECONDS
         max_bytes = settings.s3.max_object_bytes
-        self._s3_fetch: ThreadStage | DecoderStage = ThreadStage(
-            name="fetch", workers=settings.s3.fetch_workers, step=fetch_step(s3, metrics, timeout=timeout),
-            next_step=preprocess, failures=finisher, timeout=fetch_timeout, budget=budget, reserve_bytes=max_bytes,
+        self._s3_fetch: ThreadStage | DecoderStage = fetch_threads(
+            settings, s3, next_step=preprocess, failures=finisher, metrics=metrics, budget=budget,
         ) if model.preprocess_in == "threads" else decoder_stage(  # S3 objects fetched and decoded in processes
             settings, embedder, next_step=self._batcher, failures=finisher, metrics=metrics, budget=budget)
         self._file_fetch = ThreadStage(

@@ -26,7 +26,6 @@ Every stage takes submit/poll/close (stages.py); every failure goes through fail
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -44,8 +43,8 @@ from worker.pipeline.batching import Batcher
 from worker.pipeline.commit import Committer, StoredOffsetsCommitter
 from worker.pipeline.deadletter import DeadLetterStage
 from worker.pipeline.decoder_stage import DecoderStage
-from worker.pipeline.decoders import DecoderSpec, last_success
 from worker.pipeline.failures import FailureRouter
+from worker.pipeline.image_stages import decoder_stage, fetch_threads, preprocess_threads
 from worker.pipeline.inference import InferenceStage
 from worker.pipeline.memory import InFlightBytes
 from worker.pipeline.offsets import OffsetTracker
@@ -54,18 +53,11 @@ from worker.pipeline.outputs import OutputStage
 from worker.pipeline.produce import AckedEmitter, Emitter, InOrderEmitter, Outbox
 from worker.pipeline.rebalance import Rebalancer
 from worker.pipeline.runtime import Pipeline, Runtime
-from worker.pipeline.slots import SharedSlots, SlotLayout
 from worker.pipeline.stages import (
-    FETCH_DEADLINE_GRACE_SECONDS,
     DecodeStage,
-    FailureSink,
-    Stage,
     ThreadStage,
-    fetch_step,
-    preprocess_step,
 )
 from worker.pipeline.transactions import TransactionalCommitter
-from worker.pipeline.work import Work
 from worker.source import S3Source, make_s3_client
 
 _DEFAULT_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes
@@ -138,16 +130,11 @@ def build_runtime(
         fetch = decoder_stage(settings, embedder, next_step=batcher, failures=failures, metrics=metrics,
                               budget=budget)
     else:
-        preprocess = ThreadStage(
-            name="preprocess", workers=model.preprocess_workers, step=preprocess_step(embedder.prepare),
-            next_step=batcher, failures=failures, timeout=timeout, seconds=metrics.preprocess_seconds, budget=budget,
-        )
+        preprocess = preprocess_threads(settings, embedder, next_step=batcher, failures=failures, metrics=metrics,
+                                        budget=budget)
         source = S3Source(client=s3_client or make_s3_client(settings.s3), settings=settings.s3)
-        fetch = ThreadStage(
-            name="fetch", workers=settings.s3.fetch_workers, step=fetch_step(source, metrics, timeout=timeout),
-            next_step=preprocess, failures=failures, timeout=timeout + FETCH_DEADLINE_GRACE_SECONDS,
-            seconds=metrics.fetch_seconds, budget=budget, reserve_bytes=settings.s3.max_object_bytes,
-        )
+        fetch = fetch_threads(settings, source, next_step=preprocess, failures=failures, metrics=metrics,
+                              budget=budget)
     decode = DecodeStage(
         input_format=pipeline.input_format,
         confluent=registry.input_decoder(registry_client, kafka.input_topic) if registry_client else None,
@@ -180,32 +167,6 @@ def build_runtime(
                           batcher=batcher, inference=inference,
                           failures=failures, dead_letters=dead_letters, outages=outages),
         input_topic=kafka.input_topic, settings=pipeline, metrics=metrics,
-    )
-
-
-def decoder_stage(
-    settings: Settings, embedder: Embedder, *, next_step: Stage[Work], failures: FailureSink, metrics: Metrics,
-    budget: InFlightBytes,
-) -> DecoderStage:
-    """Fetch + decode + preprocess on model.preprocess_workers processes, s3.fetch_workers threads among them."""
-    model, timeout = settings.model, settings.pipeline.record_timeout_seconds
-    processes = model.preprocess_workers
-    threads = -(-settings.s3.fetch_workers // processes)
-    preprocessor = embedder.preprocessor
-    # Slots for a full batcher, both batches at the device and every decoder thread's record.
-    shape, dtype = preprocessor.output_shape()
-    layout = SlotLayout(count=embedder.batch_size * 3 + processes * threads, shape=shape, dtype=dtype)
-    slots = SharedSlots(layout)
-    spec = DecoderSpec(
-        s3=settings.s3, cfg=preprocessor.cfg, mode=preprocessor.mode, max_pixels=preprocessor.max_pixels,
-        exif_orientation=preprocessor.exif_orientation, slots=slots.name, layout=layout, threads=threads,
-        fetch_timeout=timeout, log=settings.log,
-        served=last_success(),
-        environ=dict(os.environ),
-    )
-    return DecoderStage(
-        processes=processes, spec=spec, slots=slots, next_step=next_step, failures=failures, metrics=metrics,
-        timeout=2 * timeout + FETCH_DEADLINE_GRACE_SECONDS, budget=budget, reserve_bytes=settings.s3.max_object_bytes,
     )
 
 
