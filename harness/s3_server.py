@@ -59,9 +59,7 @@ class S3Server:
 
     def client(self) -> Any:
         """A plain boto3 S3 client for this endpoint. Call ``.close()`` on it when done."""
-        return boto3.session.Session().client(
-            "s3", endpoint_url=self.endpoint_url, region_name=REGION,
-            aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET_ACCESS_KEY)
+        return endpoint_client(self.endpoint_url)
 
     def reset(self) -> None:
         """Forget every bucket and object (moto's ``POST /moto-api/reset``)."""
@@ -75,11 +73,23 @@ class S3Server:
         Merge it into a copy: ``subprocess.run(..., env={**os.environ, **s3.env()})``.
         botocore reads AWS_ENDPOINT_URL_S3 (and AWS_ENDPOINT_URL for other services) itself.
         """
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_ENDPOINT_URL_S3": self.endpoint_url,
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_REGION": REGION,
-        }
+        return endpoint_env(self.endpoint_url)
+
+
+def endpoint_client(endpoint_url: str, **options: Any) -> Any:
+    """A boto3 S3 client for a test endpoint with the test credentials (`options` go to ``client()``)."""
+    return boto3.session.Session().client(
+        "s3", endpoint_url=endpoint_url, region_name=REGION,
+        aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET_ACCESS_KEY, **options)
+
+
+def endpoint_env(endpoint_url: str) -> dict[str, str]:
+    """The environment that points boto3 in a subprocess at a test endpoint with the test credentials."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint_url,
+        "AWS_ENDPOINT_URL_S3": endpoint_url,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+    }

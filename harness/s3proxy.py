@@ -26,11 +26,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import boto3
 from botocore.config import Config
 
 from harness.kafka_broker import _free_port
-from harness.s3_server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY
+from harness.s3_server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, endpoint_client, endpoint_env
 
 ARTIFACT = "org.gaul:s3proxy:2.7.0:jar:jar-with-dependencies"
 CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "s3proxy"
@@ -147,19 +146,11 @@ class S3Proxy:
     def client(self) -> Any:
         """A boto3 S3 client for uploads to this endpoint (checksums only where required). ``.close()`` it."""
         config = Config(request_checksum_calculation="when_required", response_checksum_validation="when_required")
-        return boto3.session.Session().client(
-            "s3", endpoint_url=self.endpoint_url, region_name=REGION, config=config,
-            aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET_ACCESS_KEY)
+        return endpoint_client(self.endpoint_url, config=config)
 
     def env(self) -> dict[str, str]:
         """Environment for a subprocess (the worker): this endpoint, its credentials, checksums only where required."""
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_ENDPOINT_URL_S3": self.endpoint_url,
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_REGION": REGION,
+        return endpoint_env(self.endpoint_url) | {
             "AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED",
             "AWS_RESPONSE_CHECKSUM_VALIDATION": "WHEN_REQUIRED",
         }
