@@ -97,7 +97,8 @@ class WorkPool(Generic[T, R]):
 
 
 _PR_SET_NAME = 15
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if ctypes.util.find_library("c") else None
+_LIBC_PATH = ctypes.util.find_library("c")  # may run ldconfig: once, at import
+_LIBC = ctypes.CDLL(_LIBC_PATH, use_errno=True) if _LIBC_PATH else None
 
 
 def name_os_thread() -> None:
