@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
+import torch
 from open_clip.transform import PreprocessCfg
 from PIL import Image
 
@@ -50,6 +51,7 @@ from harness.s3proxy import S3Proxy
 from harness.workers import WorkerProcess, settings_env
 from worker.config import ModelSettings, Settings
 from worker.encoding import EmbeddingEncoder
+from worker.engine import Embedder
 from worker.engine.preprocess import Preprocessor
 from worker.messages import ImageRequest, S3Uri
 
@@ -91,6 +93,21 @@ def cpu_per_image(steps: dict[str, Callable[[bytes], object]], blobs: list[bytes
                 step(data)
             per_image[name].append((time.thread_time() - began) / len(blobs))
     return {name: statistics.median(values) for name, values in per_image.items()}
+
+
+def embed_per_image(checkpoint: Path, blobs: list[bytes], *, batch: int, repeats: int) -> float:
+    """CPU seconds per image of the device thread's work on this box: the tiny model's `embed`
+    (collate + forward) on full batches, torch held to this thread so that thread_time sees it all."""
+    torch.set_num_threads(1)
+    embedder = Embedder.load(tiny_model_settings(checkpoint, inference_batch_size=batch, preprocess_mode="fast"))
+    prepared = [embedder.prepare(blobs[i % len(blobs)]) for i in range(batch)]
+    embedder.embed(prepared)  # warm-up
+    per_image = []
+    for _ in range(repeats):
+        began = time.thread_time()
+        embedder.embed(prepared)
+        per_image.append((time.thread_time() - began) / batch)
+    return statistics.median(per_image)
 
 
 # --- CPU counters from /proc ---------------------------------------------------------------------------------
@@ -341,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="an unreported worker run first, so that the JVMs' warm-up does not land in run 1")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7, help="passes of the bare decode over the photos")
-    parser.add_argument("--decode-only", action="store_true", help="only the bare decode and the worker's prepare")
+    parser.add_argument("--decode-only", action="store_true",
+                        help="only the in-process figures: bare decode, the worker's prepare, the tiny model's embed")
     args = parser.parse_args(argv)
     register_model_configs()
     args.size = int(open_clip.get_model_config(TINY_MODEL_NAME)["vision_cfg"]["image_size"])
@@ -355,8 +373,12 @@ def main(argv: list[str] | None = None) -> int:
                            [data for _, data in photos], repeats=args.repeats)
     bare_s, args.prepare_s = floors["bare"], floors["prepare"]
     if args.decode_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = write_random_checkpoint(TINY_MODEL_NAME, Path(tmp) / "tiny.pt", seed=0)
+            embed_s = embed_per_image(checkpoint, [data for _, data in photos], batch=args.batch, repeats=args.repeats)
         print(f"bare {bare_s * 1e3:.3f} ms, the worker's fast prepare {args.prepare_s * 1e3:.3f} ms per image "
-              f"({args.prepare_s / bare_s:.2f}x)")
+              f"({args.prepare_s / bare_s:.2f}x); the tiny model's embed (collate + forward, batch {args.batch}, "
+              f"one thread) {embed_s * 1e6:.0f} µs per image ({embed_s / bare_s:.2f}x)")
         return 0
     runs: list[RunFigures] = []
     with tempfile.TemporaryDirectory() as tmp, KafkaBroker() as broker, S3Proxy() as proxy:

@@ -179,11 +179,12 @@ def test_phone_multi_picture_jpegs_take_the_reduced_dct_path_too(tiny_fast: Embe
     assert (prepared.format, prepared.scale) == ("MPO", 4)
 
 
-def test_fast_collate_is_bitwise_totensor_and_normalize(tiny_fast: Embedder) -> None:
+def test_fast_collate_is_bitwise_totensor_and_normalize_laid_out_channels_last(tiny_fast: Embedder) -> None:
     rng = np.random.default_rng(5)
     arrays = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(3)]
     images = [PreparedImage(torch.from_numpy(a), 224, 224, "PNG", 1) for a in arrays]
     batch = tiny_fast.preprocessor.collate(images, device=torch.device("cpu"), dtype=torch.float32)
+    assert batch.shape == (3, 3, 224, 224) and batch.is_contiguous(memory_format=torch.channels_last)
     to_tensor = open_clip.transform.MaybeToTensor()
     for got, array in zip(batch, arrays, strict=True):
         want = (to_tensor(Image.fromarray(array)) - MEAN) / STD  # torchvision Normalize's arithmetic

@@ -13,8 +13,7 @@ here (open_clip does not apply it either); a caller with that setting on keeps t
 Geometry: ``preprocess.plan`` (open_clip's eval transform as numbers) for each source size; the resize
 is antialiased bicubic or bilinear as the plan says (``interpolate(..., antialias=True)``, the same
 filter as Pillow's), in float32, then rounded to uint8. The result is uint8 (N, 3, H, W) on the device:
-fast mode's pixels after ``collate``'s permute, so its normalisation applies as it is. Decodes of one
-size are resized together.
+fast mode's pixels, channels first. Decodes of one size are resized together.
 
 Errors: the batched decoder raises for the whole list when one image fails. The list is then split in
 halves and each half retried, down to single images, so k bad images cost about 2k·log2(n) extra calls
