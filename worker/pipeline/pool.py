@@ -1,22 +1,23 @@
 """A thread pool whose finished tasks are collected without blocking, for the stages' poll().
 
-Two things a plain ThreadPoolExecutor does not give the data path:
+Three things a plain ThreadPoolExecutor does not give the data path:
 - a deadline per task, counted from when a thread starts it (time spent queued is not the record's
   fault): ``expired()`` hands back tasks running past it, and their late outcome is then dropped;
 - a shutdown bounded in time: a thread stuck in a C call cannot be interrupted, so ``close()`` waits
-  for running tasks only until its deadline and leaves the rest to die with the process.
+  for running tasks only until its deadline, and the threads are daemons left to die with the process
+  (an executor's threads are joined at exit, so one stuck thread would hold the exit forever);
+- a hand-off that costs the main thread one queue put: ``submit`` creates no Future, no closure and no
+  done-callback (issue 8; BENCHMARKS.md has what it saved).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import ctypes
 import ctypes.util
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 T = TypeVar("T")  # what travels with the task (a Work, or a batch of them)
@@ -29,38 +30,24 @@ class WorkPool(Generic[T, R]):
     def __init__(
         self, *, name: str, workers: int, fn: Callable[[T], R], clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name, initializer=name_os_thread)
         self._fn = fn
         self._clock = clock
+        self._todo: queue.SimpleQueue[tuple[int, T] | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[tuple[int, T, R | BaseException]] = queue.SimpleQueue()
         self._started: dict[int, tuple[T, float]] = {}  # task id -> (item, start time), in start order
         self._abandoned: set[int] = set()
-        self._futures: set[Future[R]] = set()
         self._next_id = 0
         self.outstanding = 0  # submitted and neither finished nor abandoned
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"{name}_{i}", daemon=True) for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, item: T) -> None:
-        task = self._next_id
-        self._next_id += 1
-
-        def run() -> R:
-            self._started[task] = (item, self._clock())  # dict writes are atomic under the GIL
-            return self._fn(item)
-
-        def done(future: Future[R]) -> None:
-            self._futures.discard(future)
-            outcome: R | BaseException
-            if future.cancelled():  # only at shutdown, where nothing reads the outcome any more
-                outcome = CancelledError()
-            else:
-                error = future.exception()
-                outcome = error if error is not None else future.result()
-            self._done.put((task, item, outcome))
-
-        future = self._executor.submit(run)
-        self._futures.add(future)
         self.outstanding += 1
-        future.add_done_callback(done)
+        self._todo.put((self._next_id, item))
+        self._next_id += 1
 
     def finished(self) -> Iterator[tuple[T, R | BaseException]]:
         """What finished since the last call; never blocks. Abandoned tasks are left out."""
@@ -89,11 +76,30 @@ class WorkPool(Generic[T, R]):
             yield item
 
     def close(self, deadline: float) -> None:
-        """Cancel what has not started; wait for running tasks until `deadline` (monotonic), no longer."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        running = set(self._futures)
-        if running:
-            concurrent.futures.wait(running, timeout=max(0.0, deadline - self._clock()))
+        """Drop what has not started; wait for running tasks until `deadline` (monotonic), no longer."""
+        while True:
+            try:
+                self._todo.get_nowait()
+            except queue.Empty:
+                break
+        for _ in self._threads:
+            self._todo.put(None)
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - self._clock()))
+
+    def _serve(self) -> None:
+        name_os_thread()
+        fn, clock, todo, done, started = self._fn, self._clock, self._todo, self._done, self._started
+        while (job := todo.get()) is not None:
+            task, item = job
+            started[task] = (item, clock())  # dict writes are atomic under the GIL
+            outcome: R | BaseException
+            try:
+                outcome = fn(item)
+            except BaseException as exc:  # the stage decides what it means; the thread lives on
+                outcome = exc
+            done.put((task, item, outcome))
+            del job, item, outcome  # hold nothing of a finished task while waiting for the next
 
 
 _PR_SET_NAME = 15
