@@ -82,7 +82,8 @@ class DecodeStage:
 
 class ThreadStage:
     """Runs `step(work)` on a pool of threads; step fills in a field of the work or raises.
-    How long each step took is timed on its thread and observed in `seconds` (when given) on poll()'s.
+    How long each step took is observed in `seconds` (when given) on the step's own thread, off the
+    main thread.
 
     With `reserve_bytes`, a record starts only while the in-flight byte budget has that much room
     (or nothing at all is held): it holds the reservation until its step replaces it with
@@ -125,8 +126,6 @@ class ThreadStage:
 
     def poll(self) -> None:
         for work, outcome in self._pool.finished():
-            if self._seconds is not None:
-                self._seconds.observe(work.step_seconds)
             if isinstance(outcome, BaseException):
                 self._failures.fail(work, _record_failure(outcome, self.name), stage=self.name)
             else:
@@ -145,11 +144,14 @@ class ThreadStage:
         self._pool.close(deadline)
 
     def _timed(self, work: Work) -> None:
+        if self._seconds is None:
+            self._step(work)
+            return
         started = time.perf_counter()
         try:
             self._step(work)
         finally:
-            work.step_seconds = time.perf_counter() - started
+            self._seconds.observe(time.perf_counter() - started)
 
     def _admit(self) -> None:
         assert self._budget is not None, "reserve_bytes needs a budget"

@@ -37,7 +37,6 @@ class Work:
     prepared: PreparedImage | None = None
     width: int | None = None  # the image's own size, kept once the prepared tensor is dropped
     height: int | None = None
-    step_seconds: float = 0.0  # how long the last thread stage's step took (set there, observed in its poll)
     ready_at: float = 0.0  # monotonic time it entered the batcher
     batch_wait: float = 0.0  # seconds it waited there (observed on the device thread)
     embedding: np.ndarray | None = None
