@@ -53,9 +53,13 @@ class OutputStage:
                 request=work.request, embedding=work.embedding, source=work.source, topic=self._topic,
                 sha256=work.sha256, width=work.width, height=work.height,
             )
-            work.output = OutRecord(
+            record = OutRecord(
                 topic=self._topic, key=work.request.id.encode(), value=value, headers=self._headers(work)
             )
+            if record.nbytes > self._outbox.max_record_bytes:
+                limit = self._outbox.max_record_bytes
+                raise OutputTooLarge(f"output record of {record.nbytes} bytes is over the limit of {limit}")
+            work.output = record
         except Exception as exc:  # EncodeError, RegistryUnavailable, or anything the encoder missed
             work.output_error = exc
 
@@ -67,11 +71,6 @@ class OutputStage:
             error, item.output_error = item.output_error, None  # taken: a retry after an outage encodes anew
             assert error is not None
             self._failures.fail(item, error, stage=self.name)
-            return
-        if not self._outbox.fits(record):
-            limit = self._outbox.max_record_bytes
-            too_large = OutputTooLarge(f"output record of {record.nbytes} bytes is over the limit of {limit}")
-            self._failures.fail(item, too_large, stage=too_large.stage)
             return
         item.sent_at = time.monotonic()
         self._emitter.emit(item, record, on_done=self._done, on_refused=self._refused)

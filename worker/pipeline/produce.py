@@ -53,9 +53,6 @@ class Outbox:
         self.max_record_bytes = max_message_bytes - _RECORD_OVERHEAD_BYTES
         self.produced = 0  # records handed to librdkafka since start (the transaction committer reads it)
 
-    def fits(self, record: OutRecord) -> bool:
-        return record.nbytes <= self.max_record_bytes
-
     def send(self, record: OutRecord, *, on_ack: Callable[[Exception | None], None] | None = None) -> None:
         kwargs: dict[str, Any] = {"timestamp": record.timestamp_ms} if record.timestamp_ms else {}
         if on_ack is not None:
