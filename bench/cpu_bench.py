@@ -18,6 +18,9 @@ load, to the last output), and each counter is interpolated at its ends, so CPU 
 exactly the records that img/s counts.
 
     .venv/bin/python bench/cpu_bench.py --records 2000 --workers 1,2,4
+
+A before/after of two commits in one run: `git worktree add /tmp/before <rev>`, then
+`--trees /tmp/before,.` (each run is repeated with the worker's code from each tree, taking turns).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import argparse
 import io
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -233,10 +237,12 @@ class RunFigures:
 
 
 def run_worker(base: Settings, broker: KafkaBroker, proxy: S3Proxy, objects: list[str], *, records: int,
-               preprocess_in: str, preprocess_workers: int, tag: str, log: Path, pods: int = 1) -> RunFigures:
+               preprocess_in: str, preprocess_workers: int, tag: str, log: Path, pods: int = 1,
+               tree: Path | None = None) -> RunFigures:
     """`python -m worker` over `records` fresh messages on topics of its own; figures over the steady window.
     With `pods` > 1, that many worker processes share the group (the plainest alternative to decoder
-    processes: more workers per GPU), each with `preprocess_workers` threads; their CPU is summed."""
+    processes: more workers per GPU), each with `preprocess_workers` threads; their CPU is summed.
+    With `tree`, the worker's code comes from that source tree (a git worktree of another commit)."""
     kafka = base.kafka.model_copy(update={
         "bootstrap_servers": broker.bootstrap_servers, "group_id": f"bench-{tag}", "input_topic": f"images-{tag}",
         "output_topic": f"embeddings-{tag}", "dead_letter_topic": f"dlq-{tag}"})
@@ -247,8 +253,8 @@ def run_worker(base: Settings, broker: KafkaBroker, proxy: S3Proxy, objects: lis
     requests = [ImageRequest(id=f"m{i}", uri=S3Uri("bench", objects[i % len(objects)])) for i in range(records)]
     produce_requests(broker.bootstrap_servers, kafka.input_topic, requests)
 
-    workers = [WorkerProcess(settings_env(settings) | proxy.env(), log_path=log.with_suffix(f".{n}.log")).start()
-               for n in range(pods)]
+    env = settings_env(settings) | proxy.env() | ({"PYTHONPATH": str(tree)} if tree else {})
+    workers = [WorkerProcess(env, log_path=log.with_suffix(f".{n}.log")).start() for n in range(pods)]
     pids = [worker.process.pid for worker in workers if worker.process is not None]
     assert len(pids) == pods and broker.pid is not None and proxy.pid is not None
     broker_pid, proxy_pid = broker.pid, proxy.pid
@@ -281,7 +287,8 @@ def run_worker(base: Settings, broker: KafkaBroker, proxy: S3Proxy, objects: lis
     counted = len(stamps) - skip - 1  # as steady_rate counts them
     used = {name: end[name] - start[name] for name in COUNTERS}
     return RunFigures(
-        preprocess_in=f"{pods} worker processes" if pods > 1 else preprocess_in,
+        preprocess_in=(f"{pods} worker processes" if pods > 1 else preprocess_in)
+        + (f" @ {tree_label(tree)}" if tree else ""),
         preprocess_workers=preprocess_workers * pods, records=counted,
         img_per_s=steady_rate(stamps),
         worker_cpu_s=used["worker"] / counted, main_cpu_s=used["main"] / counted,
@@ -289,6 +296,14 @@ def run_worker(base: Settings, broker: KafkaBroker, proxy: S3Proxy, objects: lis
         box_busy_share=used["box"] / ((stamps[-1] - stamps[skip]) * (os.cpu_count() or 1)),
         threads={name.removeprefix("thread:"): (end[name] - start.get(name, 0.0)) / counted
                  for name in end if name.startswith("thread:")})
+
+
+def tree_label(tree: Path) -> str:
+    """A source tree as the report names it: its commit, with "+" when it has uncommitted changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True, check=True).stdout
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return git("rev-parse", "--short", "HEAD").strip() + ("+" if dirty else "")
 
 
 # --- report --------------------------------------------------------------------------------------------------
@@ -358,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="an unreported worker run first, so that the JVMs' warm-up does not land in run 1")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7, help="passes of the bare decode over the photos")
+    parser.add_argument("--trees", default="",
+                        help="comma-separated source trees (git worktrees of other commits): every run is repeated "
+                             "with the worker's code from each, taking turns, for a before/after in one run")
     parser.add_argument("--decode-only", action="store_true",
                         help="only the in-process figures: bare decode, the worker's prepare, the tiny model's embed")
     args = parser.parse_args(argv)
@@ -381,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
               f"one thread) {embed_s * 1e6:.0f} µs per image ({embed_s / bare_s:.2f}x)")
         return 0
     runs: list[RunFigures] = []
+    trees: list[Path | None] = [Path(t).resolve() for t in args.trees.split(",")] if args.trees else [None]
     with tempfile.TemporaryDirectory() as tmp, KafkaBroker() as broker, S3Proxy() as proxy:
         checkpoint = write_random_checkpoint(TINY_MODEL_NAME, Path(tmp) / "tiny.pt", seed=0)
         model = tiny_model_settings(checkpoint, inference_batch_size=args.batch, preprocess_mode="fast")
@@ -397,10 +416,12 @@ def main(argv: list[str] | None = None) -> int:
                        preprocess_workers=DEFAULT_WORKERS, tag="warmup", log=Path(tmp) / "worker-warmup.log")
         for workers in (int(w) for w in args.workers.split(",")):
             for mode in args.preprocess_in.split(","):  # the modes take turns, so that drift hits both alike
-                tag = f"{mode}-{workers}"
-                runs.append(run_worker(base, broker, proxy, objects, records=args.records, preprocess_in=mode,
-                                       preprocess_workers=workers, tag=tag, log=Path(tmp) / f"worker-{tag}.log"))
-                print(f"# {tag}: {runs[-1].img_per_s:.1f} img/s", file=sys.stderr, flush=True)
+                for n, tree in enumerate(trees):
+                    tag = f"{mode}-{workers}-{n}-{len(runs)}"  # unique: a workers value may repeat
+                    runs.append(run_worker(base, broker, proxy, objects, records=args.records, preprocess_in=mode,
+                                           preprocess_workers=workers, tag=tag, log=Path(tmp) / f"worker-{tag}.log",
+                                           tree=tree))
+                    print(f"# {tag}: {runs[-1].img_per_s:.1f} img/s", file=sys.stderr, flush=True)
         if args.pods > 1:  # the plainest alternative to decoder processes: more workers
             runs.append(run_worker(base, broker, proxy, objects, records=args.records, preprocess_in="threads",
                                    preprocess_workers=1, pods=args.pods, tag=f"pods-{args.pods}",

@@ -51,11 +51,9 @@ class WorkPool(Generic[T, R]):
 
     def finished(self) -> Iterator[tuple[T, R | BaseException]]:
         """What finished since the last call; never blocks. Abandoned tasks are left out."""
-        while True:
-            try:
-                task, item, outcome = self._done.get_nowait()
-            except queue.Empty:
-                return
+        done = self._done
+        while not done.empty():  # this thread is the only reader: not empty means get_nowait() has one
+            task, item, outcome = done.get_nowait()
             self._started.pop(task, None)
             if task in self._abandoned:
                 self._abandoned.discard(task)
@@ -63,17 +61,21 @@ class WorkPool(Generic[T, R]):
             self.outstanding -= 1
             yield item, outcome
 
-    def expired(self, timeout: float) -> Iterator[T]:
+    def expired(self, timeout: float) -> list[T]:
         """Items whose task has run for longer than `timeout` seconds; each is given up for good."""
+        late: list[T] = []
+        if not self._started:
+            return late
         cutoff = self._clock() - timeout
         while self._started:
             task, (item, started) = next(iter(self._started.items()))  # the oldest: started in order
             if started > cutoff:
-                return  # the rest are younger
+                break  # the rest are younger
             del self._started[task]
             self._abandoned.add(task)
             self.outstanding -= 1
-            yield item
+            late.append(item)
+        return late
 
     def close(self, deadline: float) -> None:
         """Drop what has not started; wait for running tasks until `deadline` (monotonic), no longer."""
