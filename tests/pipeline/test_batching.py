@@ -1,5 +1,11 @@
+import math
+
+from hypothesis import given
+from hypothesis import strategies as st
+
 from worker.encoding import Source
 from worker.pipeline.batching import Batcher
+from worker.pipeline.runtime import poll_timeout
 from worker.pipeline.work import Work
 
 
@@ -72,3 +78,31 @@ def test_flush_sends_a_partial_batch_without_waiting() -> None:
     batcher.flush()
     batcher.poll()
     assert len(device.batches) == 1
+
+
+def test_a_due_batch_is_held_only_while_the_device_has_no_room() -> None:
+    clock, device = Clock(), Device(room=0)
+    batcher = Batcher(batch_size=4, max_wait=0.5, next_step=device, clock=clock)
+    assert not batcher.held()  # nothing queued
+    batcher.submit(work(0))
+    assert not batcher.held()  # queued but not due yet
+    clock.now += 0.5
+    assert batcher.held()
+    device.room = 1
+    assert not batcher.held()
+
+
+def test_the_loop_waits_long_when_idle_a_busy_poll_in_flight_and_until_the_batch_is_due() -> None:
+    assert poll_timeout(0, None) == 0.1
+    assert poll_timeout(3, None) == 0.005
+    assert poll_timeout(3, 1.0) == 0.005
+    assert poll_timeout(3, 0.0021) == 0.003
+    assert poll_timeout(3, 0.0) == 0.0  # due now: the turn sends it without waiting
+
+
+@given(st.floats(min_value=0.0, max_value=10.0, allow_nan=False))
+def test_a_batch_deadline_is_waited_in_whole_milliseconds_never_rounded_down_to_a_spin(deadline: float) -> None:
+    waited = poll_timeout(1, deadline)
+    assert math.isclose(waited * 1000, round(waited * 1000), abs_tol=1e-9)  # librdkafka's unit
+    assert waited >= min(deadline, 0.005) - 1e-12
+    assert deadline == 0.0 or waited > 0.0  # a batch not due yet never makes a zero-timeout turn

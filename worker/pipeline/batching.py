@@ -59,6 +59,10 @@ class Batcher:
             return None
         return max(0.0, self._queued[0].ready_at + self._max_wait - self._clock())
 
+    def held(self) -> bool:
+        """A batch is due but the device has no room for it: only the device finishing can move it."""
+        return bool(self._queued) and self._batch_due() and not self._next.has_room()
+
     def __len__(self) -> int:
         return len(self._queued)
 

@@ -69,6 +69,11 @@ class InferenceStage:
     def has_room(self) -> bool:
         return self._pool.outstanding < self._max_batches
 
+    def wait(self, timeout: float) -> None:
+        """Block until the device finishes a batch, or `timeout` passes (the runtime's turn when a due
+        batch can only wait for room: waking on the device, it neither spins nor sleeps past it)."""
+        self._pool.wait_finished(timeout)
+
     def submit(self, item: list[Work]) -> None:
         """Take a batch from the batcher (main thread); how long each image waited for its batch is
         observed on the device thread, off the main thread."""

@@ -32,6 +32,7 @@ class WorkPool(Generic[T, R]):
     ) -> None:
         self._fn = fn
         self._clock = clock
+        self._finishing = threading.Event()  # set each time a task's outcome is queued (wait_finished)
         self._todo: queue.SimpleQueue[tuple[int, T] | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[tuple[int, T, R | BaseException]] = queue.SimpleQueue()
         self._started: dict[int, tuple[T, float]] = {}  # task id -> (item, start time), in start order
@@ -60,6 +61,12 @@ class WorkPool(Generic[T, R]):
                 continue
             self.outstanding -= 1
             yield item, outcome
+
+    def wait_finished(self, timeout: float) -> None:
+        """Block until a task finishes (at once if one has, unseen by finished()) or `timeout` passes."""
+        self._finishing.clear()
+        if self._done.empty():
+            self._finishing.wait(timeout)
 
     def expired(self, timeout: float) -> list[T]:
         """Items whose task has run for longer than `timeout` seconds; each is given up for good."""
@@ -91,7 +98,8 @@ class WorkPool(Generic[T, R]):
 
     def _serve(self) -> None:
         name_os_thread()
-        fn, clock, todo, done, started = self._fn, self._clock, self._todo, self._done, self._started
+        fn, clock, todo, done, started, finishing = (
+            self._fn, self._clock, self._todo, self._done, self._started, self._finishing)
         while (job := todo.get()) is not None:
             task, item = job
             started[task] = (item, clock())  # dict writes are atomic under the GIL
@@ -101,6 +109,7 @@ class WorkPool(Generic[T, R]):
             except BaseException as exc:  # the stage decides what it means; the thread lives on
                 outcome = exc
             done.put((task, item, outcome))
+            finishing.set()
             del job, item, outcome  # hold nothing of a finished task while waiting for the next
 
 

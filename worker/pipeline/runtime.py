@@ -11,6 +11,7 @@ than what finished.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -116,8 +117,14 @@ class Runtime:
         if in_flight == 0:
             self._idle_at = now
         room = self._settings.max_in_flight - in_flight
-        messages = kafka_call(lambda: self._consumer.consume(max(1, min(room, _MAX_CONSUME)), self._poll_timeout()),
+        # A due batch held for device room waits on the device, not on a timer: consume takes what
+        # is already here, then the turn sleeps until a batch finishes (at most a busy poll).
+        held = self._pipeline.batcher.held()
+        timeout = 0.0 if held else self._poll_timeout()
+        messages = kafka_call(lambda: self._consumer.consume(max(1, min(room, _MAX_CONSUME)), timeout),
                               what="consume") or []
+        if held and not messages:
+            self._pipeline.inference.wait(_BUSY_POLL_SECONDS)
         for message in messages:
             self._take(message)
         self._advance()
@@ -191,10 +198,7 @@ class Runtime:
         return held
 
     def _poll_timeout(self) -> float:
-        if self._tracker.in_flight() == 0:
-            return _IDLE_POLL_SECONDS
-        deadline = self._pipeline.batcher.seconds_to_deadline()
-        return _BUSY_POLL_SECONDS if deadline is None else min(_BUSY_POLL_SECONDS, deadline)
+        return poll_timeout(self._tracker.in_flight(), self._pipeline.batcher.seconds_to_deadline())
 
     # -- shutdown --------------------------------------------------------------------------------
 
@@ -230,6 +234,18 @@ class Runtime:
                     kafka_call(close, what="close")
                 except WorkerError as exc:
                     log.warning("close failed: %s", exc)
+
+
+def poll_timeout(in_flight: int, seconds_to_deadline: float | None) -> float:
+    """How long one turn may wait in consume(): long when idle, a busy poll while records are in
+    flight, and no later than the next batch is due, in whole milliseconds rounded up: librdkafka
+    waits in ms and the client truncates, so the last millisecond before a batch was due used to be a
+    spin of zero-timeout polls (~200 turns each time)."""
+    if in_flight == 0:
+        return _IDLE_POLL_SECONDS
+    if seconds_to_deadline is None:
+        return _BUSY_POLL_SECONDS
+    return min(_BUSY_POLL_SECONDS, math.ceil(seconds_to_deadline * 1000) / 1000)
 
 
 def _headers(message: Message) -> Headers:
