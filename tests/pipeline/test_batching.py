@@ -1,11 +1,9 @@
-import math
-
 from hypothesis import given
 from hypothesis import strategies as st
 
 from worker.encoding import Source
 from worker.pipeline.batching import Batcher
-from worker.pipeline.runtime import poll_timeout
+from worker.pipeline.runtime import busy_wait
 from worker.pipeline.work import Work
 
 
@@ -92,17 +90,17 @@ def test_a_due_batch_is_held_only_while_the_device_has_no_room() -> None:
     assert not batcher.held()
 
 
-def test_the_loop_waits_long_when_idle_a_busy_poll_in_flight_and_until_the_batch_is_due() -> None:
-    assert poll_timeout(0, None) == 0.1
-    assert poll_timeout(3, None) == 0.005
-    assert poll_timeout(3, 1.0) == 0.005
-    assert poll_timeout(3, 0.0021) == 0.003
-    assert poll_timeout(3, 0.0) == 0.0  # due now: the turn sends it without waiting
+def test_a_busy_turn_waits_a_busy_poll_at_most_and_never_past_a_batch_that_can_leave() -> None:
+    assert busy_wait(None, held=False) == 0.005
+    assert busy_wait(1.0, held=False) == 0.005
+    assert busy_wait(0.0021, held=False) == 0.0021
+    assert busy_wait(0.0, held=False) == 0.0  # due now and the device has room: the turn sends it
+    assert busy_wait(0.0, held=True) == 0.005  # due but held: only the device finishing moves it
 
 
-@given(st.floats(min_value=0.0, max_value=10.0, allow_nan=False))
-def test_a_batch_deadline_is_waited_in_whole_milliseconds_never_rounded_down_to_a_spin(deadline: float) -> None:
-    waited = poll_timeout(1, deadline)
-    assert math.isclose(waited * 1000, round(waited * 1000), abs_tol=1e-9)  # librdkafka's unit
-    assert waited >= min(deadline, 0.005) - 1e-12
-    assert deadline == 0.0 or waited > 0.0  # a batch not due yet never makes a zero-timeout turn
+@given(st.floats(min_value=0.0, max_value=10.0, allow_nan=False), st.booleans())
+def test_a_busy_wait_is_bounded_and_zero_only_for_a_batch_that_can_leave_now(deadline: float, held: bool) -> None:
+    waited = busy_wait(deadline, held=held)
+    assert 0.0 <= waited <= 0.005
+    assert held or waited <= deadline  # never past a batch that could leave
+    assert waited > 0.0 or (deadline == 0.0 and not held)

@@ -1,7 +1,8 @@
 """The main loop: poll, hand records down the stages, commit what finished, repeat; and shutdown.
 
-Only this thread talks to the consumer, and it never waits on S3 or the device, so poll() runs
-every few milliseconds and max.poll.interval.ms is never at risk (backpressure.py pauses the input
+Only this thread talks to the consumer, and it never waits on S3 or the device for longer than a
+busy poll (a turn with records in flight waits for the device to finish a batch, a few milliseconds
+at most), so consume() runs every few milliseconds and max.poll.interval.ms is never at risk (backpressure.py pauses the input
 when the rest falls behind). No record can stop this loop: every stage turns what goes wrong with
 one record into that record's failure (failures.py); only FatalError - a fenced or wedged client, a
 broken device, the stop policy, the failure streak - ends it, and then nothing more is committed
@@ -11,7 +12,6 @@ than what finished.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +39,7 @@ from worker.pipeline.stages import DecodeStage, Stage
 from worker.pipeline.work import Work
 
 log = logging.getLogger(__name__)
-_BUSY_POLL_SECONDS = 0.005  # while work is in flight: results arrive on other threads
+_BUSY_POLL_SECONDS = 0.005  # the longest a turn waits while work is in flight
 _IDLE_POLL_SECONDS = 0.1
 _MAX_CONSUME = 500
 
@@ -77,6 +77,7 @@ class Runtime:
         self._clock = clock
         self._stop_deadline: float | None = None
         self._draining = False
+        self._more_input = False  # the last consume filled its count: more may be waiting
         self._idle_at = clock()
         self.last_loop_at = clock()
 
@@ -116,15 +117,15 @@ class Runtime:
         in_flight = self._tracker.in_flight()
         if in_flight == 0:
             self._idle_at = now
-        room = self._settings.max_in_flight - in_flight
-        # A due batch held for device room waits on the device, not on a timer: consume takes what
-        # is already here, then the turn sleeps until a batch finishes (at most a busy poll).
-        held = self._pipeline.batcher.held()
-        timeout = 0.0 if held else self._poll_timeout()
-        messages = kafka_call(lambda: self._consumer.consume(max(1, min(room, _MAX_CONSUME)), timeout),
-                              what="consume") or []
-        if held and not messages:
-            self._pipeline.inference.wait(_BUSY_POLL_SECONDS)
+        elif not self._more_input:
+            # Busy, the turn waits on what moves the pipeline: the device finishing a batch, or the
+            # next batch falling due; then it takes what Kafka has without waiting on it as well.
+            batcher = self._pipeline.batcher
+            self._pipeline.inference.wait(busy_wait(batcher.seconds_to_deadline(), held=batcher.held()))
+        wanted = max(1, min(self._settings.max_in_flight - in_flight, _MAX_CONSUME))
+        timeout = _IDLE_POLL_SECONDS if in_flight == 0 else 0.0
+        messages = kafka_call(lambda: self._consumer.consume(wanted, timeout), what="consume") or []
+        self._more_input = len(messages) == wanted  # more may be waiting: the next turn does not wait
         for message in messages:
             self._take(message)
         self._advance()
@@ -197,9 +198,6 @@ class Runtime:
         self._metrics.in_flight_bytes.set(held)
         return held
 
-    def _poll_timeout(self) -> float:
-        return poll_timeout(self._tracker.in_flight(), self._pipeline.batcher.seconds_to_deadline())
-
     # -- shutdown --------------------------------------------------------------------------------
 
     def _finished_stopping(self) -> bool:
@@ -236,16 +234,15 @@ class Runtime:
                     log.warning("close failed: %s", exc)
 
 
-def poll_timeout(in_flight: int, seconds_to_deadline: float | None) -> float:
-    """How long one turn may wait in consume(): long when idle, a busy poll while records are in
-    flight, and no later than the next batch is due, in whole milliseconds rounded up: librdkafka
-    waits in ms and the client truncates, so the last millisecond before a batch was due used to be a
-    spin of zero-timeout polls (~200 turns each time)."""
-    if in_flight == 0:
-        return _IDLE_POLL_SECONDS
-    if seconds_to_deadline is None:
+def busy_wait(seconds_to_deadline: float | None, *, held: bool) -> float:
+    """How long a busy turn may wait for the device: a busy poll at most, and no later than the next
+    batch is due, unless that batch is held for device room (only the device can move it then).
+    Waiting on the device, not in consume(), a turn neither spins before a batch is due (a consume
+    timeout under a millisecond was truncated to zero: ~200 empty turns per partial batch) nor
+    sleeps past a batch the device has finished."""
+    if held or seconds_to_deadline is None:
         return _BUSY_POLL_SECONDS
-    return min(_BUSY_POLL_SECONDS, math.ceil(seconds_to_deadline * 1000) / 1000)
+    return min(_BUSY_POLL_SECONDS, seconds_to_deadline)
 
 
 def _headers(message: Message) -> Headers:
