@@ -2,11 +2,11 @@
 
 Only this thread talks to the consumer, and it never waits on S3 or the device for longer than a
 busy poll (a turn with records in flight waits for the device to finish a batch, a few milliseconds
-at most), so consume() runs every few milliseconds and max.poll.interval.ms is never at risk (backpressure.py pauses the input
-when the rest falls behind). No record can stop this loop: every stage turns what goes wrong with
-one record into that record's failure (failures.py); only FatalError - a fenced or wedged client, a
-broken device, the stop policy, the failure streak - ends it, and then nothing more is committed
-than what finished.
+at most), so consume() runs every few milliseconds and max.poll.interval.ms is never at risk
+(backpressure.py pauses the input when the rest falls behind). No record can stop this loop: every
+stage turns what goes wrong with one record into that record's failure (failures.py); only
+FatalError - a fenced or wedged client, a broken device, the stop policy, the failure streak - ends
+it, and then nothing more is committed than what finished.
 """
 
 from __future__ import annotations
