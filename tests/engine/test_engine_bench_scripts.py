@@ -81,3 +81,8 @@ def test_cpu_bench_floor_and_counters() -> None:
     pid = os.getpid()
     assert tree_cpu(pid) > 0 and thread_cpu(pid, pid) > 0 and box_busy_cpu() > 0
     assert thread_groups(pid)["thread:main"] == pytest.approx(thread_cpu(pid, pid), rel=0.5)
+
+
+def test_encode_bench_prints_a_row_per_embedding_size() -> None:
+    out = run("bench/encode_bench.py", "--dims", "8,512", "--calls", "20", "--repeats", "1")
+    assert "| 8 |" in out and "| 512 |" in out
