@@ -44,6 +44,7 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path: Path) -> None:
     assert {f["dtype"] for f in fidelity} == {"fp16", "bf16"} and all(f["min_cosine"] >= 0.99 for f in fidelity)
     assert len(fidelity[0]["per_photo"]) >= 5
     assert all(f["img_per_s"] > 0 for f in figures(parts["models"], "model-only"))
+    assert [f["img_per_s"] > 0 for f in figures(parts["models"], "model-only channels-last input")] == [True]
     assert figures(parts["models"], "embed() uint8 in, float32 out")[0]["img_per_s"] > 0
 
     assert "aten::_native_multi_head_attention" in figures(parts["attention"], "attention trace")[0]["operators"]
