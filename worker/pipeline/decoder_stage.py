@@ -1,9 +1,9 @@
 """The fetch + decode + preprocess stage on decoder processes (decoders.py), for the main process.
 
 It honours the Stage contract like the thread stages it replaces: submit() queues, poll() never
-blocks (a zero-timeout epoll on the pipes and the process sentinels, registered once: 0.44 µs a turn,
-where multiprocessing.connection.wait, building its wait anew each time, takes 4.4), close(deadline)
-waits no longer than the deadline. Per
+blocks (a zero-timeout epoll on the pipes and the process sentinels, registered as decoders start
+and stop, not built anew every turn as multiprocessing.connection.wait does), close(deadline) waits
+no longer than the deadline. Per
 record the main thread sends one small Task and receives one small Done: the pixels are already in a
 shared-memory slot (slots.py), wrapped as a tensor without a copy.
 
