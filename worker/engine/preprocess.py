@@ -183,7 +183,7 @@ class Preprocessor:
             # ToTensor's and Normalize's arithmetic in float32, then one cast: for the same pixels the
             # input is bitwise what exact mode gives. It runs on the (N, H, W, C) batch as it lies and
             # the permute to (N, C, H, W) is a view, so the model gets a channels-last tensor: on the
-            # CPU that skips a copy and the patch convolution runs faster (BENCHMARKS.md, issue 8).
+            # CPU that skips a copy and the forward runs faster (BENCHMARKS.md, issue 8).
             return batch.to(torch.float32).div_(255).sub_(mean).div_(std).permute(0, 3, 1, 2).to(dtype)
         if all(p.dtype == torch.float32 for p in pixels):
             return torch.stack(pixels).to(device, non_blocking=True).to(dtype)
