@@ -3,9 +3,8 @@
 It honours the Stage contract like the thread stages it replaces: submit() queues, poll() never
 blocks (a zero-timeout epoll on the pipes and the process sentinels, registered as decoders start
 and stop, not built anew every turn as multiprocessing.connection.wait does), close(deadline) waits
-no longer than the deadline. Per
-record the main thread sends one small Task and receives one small Done: the pixels are already in a
-shared-memory slot (slots.py), wrapped as a tensor without a copy.
+no longer than the deadline. Per record the main thread sends one small Task and receives one small
+Done: the pixels are already in a shared-memory slot (slots.py), wrapped as a tensor without a copy.
 
 Processes can do what threads cannot:
 - a record stuck in a decoder past its deadline fails (RecordTimeout) and the process is killed and
