@@ -1,10 +1,11 @@
-"""CPU per S3 GET and GET/s: boto3's get_object next to the signed urllib3 GET (worker/s3_get.py), in one run.
+"""CPU per S3 GET and GET/s: boto3's get_object next to the worker's signed GET (worker/s3_get.py), in one run.
 
 Issue 8, direction 3: the fetch threads cost ~0.5-1 ms of pure Python per object under the GIL, most of
 it botocore's. Both paths fetch the same photos (harness.photos at 1024 px, ~190 KB each) from s3proxy
 (harness/s3proxy.py: moto would cost more CPU than either client) with 1, 2 and 4 threads:
 - boto3: ``client.get_object`` and the body read a socket read at a time, as S3Source did before;
-- signed: ``S3Source.fetch``, the worker's path (allowlist, retry loop, signed urllib3 GET, read).
+- signed: ``S3Source.fetch``, the worker's path (allowlist, retry loop, a GET signed by botocore and sent
+  by libcurl).
 CPU per GET is this process's CPU time (all its threads; s3proxy is another process) over the GETs.
 The paths take turns, in alternating order, for every thread count and repeat, so that drift on a
 shared box hits both alike; each figure is the median over the repeats. First, both paths fetch keys

@@ -6,8 +6,8 @@
 # pieces, attrs and certifi, but not the worker's own dependencies. Only those missing pieces are
 # fetched, each with --no-deps, at the versions in .venv, so nothing here can replace its torch:
 # - open_clip and pydantic (the engine and the settings);
-# - confluent-kafka (librdkafka inside: its mock cluster stands in for Kafka), fastavro, boto3 and the
-#   schema registry client's imports, so that `python -m worker` runs there end to end;
+# - confluent-kafka (librdkafka inside: its mock cluster stands in for Kafka), fastavro, boto3, pycurl
+#   (libcurl inside: the S3 GETs) and the schema registry client's imports, so that `python -m worker` runs there end to end;
 # - gofakes3 v1.2.0, an S3 server as one static Go binary (built here with Go), into bin/;
 # - the photo corpus, so both machines test the same bytes.
 # Run it here, once, where PyPI and the Go module proxy are reachable:
@@ -22,7 +22,7 @@ GOFAKES3=github.com/johannesboyne/gofakes3/cmd/gofakes3@v1.2.0
 NAMES=(
     open_clip_torch ftfy wcwidth
     pydantic pydantic-core pydantic-settings annotated-types typing-inspection python-dotenv typing-extensions
-    confluent-kafka fastavro boto3 botocore s3transfer jmespath
+    confluent-kafka fastavro boto3 botocore s3transfer jmespath pycurl
     authlib joserfc cryptography cffi pycparser cachetools httpx2 httpcore2 truststore
 )
 mapfile -t WHEELS < <("$PY" - "${NAMES[@]}" <<'PYTHON'

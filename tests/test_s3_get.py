@@ -1,4 +1,4 @@
-"""The signed urllib3 GET (worker/s3_get.py) through S3Source, against a scripted S3 on a real socket.
+"""The signed GET through libcurl (worker/s3_get.py) through S3Source, against a scripted S3 on a real socket.
 
 The server below writes whatever bytes a test gives it: statuses, headers and bodies no well-behaved
 S3 would send, bodies cut short, a body a byte at a time. Whatever comes back, a fetch ends as bytes
@@ -178,6 +178,7 @@ def test_error_statuses_are_translated_as_get_object_errors_were(
         s3_error(500, "InternalError"),
         reply(429),
         reply(502, b"<html>bad gateway</html>"),
+        reply(503, b"<Error>" + b"x" * 70_000),  # over 64 KB: cut, and the status decides
         s3_error(301, "PermanentRedirect"),  # not followed: a wrong region is not this object's fault
         reply(200, b"half", length=8, close=True),  # the connection closes before Content-Length bytes
         reply(200, b"ab", length=2, headers=("Content-Length: 3",)),  # two lengths that disagree

@@ -2,16 +2,15 @@
 listing a prefix, for the batch commands.
 
 boto3's client holds the configuration and credentials, so the same code runs against AWS S3, MinIO,
-Ceph RGW, R2 or moto; a GET is signed by botocore and sent by urllib3 (worker.s3_get: botocore's
+Ceph RGW, R2 or moto; a GET is signed by botocore and sent by libcurl (worker.s3_get: botocore's
 get_object costs about a millisecond of the GIL per object), listing stays on boto3. botocore's and
-urllib3's exceptions are translated here, once, into worker.errors: a transient failure (throttling,
+libcurl's errors are translated here, once, into worker.errors: a transient failure (throttling,
 5xx, timeout, reset) is retried with exponential backoff and full jitter; after the last attempt it
 becomes RetriesExhausted. Credentials come from the standard AWS chain and are never logged.
 """
 
 from __future__ import annotations
 
-import io
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -20,10 +19,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import boto3
+import pycurl
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError, NoCredentialsError
-from urllib3 import BaseHTTPResponse
-from urllib3.exceptions import HTTPError as Urllib3Error
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from worker.config import S3Settings, env_var
 from worker.errors import (
@@ -48,8 +46,6 @@ _NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
 _DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
 # The credentials as a whole, not this object: every other request fails the same way (an outage).
 _CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "TokenRefreshRequired"}
-_CHUNK_BYTES = 1 << 20
-_ERROR_BODY_BYTES = 64 * 1024  # an S3 error document is a few hundred bytes; a longer body is not one
 _THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed", "503"}
 
 
@@ -122,7 +118,7 @@ class LastSuccess:
 
 
 class S3Source:
-    """Fetches objects for the fetch stage's threads; thread-safe (boto3 clients and urllib3 pools are).
+    """Fetches objects for the fetch stage's threads; thread-safe (boto3 clients are; SignedGet: a handle per thread).
 
     An outage is not the record's fault. When a record runs out of attempts, or past its deadline,
     the question is whether S3 served anyone else meanwhile: if another fetch succeeded since the
@@ -153,7 +149,7 @@ class S3Source:
         self._clock = clock
         self._served = served if served is not None else LastSuccess()  # from any thread (or process)
         self._last_good: S3Uri | None = None  # the object this process last fetched, to probe S3 with
-        self._get_signed = SignedGet(client, pool_size=settings.fetch_workers)
+        self._get_signed = SignedGet(client)
 
     def fetch(self, uri: S3Uri, *, deadline: float = float("inf")) -> tuple[bytes, int]:
         """The object's bytes and the number of attempts it took. Raises a SourceError that says how
@@ -215,40 +211,17 @@ class S3Source:
                         yield S3Uri(bucket=prefix.bucket, key=listed["Key"])
 
     def _get(self, uri: S3Uri, deadline: float) -> bytes:
-        limit = self._settings.max_object_bytes
-        with _translated(uri):
-            response = self._get_signed.open(uri.bucket, uri.key)
-            try:
-                if not 200 <= response.status < 300:
-                    raise self._get_signed.error(response, self._error_body(response, uri, deadline))
-                length = response.length_remaining  # urllib3's reading of Content-Length; None if absent
-                if length is not None and length > limit:
-                    raise SourceTooLarge(f"{uri} is {length} bytes, over the limit of {limit}")
-                data = self._read(response, uri, limit=limit, deadline=deadline)
-            finally:
-                response.close()  # a no-op once read to the end: urllib3 has pooled the connection then
-                response.release_conn()  # else the closed connection goes back, to be reopened
-        if length is not None and len(data) != length:
-            raise SourceUnavailable(f"{uri}: the connection closed after {len(data)} of {length} bytes")
-        return data
-
-    def _error_body(self, response: BaseHTTPResponse, uri: S3Uri, deadline: float) -> bytes:
-        try:
-            return self._read(response, uri, limit=_ERROR_BODY_BYTES, deadline=deadline)
-        except SourceTooLarge:
-            return b""  # not an S3 error document: the status alone decides
-
-    def _read(self, body: BaseHTTPResponse, uri: S3Uri, *, limit: int, deadline: float) -> bytes:
-        buffer = io.BytesIO()  # getvalue() hands over its buffer: no second copy of the object
-        while True:
-            if self._clock() > deadline:
-                raise _TooSlow(f"{uri}: still reading after the record's deadline ({buffer.tell()} bytes so far)")
-            chunk = body.read1(_CHUNK_BYTES)  # what one socket read gives; read(n) would wait for all n
-            if not chunk:
-                return buffer.getvalue()
-            if buffer.tell() + len(chunk) > limit:
-                raise SourceTooLarge(f"{uri} is over the limit of {limit} bytes")
-            buffer.write(chunk)
+        limit, now = self._settings.max_object_bytes, self._clock()
+        if now >= deadline:
+            raise _TooSlow(f"{uri}: the record's deadline passed before the GET")
+        with _translated(uri, past_deadline=lambda: self._clock() >= deadline):
+            reply = self._get_signed.get(uri.bucket, uri.key, limit=limit, timeout=deadline - now)
+            if not 200 <= reply.status < 300:
+                raise self._get_signed.error(reply)
+        if reply.cut:
+            size = f"{reply.declared} bytes, " if reply.declared is not None and reply.declared > limit else ""
+            raise SourceTooLarge(f"{uri} is {size}over the limit of {limit} bytes")
+        return reply.body
 
 
 class _TooSlow(Exception):
@@ -256,16 +229,20 @@ class _TooSlow(Exception):
 
 
 @contextmanager
-def _translated(uri: S3Uri) -> Iterator[None]:
-    """botocore's and urllib3's exceptions, raised in the block, as worker.errors."""
+def _translated(uri: S3Uri, *, past_deadline: Callable[[], bool] = lambda: False) -> Iterator[None]:
+    """botocore's and libcurl's errors, raised in the block, as worker.errors (or _TooSlow, for a
+    transfer curl stopped at the record's deadline)."""
     try:
         yield
     except ClientError as exc:
         raise _translate_client_error(uri, exc) from None
     except NoCredentialsError:
         raise CredentialsUnavailable("no AWS credentials found in the standard chain") from None
-    except (ConnectionError, HTTPClientError, Urllib3Error) as exc:  # refused, reset, timed out, cut short
-        raise SourceUnavailable(f"{uri}: {type(exc).__name__}") from None
+    except pycurl.error as exc:  # refused, reset, timed out, cut short, not HTTP, TLS
+        code = exc.args[0] if exc.args else None
+        if code == pycurl.E_OPERATION_TIMEDOUT and past_deadline():
+            raise _TooSlow(f"{uri}: still reading at the record's deadline") from None
+        raise SourceUnavailable(f"{uri}: curl error {safe_text(': '.join(map(str, exc.args)), limit=200)}") from None
     except BotoCoreError as exc:
         raise SourceUnavailable(f"{uri}: {type(exc).__name__}: {safe_text(exc)}") from None
 

@@ -87,3 +87,8 @@ def test_cpu_bench_floor_and_counters() -> None:
 def test_encode_bench_prints_a_row_per_embedding_size() -> None:
     out = run("bench/encode_bench.py", "--dims", "8,512", "--calls", "20", "--repeats", "1")
     assert "| 8 |" in out and "| 512 |" in out
+
+
+def test_decode_bench_prints_a_row_per_message_with_the_stdlib_parser() -> None:
+    out = run("bench/decode_bench.py", "--calls", "20", "--repeats", "1")
+    assert "json.loads µs" in out and "| plain |" in out and "| with metadata |" in out

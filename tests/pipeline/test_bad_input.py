@@ -300,8 +300,12 @@ def test_every_bad_record_is_dead_lettered_once_and_every_good_one_embedded(
     assert worker.counter("clip_worker_records_dead_lettered_total") == len(bad)
     assert worker.counter("clip_worker_records_embedded_total") == len(good)
     assert worker.counter("clip_worker_records_consumed_total") == len(interleaved)
-    # Retries count for every record: those that cleared, and the one that ran out of attempts.
-    assert worker.counter("clip_worker_fetch_retries_total") == sum(transient.values()) + MAX_ATTEMPTS - 1
+    # Retries count for every record: those that cleared, and the one that ran out of attempts. A reset
+    # on a kept-alive connection, before any byte of the answer, is what a stale connection looks
+    # like: libcurl makes that request again on a new one itself, so a reset may not cost an attempt.
+    retries = worker.counter("clip_worker_fetch_retries_total")
+    assert sum(transient.values()) + MAX_ATTEMPTS - 1 - transient["reset"] // 2 <= retries
+    assert retries <= sum(transient.values()) + MAX_ATTEMPTS - 1
     # The proxy served every transient fault, one 403 (never retried) and MAX_ATTEMPTS SlowDowns.
     assert proxy.faults_served == sum(transient.values()) + 1 + MAX_ATTEMPTS
 

@@ -139,7 +139,7 @@ def test_big_objects_never_hold_more_than_the_byte_budget(
 
     assert len(read_all(bootstrap, kafka.dead_letter_topic)) == len(keys)
     # Without the budget all twelve objects (360 MB) would be fetched while preprocessing lags behind.
-    overhead = 96 * MiB  # the worker's own start, urllib3's chunks, BytesIO's overallocation, allocator slack
+    overhead = 96 * MiB  # the worker's own start, curl's receive buffers, BytesIO's overallocation, allocator slack
     assert rss.peak - baseline < budget + overhead, f"peak grew by {(rss.peak - baseline) / MiB:.0f} MiB"
 
 
