@@ -35,12 +35,15 @@ $(HELM):
 demo: $(INSTALLED)
 	$(PY) -m demo
 
-# The CPU benchmarks (BENCHMARKS.md): preprocessing alone, the output's Avro encoding, the worker end
-# to end next to model-only, and where one worker's CPU goes (issue 8's ratios; a real broker and
-# s3proxy, a few minutes in all).
+# The CPU benchmarks (BENCHMARKS.md): preprocessing alone, the output's Avro encoding and the input's
+# decode, the S3 GET (boto3's and the worker's, against s3proxy), the worker end to end next to
+# model-only, and where one worker's CPU goes (issue 8's ratios; a real broker and s3proxy, a few
+# minutes in all).
 bench: $(INSTALLED)
 	$(PY) bench/preprocess_bench.py
 	$(PY) bench/encode_bench.py
+	$(PY) bench/decode_bench.py
+	$(PY) bench/fetch_bench.py
 	$(PY) bench/pipeline_bench.py
 	$(PY) bench/cpu_bench.py
 
