@@ -253,7 +253,7 @@ def run_worker(base: Settings, broker: KafkaBroker, proxy: S3Proxy, objects: lis
     requests = [ImageRequest(id=f"m{i}", uri=S3Uri("bench", objects[i % len(objects)])) for i in range(records)]
     produce_requests(broker.bootstrap_servers, kafka.input_topic, requests)
 
-    env = settings_env(settings) | proxy.env() | ({"PYTHONPATH": str(tree)} if tree else {})
+    env = settings_env(settings) | proxy.env() | tree_env(tree)
     workers = [WorkerProcess(env, log_path=log.with_suffix(f".{n}.log")).start() for n in range(pods)]
     pids = [worker.process.pid for worker in workers if worker.process is not None]
     assert len(pids) == pods and broker.pid is not None and proxy.pid is not None
@@ -296,6 +296,13 @@ def run_worker(base: Settings, broker: KafkaBroker, proxy: S3Proxy, objects: lis
         box_busy_share=used["box"] / ((stamps[-1] - stamps[skip]) * (os.cpu_count() or 1)),
         threads={name.removeprefix("thread:"): (end[name] - start.get(name, 0.0)) / counted
                  for name in end if name.startswith("thread:")})
+
+
+def tree_env(tree: Path | None) -> dict[str, str]:
+    """The environment that makes ``python -m worker`` import the worker from ``tree``. PYTHONPATH alone
+    is not enough: ``-m`` puts the working directory first on sys.path, so a run started from this
+    checkout ran this checkout's code whatever the tree (every --trees A/B before 2026-11-30 did)."""
+    return {"PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"} if tree else {}
 
 
 def tree_label(tree: Path) -> str:

@@ -92,3 +92,15 @@ def test_encode_bench_prints_a_row_per_embedding_size() -> None:
 def test_decode_bench_prints_a_row_per_message_with_the_stdlib_parser() -> None:
     out = run("bench/decode_bench.py", "--calls", "20", "--repeats", "1")
     assert "json.loads µs" in out and "| plain |" in out and "| with metadata |" in out
+
+
+def test_a_worker_started_for_another_tree_imports_that_trees_code(tmp_path: Path) -> None:
+    """cpu_bench --trees: run from this checkout, `python -m` must still take the worker from the tree."""
+    from bench.cpu_bench import tree_env
+
+    (tmp_path / "worker").mkdir()
+    (tmp_path / "worker" / "__main__.py").write_text("import worker, sys; print(worker.__file__)\n")
+    (tmp_path / "worker" / "__init__.py").write_text("")
+    done = subprocess.run([sys.executable, "-m", "worker"], cwd=ROOT, env=os.environ | tree_env(tmp_path),
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == str(tmp_path / "worker" / "__init__.py")
