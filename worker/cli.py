@@ -24,7 +24,7 @@ from worker import __version__, replay
 from worker.batch import commands as batch_commands
 from worker.checks import check_model, format_table, run_checks
 from worker.config import Settings, load_settings
-from worker.engine import Embedder
+from worker.engine import Embedder, share_cores
 from worker.errors import ClientWedged, ConfigError, FatalError
 from worker.health import HealthServer
 from worker.logs import configure_logging
@@ -89,6 +89,7 @@ def _run(settings: Settings) -> int:
         health.start()
     try:
         embedder = Embedder.load(settings.model)
+        share_cores(embedder.device, preprocess_workers=settings.model.preprocess_workers)
         runtime = build_runtime(settings, embedder=embedder, metrics=metrics)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: runtime.request_stop() if runtime else None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import weakref
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import torch
 from harness.models import TINY_MODEL_NAME, model_config_dir, register_model_configs, tiny_model_settings
 from worker.config import ModelSettings, env_var
 from worker.engine import Embedder
-from worker.engine.loading import resolve_device, resolve_dtype, resolve_pretrained
+from worker.engine.loading import resolve_device, resolve_dtype, resolve_pretrained, share_cores
 from worker.errors import ConfigError
 
 NO_CUDA = not torch.cuda.is_available()
@@ -174,3 +175,19 @@ def test_field_name_is_derived_avro_safe_or_set(tiny_checkpoint: Path) -> None:
     assert hub.output_field == "image_clip_emb_hf_hub_laion_clip_vit_b_32_laion2b_s34b_b79k"
     named = Embedder.load(tiny_model_settings(tiny_checkpoint, feature_field_name="emb"))
     assert named.field_name == "emb" and named.batch_size == 32
+
+
+@pytest.mark.parametrize(("cores", "workers", "threads"), [(4, 1, 3), (4, 3, 1), (2, 2, 1), (2, 8, 1)])
+def test_on_a_cpu_device_the_tower_gets_the_cores_the_preprocess_workers_leave(
+    monkeypatch: pytest.MonkeyPatch, cores: int, workers: int, threads: int
+) -> None:
+    before = torch.get_num_threads()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)))
+    try:
+        share_cores(torch.device("cpu"), preprocess_workers=workers)
+        assert torch.get_num_threads() == threads
+        torch.set_num_threads(7)
+        share_cores(torch.device("cuda", 0), preprocess_workers=workers)
+        assert torch.get_num_threads() == 7, "a CUDA device's host threads are left as they are"
+    finally:
+        torch.set_num_threads(before)

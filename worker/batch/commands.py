@@ -25,7 +25,7 @@ from worker.batch.run import BatchRun
 from worker.batch.sinks import PartSink, RowSink, StdoutSink
 from worker.config import Settings
 from worker.encoding import embedding_schema
-from worker.engine import Embedder
+from worker.engine import Embedder, share_cores
 from worker.errors import ConfigError
 from worker.source import S3Source, make_s3_client
 
@@ -82,7 +82,9 @@ def embed(
         fmt = part_format(options.format, schema=embedding_schema(settings.model.output_field))
         parts = PartSink(options.output, fmt=fmt, part_size=options.part_size, overwrite=options.overwrite)
         sink, written = parts, parts.written_ids()
-    embedder = embedder if embedder is not None else Embedder.load(settings.model)
+    if embedder is None:  # this process's own: it shares the cores with the preprocess workers
+        embedder = Embedder.load(settings.model)
+        share_cores(embedder.device, preprocess_workers=settings.model.preprocess_workers)
     s3 = S3Source(client=s3_client or make_s3_client(settings.s3), settings=settings.s3)
     progress = Progress(stderr)
     run = BatchRun(settings=settings, embedder=embedder, sink=sink, written=written, progress=progress, s3=s3)
