@@ -14,6 +14,7 @@ check), 2 on an invalid setting.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -91,6 +92,9 @@ def _run(settings: Settings) -> int:
         embedder = Embedder.load(settings.model)
         share_cores(embedder.device, preprocess_workers=settings.model.preprocess_workers)
         runtime = build_runtime(settings, embedder=embedder, metrics=metrics)
+        # What is alive now (the model, torch, the clients) lives as long as the process: out of every
+        # collection from here on, so the loop's own garbage is all a collection walks.
+        gc.freeze()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: runtime.request_stop() if runtime else None)
         log.info("clip-embedding-worker %s consuming %s", __version__, settings.kafka.input_topic)

@@ -12,6 +12,7 @@ enqueue takes S3 sources only. A bad option or source exits 2 before anything is
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,7 @@ def embed(
     if embedder is None:  # this process's own: it shares the cores with the preprocess workers
         embedder = Embedder.load(settings.model)
         share_cores(embedder.device, preprocess_workers=settings.model.preprocess_workers)
+        gc.freeze()  # as the stream worker does (cli.py): the model is never garbage
     s3 = S3Source(client=s3_client or make_s3_client(settings.s3), settings=settings.s3)
     progress = Progress(stderr)
     run = BatchRun(settings=settings, embedder=embedder, sink=sink, written=written, progress=progress, s3=s3)

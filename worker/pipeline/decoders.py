@@ -16,6 +16,7 @@ closing when the parent dies), so a Ctrl-C to the process group cannot kill reco
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import multiprocessing
 import os
@@ -113,6 +114,7 @@ def serve(spec: DecoderSpec, conn: Connection, decoding: Any) -> None:
     torch.set_num_threads(1)  # exact mode's transform; the parallelism is the processes
     raise_pillow_limit(spec.max_pixels)
     decoder = _Decoder(spec)
+    gc.freeze()  # as the worker's process does (cli.py): what is alive now is never garbage
     sending = threading.Lock()
     decodes: queue.SimpleQueue[tuple[Task, _Fetched] | None] = queue.SimpleQueue()
 
