@@ -132,9 +132,9 @@ class DecoderStage:
             return  # a task given up (expired) before its result came
         child.suspects -= running.crashes > 0
         work = running.work
-        work.reserved = 0
         metrics = self._metrics
         if isinstance(outcome, Failed):
+            self._budget.settle(work, self._reserve)
             self._slots.give_back(running.slot)
             work.fetch_attempts = outcome.attempts
             if outcome.stage == "fetch":
@@ -155,6 +155,7 @@ class DecoderStage:
         work.prepared = PreparedImage(
             self._slots.view(running.slot), outcome.width, outcome.height, outcome.format, outcome.scale
         )
+        self._budget.settle(work, self._reserve)
         self._next.submit(work)
 
     def _expire(self) -> None:
@@ -169,7 +170,7 @@ class DecoderStage:
             stuck = child.decoding.value if child.decoding.value in late else late[0]
             running = child.tasks.pop(stuck)
             self._slots.give_back(running.slot)
-            running.work.reserved = 0
+            self._budget.settle(running.work, self._reserve)
             self._failures.fail(running.work, RecordTimeout(
                 f"fetch + preprocess took longer than {self._timeout:.0f} s", stage="preprocess"), stage="preprocess")
             log.warning("decoder %s was stuck on a record past its deadline: replacing it", child.process.name)
@@ -201,7 +202,7 @@ class DecoderStage:
                         child.process.name, child.process.exitcode, len(child.tasks))
         for running in child.tasks.values():
             self._slots.give_back(running.slot)
-            running.work.reserved = 0
+            self._budget.settle(running.work, self._reserve)
             crashes = running.crashes + (0 if killed else 1)
             if crashes >= _CRASHES_TO_BLAME:
                 self._failures.fail(running.work, DecoderCrashed(
@@ -234,9 +235,7 @@ class DecoderStage:
             self._waiting.popleft()
             assert work.request is not None, "the decoder stage only takes decoded requests"
             task = Task(next(self._ids), work.request.uri, self._slots.take())
-            work.reserved = self._reserve
-            budget.reserve(self._reserve)
-            budget.track(work)  # from here on it holds bytes (tracking twice is harmless: a set)
+            budget.reserve(work, self._reserve)  # from here on it holds bytes (tracked twice is harmless: a set)
             child.tasks[task.id] = _Running(work, task.slot, self._clock(), crashes)
             child.suspects += crashes > 0
             sends.setdefault(index, []).append(task)

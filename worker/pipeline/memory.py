@@ -8,7 +8,8 @@ tracked by weak reference from the moment a stage admits it to a fetch (records 
 hold only their message, and leaving them out keeps the walk short: most of max_in_flight waits
 there), and counted for exactly as long as something still holds it - a pool thread, the batcher,
 the emitter - stale work of a revoked partition included, and no stage has to remember to hand its
-bytes back.
+bytes back. Only a fetch's reservation is handed back, by the stage that made it, as it takes the
+fetch's outcome (`settle`).
 """
 
 from __future__ import annotations
@@ -21,19 +22,24 @@ from worker.pipeline.work import Work
 
 
 class InFlightBytes:
-    """Counts live records' bytes in one walk, at most every `every` seconds, and keeps both sums: with
-    reservations (`room`) and without (`held`). The walk visits every live record (hundreds when fetches
-    run ahead of preprocessing): every 20 ms it was half of the main thread's time (py-spy --gil). A
-    stale count errs on the safe side: between walks bytes only shrink (a reservation becomes an object
-    no larger, an object a smaller tensor) and new reservations are added as they are made."""
+    """Counts live records' bytes in one walk, at most every `every` seconds, and fetch reservations
+    exactly, as they are made and settled (on the main thread).
+
+    The walk visits every live record (hundreds when fetches run ahead of preprocessing): every 20 ms
+    it was half of the main thread's time (py-spy --gil). Between walks, a count errs on the safe side:
+    bytes only shrink (an object becomes a smaller tensor), and a settled fetch's bytes are added until
+    the walk counts them. Reservations must not wait for the walk: with them freed only there, a 1 GiB
+    budget of 32 MiB reservations admitted 32 fetches per walk, ~320 a second at one walk per 100 ms,
+    whatever the cores (issue 8, BENCHMARKS.md)."""
 
     def __init__(self, *, limit: int, every: float = 0.1, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
         self._live: weakref.WeakSet[Work] = weakref.WeakSet()
         self._every = every
         self._clock = clock
-        self._total = 0  # held and reserved: what new fetches must fit beside
-        self._held = 0  # held only: what pausing the input responds to
+        self._held = 0  # bytes the live records held at the last walk, reservations left out
+        self._settled = 0  # bytes of fetches settled since the last walk, which will count them
+        self._reserved = 0  # reservations outstanding now
         self._counted_at = float("-inf")
 
     def track(self, work: Work) -> None:
@@ -43,23 +49,31 @@ class InFlightBytes:
         """Bytes actually held, reservations left out. Pausing the input cannot shrink a reservation,
         and counting them there made the input flap on small objects."""
         self._recount()
-        return self._held
+        return self._held + self._settled
 
     def room(self) -> int:
-        """Bytes that may still be taken on (negative when over the limit), lowered by each
-        reservation made since the last count (`reserve`)."""
+        """Bytes that may still be taken on (negative when over the limit), reservations included."""
         self._recount()
-        return self.limit - self._total
+        return self.limit - (self._held + self._settled + self._reserved)
 
-    def reserve(self, nbytes: int) -> None:
-        self._total += nbytes
+    def reserve(self, work: Work, nbytes: int) -> None:
+        """`work` starts a fetch of up to `nbytes`: held for it until `settle`."""
+        work.reserved = nbytes
+        self._reserved += nbytes
+        self._live.add(work)
+
+    def settle(self, work: Work, reserved: int) -> None:
+        """The fetch that reserved `reserved` bytes for `work` has ended (fetched, failed or given up):
+        from now on it holds what it holds."""
+        work.reserved = 0
+        self._reserved -= reserved
+        self._settled += work.nbytes
 
     def _recount(self) -> None:
         now = self._clock()
         if now - self._counted_at < self._every:
             return
-        total = reserved = 0
+        held = 0
         for work in list(self._live):
-            total += work.nbytes
-            reserved += work.reserved
-        self._total, self._held, self._counted_at = total, total - reserved, now
+            held += work.nbytes - work.reserved
+        self._held, self._settled, self._counted_at = held, 0, now

@@ -126,12 +126,16 @@ class ThreadStage:
 
     def poll(self) -> None:
         for work, outcome in self._pool.finished():
+            if self._reserve:
+                self._settle(work)
             if isinstance(outcome, BaseException):
                 self._failures.fail(work, _record_failure(outcome, self.name), stage=self.name)
             else:
                 self._next.submit(work)
         for work in self._pool.expired(self._timeout):
-            work.reserved, work.data = 0, None  # the thread may still hold them; the budget no longer does
+            work.data = None  # the thread may still hold it; the budget no longer does
+            if self._reserve:
+                self._settle(work)
             self._failures.fail(
                 work, RecordTimeout(f"{self.name} took longer than {self._timeout:.0f} s", stage=self.name),
                 stage=self.name,
@@ -161,10 +165,12 @@ class ThreadStage:
             budget.room() >= self._reserve or budget.room() >= budget.limit
         ):
             work = self._waiting.popleft()
-            work.reserved = self._reserve
-            budget.reserve(self._reserve)
-            budget.track(work)  # from here on it holds bytes; waiting, it held only its message
+            budget.reserve(work, self._reserve)  # from here on it holds bytes; waiting, only its message
             self._pool.submit(work)
+
+    def _settle(self, work: Work) -> None:
+        assert self._budget is not None, "reserve_bytes needs a budget"
+        self._budget.settle(work, self._reserve)
 
 
 def _record_failure(error: BaseException, stage: str) -> Exception:
