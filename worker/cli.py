@@ -14,7 +14,6 @@ check), 2 on an invalid setting.
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import signal
@@ -25,7 +24,7 @@ from worker import __version__, replay
 from worker.batch import commands as batch_commands
 from worker.checks import check_model, format_table, run_checks
 from worker.config import Settings, load_settings
-from worker.engine import Embedder, share_cores
+from worker.engine import Embedder, frozen_heap, share_cores
 from worker.errors import ClientWedged, ConfigError, FatalError
 from worker.health import HealthServer
 from worker.logs import configure_logging
@@ -92,13 +91,11 @@ def _run(settings: Settings) -> int:
         embedder = Embedder.load(settings.model)
         share_cores(embedder.device, preprocess_workers=settings.model.preprocess_workers)
         runtime = build_runtime(settings, embedder=embedder, metrics=metrics)
-        # What is alive now (the model, torch, the clients) lives as long as the process: out of every
-        # collection from here on, so the loop's own garbage is all a collection walks.
-        gc.freeze()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: runtime.request_stop() if runtime else None)
         log.info("clip-embedding-worker %s consuming %s", __version__, settings.kafka.input_topic)
-        runtime.run()
+        with frozen_heap():
+            runtime.run()
     finally:
         if health is not None:
             health.stop()

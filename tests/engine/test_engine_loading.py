@@ -16,7 +16,7 @@ import torch
 from harness.models import TINY_MODEL_NAME, model_config_dir, register_model_configs, tiny_model_settings
 from worker.config import ModelSettings, env_var
 from worker.engine import Embedder
-from worker.engine.loading import resolve_device, resolve_dtype, resolve_pretrained, share_cores
+from worker.engine.loading import frozen_heap, resolve_device, resolve_dtype, resolve_pretrained, share_cores
 from worker.errors import ConfigError
 
 NO_CUDA = not torch.cuda.is_available()
@@ -191,3 +191,11 @@ def test_on_a_cpu_device_the_tower_gets_the_cores_the_preprocess_workers_leave(
         assert torch.get_num_threads() == 7, "a CUDA device's host threads are left as they are"
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_heap_is_frozen_for_the_block_and_unfrozen_after_even_when_it_raises() -> None:
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(RuntimeError, match="inside"), frozen_heap():
+        assert gc.get_freeze_count() > 0, "what was alive is out of the collections"
+        raise RuntimeError("inside")
+    assert gc.get_freeze_count() == 0, "exit collects as usual"

@@ -12,7 +12,6 @@ enqueue takes S3 sources only. A bad option or source exits 2 before anything is
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from worker.batch.run import BatchRun
 from worker.batch.sinks import PartSink, RowSink, StdoutSink
 from worker.config import Settings
 from worker.encoding import embedding_schema
-from worker.engine import Embedder, share_cores
+from worker.engine import Embedder, frozen_heap, share_cores
 from worker.errors import ConfigError
 from worker.source import S3Source, make_s3_client
 
@@ -86,12 +85,12 @@ def embed(
     if embedder is None:  # this process's own: it shares the cores with the preprocess workers
         embedder = Embedder.load(settings.model)
         share_cores(embedder.device, preprocess_workers=settings.model.preprocess_workers)
-        gc.freeze()  # as the stream worker does (cli.py): the model is never garbage
     s3 = S3Source(client=s3_client or make_s3_client(settings.s3), settings=settings.s3)
     progress = Progress(stderr)
     run = BatchRun(settings=settings, embedder=embedder, sink=sink, written=written, progress=progress, s3=s3)
     try:
-        run.run(read_inputs(options.sources, s3=s3))
+        with frozen_heap():
+            run.run(read_inputs(options.sources, s3=s3))
     finally:
         sink.close()
         progress.close()

@@ -8,7 +8,7 @@ Nothing here knows about Kafka or S3: the streaming runtime and the batch CLI bo
 """
 
 from worker.engine.embedder import Embedder, EmbedResult
-from worker.engine.loading import share_cores
+from worker.engine.loading import frozen_heap, share_cores
 from worker.engine.preprocess import PreparedImage, PreprocessMode
 
-__all__ = ["EmbedResult", "Embedder", "PreparedImage", "PreprocessMode", "share_cores"]
+__all__ = ["EmbedResult", "Embedder", "PreparedImage", "PreprocessMode", "frozen_heap", "share_cores"]

@@ -17,6 +17,8 @@ import gc
 import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +46,19 @@ class VisionTower:
     dim: int
     param_count: int
     param_bytes: int
+
+
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Everything alive now (the model, torch, the clients) kept out of every garbage collection in the
+    block: it lives as long as the process, and each full collection walked it, on whichever thread
+    happened to allocate (BENCHMARKS.md, issue 8). Unfrozen after, so that exit collects as usual
+    (frozen objects are never freed, and triton's nanobind bindings then print leak reports at exit)."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def share_cores(device: torch.device, *, preprocess_workers: int) -> None:

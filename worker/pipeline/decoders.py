@@ -16,7 +16,6 @@ closing when the parent dies), so a Ctrl-C to the process group cannot kill reco
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import multiprocessing
 import os
@@ -34,6 +33,7 @@ from open_clip.transform import PreprocessCfg
 
 from worker.config import LogSettings, S3Settings
 from worker.engine.decode import raise_pillow_limit
+from worker.engine.loading import frozen_heap
 from worker.engine.preprocess import PreprocessMode, Preprocessor
 from worker.errors import UnexpectedError, WorkerError
 from worker.logs import configure_logging
@@ -114,7 +114,6 @@ def serve(spec: DecoderSpec, conn: Connection, decoding: Any) -> None:
     torch.set_num_threads(1)  # exact mode's transform; the parallelism is the processes
     raise_pillow_limit(spec.max_pixels)
     decoder = _Decoder(spec)
-    gc.freeze()  # as the worker's process does (cli.py): what is alive now is never garbage
     sending = threading.Lock()
     decodes: queue.SimpleQueue[tuple[Task, _Fetched] | None] = queue.SimpleQueue()
 
@@ -145,7 +144,8 @@ def serve(spec: DecoderSpec, conn: Connection, decoding: Any) -> None:
 
     decoder_thread = threading.Thread(target=decode_all, name="decode", daemon=True)
     decoder_thread.start()
-    with ThreadPoolExecutor(spec.threads, thread_name_prefix="fetch", initializer=name_os_thread) as fetching:
+    fetching = ThreadPoolExecutor(spec.threads, thread_name_prefix="fetch", initializer=name_os_thread)
+    with frozen_heap(), fetching:  # frozen_heap: as the worker's own process (cli.py)
         while True:  # fetches wait on S3 side by side
             try:
                 tasks = conn.recv()
