@@ -36,11 +36,8 @@ def local_fetch_step(path_of: Callable[[Work], Path], *, max_bytes: int) -> Call
     """The fetch stage's step for local inputs: `path_of(work)` says which file."""
 
     def step(work: Work) -> None:
-        try:
-            work.data = read_local(path_of(work), max_bytes=max_bytes)
-            work.fetch_attempts = 1
-        finally:
-            work.reserved = 0
+        work.data = read_local(path_of(work), max_bytes=max_bytes)
+        work.fetch_attempts = 1
         work.sha256 = hashlib.sha256(work.data).hexdigest()  # for the output record, as the S3 step does
 
     return step

@@ -60,7 +60,7 @@ class InFlightBytes:
         """`work` starts a fetch of up to `nbytes`: held for it until `settle`."""
         work.reserved = nbytes
         self._reserved += nbytes
-        self._live.add(work)
+        self.track(work)
 
     def settle(self, work: Work, reserved: int) -> None:
         """The fetch that reserved `reserved` bytes for `work` has ended (fetched, failed or given up):

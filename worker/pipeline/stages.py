@@ -190,8 +190,6 @@ def fetch_step(source: S3Source, metrics: Metrics, *, timeout: float) -> Callabl
             work.fetch_attempts = exc.attempts
             metrics.fetch_retries.inc(max(0, exc.attempts - 1))
             raise
-        finally:
-            work.reserved = 0
         work.sha256 = hashlib.sha256(work.data).hexdigest()
         metrics.fetched_bytes.inc(len(work.data))
         metrics.fetch_retries.inc(work.fetch_attempts - 1)
