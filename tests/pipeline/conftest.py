@@ -18,6 +18,7 @@ from tests.conftest import Credentials
 from worker.config import Settings
 from worker.engine import Embedder, EmbedResult, PreparedImage
 from worker.messages import ImageRequest, S3Uri
+from worker.pipeline.work import Work
 
 # The tiny model in fast mode, in batches of 8, on two preprocessing threads: the streaming tests'
 # worker settings (model=FAST_TINY) and the `embedder` fixture are built from this one dict, so they agree.
@@ -92,3 +93,25 @@ class SlowDevice:
         self.batch_sizes.append(len(images))
         time.sleep(self._delay)
         return self._inner.embed(images)
+
+
+class Sink:
+    """Next step and failure sink in one: what finished, and how."""
+
+    def __init__(self) -> None:
+        self.done: list[Work] = []
+        self.failed: list[tuple[Work, Exception, str]] = []
+
+    def submit(self, item: Work) -> None:
+        self.done.append(item)
+
+    def poll(self) -> None: ...
+
+    def close(self, deadline: float) -> None: ...
+
+    def fail(self, work: Work, error: Exception, *, stage: str) -> None:
+        self.failed.append((work, error, stage))
+
+    @property
+    def finished(self) -> int:
+        return len(self.done) + len(self.failed)

@@ -21,6 +21,7 @@ import pytest
 
 from harness.s3_server import S3Server
 from tests.conftest import Credentials
+from tests.pipeline.conftest import Sink
 from worker.config import LogSettings, S3Settings
 from worker.encoding import Source
 from worker.engine import Embedder
@@ -35,28 +36,6 @@ from worker.pipeline.slots import SharedSlots, SlotLayout
 from worker.pipeline.work import Work
 
 MiB = 1024 * 1024
-
-
-class Sink:
-    """Next step and failure sink in one: what finished, and how."""
-
-    def __init__(self) -> None:
-        self.done: list[Work] = []
-        self.failed: list[tuple[Work, Exception, str]] = []
-
-    def submit(self, item: Work) -> None:
-        self.done.append(item)
-
-    def poll(self) -> None: ...
-
-    def close(self, deadline: float) -> None: ...
-
-    def fail(self, work: Work, error: Exception, *, stage: str) -> None:
-        self.failed.append((work, error, stage))
-
-    @property
-    def finished(self) -> int:
-        return len(self.done) + len(self.failed)
 
 
 def work_for(bucket: str, key: str, number: int) -> Work:

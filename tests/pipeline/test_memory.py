@@ -2,6 +2,7 @@
 
 import time
 
+from tests.pipeline.conftest import Sink
 from worker.encoding import Source
 from worker.pipeline.memory import InFlightBytes
 from worker.pipeline.stages import ThreadStage
@@ -39,23 +40,6 @@ def test_a_settled_fetch_frees_its_reservation_at_once_and_counts_what_it_holds(
     assert (budget.room(), budget.held()) == (60, 0)
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.got: list[Work] = []
-
-    def submit(self, item: Work) -> None:
-        self.got.append(item)
-
-    def poll(self) -> None:
-        return None
-
-    def close(self, deadline: float) -> None:
-        return None
-
-    def fail(self, work: Work, error: Exception, *, stage: str) -> None:
-        raise AssertionError(f"{work.source}: {error}")
-
-
 def test_fetches_keep_starting_as_others_finish_however_rarely_the_budget_is_walked() -> None:
     """Reservations freed only by the walk paced admissions: with a 100-byte budget, 40-byte
     reservations and no walk, two fetches started and no third ever did."""
@@ -64,15 +48,14 @@ def test_fetches_keep_starting_as_others_finish_however_rarely_the_budget_is_wal
 
     def fetched(w: Work) -> None:
         w.data = b"y"
-        w.reserved = 0
 
     fetch = ThreadStage(name="fetch", workers=4, step=fetched, next_step=sink, failures=sink, timeout=60,
                         budget=budget, reserve_bytes=40)
     for n in range(10):
         fetch.submit(work(n))
     deadline = time.monotonic() + 10
-    while len(sink.got) < 10 and time.monotonic() < deadline:
+    while sink.finished < 10 and time.monotonic() < deadline:
         fetch.poll()
         time.sleep(0.002)
     fetch.close(time.monotonic() + 5)
-    assert len(sink.got) == 10
+    assert (len(sink.done), sink.failed) == (10, [])
