@@ -3,10 +3,10 @@
 Why not ``client.get_object``: botocore spends 0.5-1 ms of pure Python per call, under the GIL, on
 event hooks, parameter validation, endpoint rules and response parsing, and the fetch threads pay it
 for every record (issue 8; bench/fetch_bench.py measures both paths). Why not urllib3, which carried
-these GETs before: http.client parses every response's headers with the email package and reads the
-body in Python, about half the CPU of a GET under the GIL; libcurl does both in C with the GIL
-released, and takes half the CPU per GET (BENCHMARKS.md, issue 8). Here botocore still does what must
-be right, and libcurl only carries the bytes:
+these GETs before: http.client parses every response's headers with the email package (a third of a
+GET's CPU in cProfile) and urllib3 reads the body in Python, all under the GIL; libcurl does both in C
+with the GIL released: 179-221 µs of CPU per GET instead of 297-414 (fetch_bench, BENCHMARKS.md,
+issue 8). Here botocore still does what must be right, and libcurl only carries the bytes:
 - credentials: the client's own, resolved through the standard chain when it was built, refreshed by
   botocore when they expire (``client._get_credentials()``: botocore's accessor, marked private);
 - the URL of a bucket: endpoint_url, region and addressing style as the client resolves them, learned
@@ -49,7 +49,9 @@ from botocore.utils import get_environ_proxies
 
 _PROBE_KEY = "k"  # presigned once per bucket; the URL up to it is the bucket's base
 ERROR_BODY_BYTES = 64 * 1024  # an S3 error document is a few hundred bytes; a longer body is not one
-_RECEIVE_BUFFER = 128 * 1024  # curl's default 16 KiB would take the GIL back a dozen times per photo
+# Up to 128 KiB per write callback (curl's default is 16 KiB): fewer trips back into Python where the
+# socket has more to give. On loopback 16, 128 and 512 KiB measured the same CPU per GET.
+_RECEIVE_BUFFER = 128 * 1024
 
 
 @dataclass(frozen=True, slots=True)
