@@ -58,6 +58,9 @@ class InferenceStage:
             images.append(work.prepared)
         results = self._embed(images)
         self._metrics.inference_seconds.observe(time.perf_counter() - started)
+        images.clear()
+        for work in batch:  # freed here, not on the main thread (a tensor's or a slot's release)
+            work.prepared = None
         self._metrics.batch_size.observe(len(batch))
         if self._encode is not None:
             for work, result in zip(batch, results, strict=True):
@@ -89,7 +92,6 @@ class InferenceStage:
                 self._failures.fail(batch[0], error, stage=self.name)
                 continue
             for work, result in zip(batch, outcome, strict=True):
-                work.prepared = None
                 if isinstance(result, EmbedError):
                     self._failures.fail(work, result, stage=self.name)
                 else:
