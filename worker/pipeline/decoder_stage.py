@@ -221,9 +221,7 @@ class DecoderStage:
     def _admit(self) -> None:
         budget, threads = self._budget, self._spec.threads
         sends: dict[int, list[Task]] = {}  # child index -> its new tasks, sent in one message
-        while self._waiting and self._slots.free() and (
-            budget.room() >= self._reserve or budget.room() >= budget.limit
-        ):
+        while self._waiting and self._slots.free() and budget.admits(self._reserve):
             work, crashes = self._waiting[0]
             # A record that was inside a dead decoder runs alone, so that a second death names it for sure.
             open_ = [i for i, c in enumerate(self._children)

@@ -160,10 +160,7 @@ class ThreadStage:
     def _admit(self) -> None:
         assert self._budget is not None, "reserve_bytes needs a budget"
         budget = self._budget
-        # Nothing held anywhere (room == limit) lets one in even when the limit is below the reservation.
-        while self._waiting and self._pool.outstanding < self._workers and (
-            budget.room() >= self._reserve or budget.room() >= budget.limit
-        ):
+        while self._waiting and self._pool.outstanding < self._workers and budget.admits(self._reserve):
             work = self._waiting.popleft()
             budget.reserve(work, self._reserve)  # from here on it holds bytes; waiting, only its message
             self._pool.submit(work)
