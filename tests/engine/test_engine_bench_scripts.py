@@ -104,3 +104,23 @@ def test_a_worker_started_for_another_tree_imports_that_trees_code(tmp_path: Pat
     done = subprocess.run([sys.executable, "-m", "worker"], cwd=ROOT, env=os.environ | tree_env(tmp_path),
                           capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == str(tmp_path / "worker" / "__init__.py")
+
+
+def test_cpu_bench_judges_the_targets_on_the_median_of_each_settings_turns() -> None:
+    import argparse
+
+    from bench.cpu_bench import RunFigures, report
+
+    def run_of(main_us: float, ratio: float, img_per_s: float, workers: int = 1) -> RunFigures:
+        return RunFigures(preprocess_in="threads", preprocess_workers=workers, records=100, img_per_s=img_per_s,
+                          worker_cpu_s=ratio * 1e-3, main_cpu_s=main_us * 1e-6, broker_cpu_s=0.0, s3proxy_cpu_s=0.0,
+                          box_busy_share=0.5, threads={"main": main_us * 1e-6})
+
+    turns = [run_of(110, 1.5, 300), run_of(45, 1.2, 310), run_of(48, 1.25, 290)]
+    args = argparse.Namespace(size=224, photos=16, prepare_s=1e-3)
+    out = report(args, 1e-3, turns, (0.0, 0.0))
+    assert "Medians over the turns" in out and "| threads | 1 | 300 | 300.0 | 1.25 |" in out
+    assert "main thread: 48 µs per record (target <= 50 µs): met" in out, "one bad turn out of three is noise"
+    assert "worker CPU per record / bare decode: 1.25x (target <= 1.3x): met" in out
+    single = report(args, 1e-3, turns[:1], (0.0, 0.0))
+    assert "Medians" not in single and "main thread: 110 µs per record (target <= 50 µs): NOT met" in single
