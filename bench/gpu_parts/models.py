@@ -7,7 +7,8 @@
 3. throughput: model-only img/s in fp16 at batch 64..1024 (fresh random inputs on the device, CUDA
    events, median of windows; a batch that runs out of memory ends the sweep), fp32 and bf16 at 256
    for the ratio, fp16 at 256 on channels-last input (the layout the engine's fast-mode collate gives),
-   and embed() on prepared uint8 images at 256 (copy + normalise included).
+   and embed() on prepared uint8 images at 256 (copy + normalise included); on CUDA, the host side of
+   a batch's copy as collate stages it (stacked into pinned memory) against stack-then-pin_memory().
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from bench.gpu_parts.common import (
 )
 from bench.model_bench import image_size, measure
 from worker.engine import Embedder, PreparedImage
+from worker.engine.preprocess import staged
 
 # fp16 model-only sweep; ViT-L-14 tries 512 too (a batch that runs out of memory is a figure, not a failure)
 BATCHES = {"ViT-B-32": [64, 128, 256, 512, 1024], "ViT-B-16": [64, 128, 256, 512, 1024],
@@ -145,6 +147,13 @@ def check_throughput(report: Report, ctx: Context, model: str, loaded: dict[str,
     value = rate(lambda: fast.embed(repeated), ctx.device, images=batch, seconds=window)
     report.figure(model=model, kind="embed() uint8 in, float32 out", dtype="fp16", batch=batch,
                   img_per_s=round(value, 1))
+    if ctx.device.type == "cuda":  # direction 4: the batch written once into pinned memory, or twice
+        pixels = [image.pixels for image in repeated]
+        for kind, stage in (("host staging: stack, then pin_memory()", lambda: torch.stack(pixels).pin_memory()),
+                            ("host staging: stacked into pinned memory (collate)", lambda: staged(pixels, ctx.device))):
+            value = rate(stage, ctx.device, images=batch, seconds=window)
+            report.figure(model=model, kind=kind, batch=batch, img_per_s=round(value, 1),
+                          ms_per_batch=round(batch / value * 1e3, 3))
 
 
 def run_model(report: Report, ctx: Context, model: str, budget: Budget) -> None:

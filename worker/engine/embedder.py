@@ -143,8 +143,8 @@ class Embedder:
             norms = features.norm(dim=-1, keepdim=True)
             if self.settings.normalize:
                 features = features / norms
-            vectors = features.cpu().numpy()
-            norms_host = norms.squeeze(-1).cpu().numpy()
+            host = torch.cat((features, norms), dim=1).cpu().numpy()  # one copy back (and one sync) per batch
+        vectors, norms_host = host[:, :-1], host[:, -1]
         results: list[EmbedResult] = []
         for vector, norm in zip(vectors, norms_host, strict=True):
             if norm == 0.0:
