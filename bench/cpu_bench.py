@@ -414,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-records", type=int, default=1000,
                         help="an unreported worker run first, so that the JVMs' warm-up does not land in run 1")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--fetch-workers", type=int, default=0,
+                        help="s3.fetch_workers for every run (0: the setting's default); few fetch threads show "
+                             "whether fetches start as soon as a thread is free or only on the loop's busy poll")
     parser.add_argument("--repeats", type=int, default=7, help="passes of the bare decode over the photos")
     parser.add_argument("--trees", default="",
                         help="comma-separated source trees (git worktrees of other commits): every run is repeated "
@@ -448,8 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp, KafkaBroker() as broker, S3Proxy() as proxy:
         checkpoint = write_random_checkpoint(TINY_MODEL_NAME, Path(tmp) / "tiny.pt", seed=0)
         model = tiny_model_settings(checkpoint, inference_batch_size=args.batch, preprocess_mode="fast")
-        base = Settings(model=model, s3={"allowed_sources": ("bench",), "endpoint_url": proxy.endpoint_url},
-                        pipeline={"metrics_port": 0})
+        s3: dict[str, object] = {"allowed_sources": ("bench",), "endpoint_url": proxy.endpoint_url}
+        if args.fetch_workers:
+            s3["fetch_workers"] = args.fetch_workers
+        base = Settings(model=model, s3=s3, pipeline={"metrics_port": 0})
         client = proxy.client()
         client.create_bucket(Bucket="bench")
         for name, data in photos:

@@ -38,6 +38,7 @@ from worker.messages import ImageRequest, S3Uri
 from worker.metrics import Metrics
 from worker.pipeline.image_stages import decoder_stage, fetch_threads, preprocess_threads
 from worker.pipeline.memory import InFlightBytes
+from worker.pipeline.wake import Wake
 from worker.pipeline.work import Work
 from worker.source import S3Source, make_s3_client
 
@@ -56,19 +57,21 @@ class Drop:
         self.failed.append(f"{stage}: {error!r}")
 
 
-def stages_for(mode: str, workers: int, settings: Settings, embedder: Embedder, sink: Drop) -> list[Any]:
-    """The stage(s) the worker wires for `mode` (image_stages.py), ending in `sink`."""
+def stages_for(mode: str, workers: int, settings: Settings, embedder: Embedder, sink: Drop, wake: Wake) -> list[Any]:
+    """The stage(s) the worker wires for `mode` (image_stages.py), ending in `sink`, signalling `wake`."""
     budget, metrics = InFlightBytes(limit=settings.pipeline.max_in_flight_bytes), Metrics()
     sized = settings.model_copy(update={"model": settings.model.model_copy(update={"preprocess_workers": workers})})
     if mode == "processes":
-        return [decoder_stage(sized, embedder, next_step=sink, failures=sink, metrics=metrics, budget=budget)]
+        return [decoder_stage(sized, embedder, next_step=sink, failures=sink, metrics=metrics, budget=budget,
+                              wake=wake)]
     preprocess = preprocess_threads(sized, embedder, next_step=sink, failures=sink, metrics=metrics, budget=budget)
     source = S3Source(client=make_s3_client(settings.s3), settings=settings.s3)
-    fetch = fetch_threads(settings, source, next_step=preprocess, failures=sink, metrics=metrics, budget=budget)
+    fetch = fetch_threads(settings, source, next_step=preprocess, failures=sink, metrics=metrics, budget=budget,
+                          wake=wake)
     return [fetch, preprocess]
 
 
-def run(stages: list[Any], sink: Drop, keys: list[str], count: int) -> tuple[float, float]:
+def run(stages: list[Any], wake: Wake, sink: Drop, keys: list[str], count: int) -> tuple[float, float]:
     """Push `count` records through; (seconds, CPU seconds of this process tree)."""
     pid = os.getpid()
     began, cpu = time.perf_counter(), tree_cpu(pid)
@@ -80,7 +83,7 @@ def run(stages: list[Any], sink: Drop, keys: list[str], count: int) -> tuple[flo
     while sink.done + len(sink.failed) < target:
         for stage in stages:
             stage.poll()
-        time.sleep(0.001)
+        wake.wait(0.001)
     assert not sink.failed, sink.failed[:3]
     return time.perf_counter() - began, tree_cpu(pid) - cpu
 
@@ -110,14 +113,15 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.rounds):
             for mode in ("threads", "processes"):
                 for workers in (1, 2):
-                    sink = Drop()
-                    stages = stages_for(mode, workers, settings, embedder, sink)
-                    run(stages, sink, keys, max(1, args.records // 10))  # warm-up: connections, first decodes
+                    sink, wake = Drop(), Wake()
+                    stages = stages_for(mode, workers, settings, embedder, sink, wake)
+                    run(stages, wake, sink, keys, max(1, args.records // 10))  # warm-up: connections, first decodes
                     proxy_cpu = tree_cpu(proxy.pid)
-                    seconds, cpu = run(stages, sink, keys, args.records)
+                    seconds, cpu = run(stages, wake, sink, keys, args.records)
                     proxy_cpu = tree_cpu(proxy.pid) - proxy_cpu
                     for stage in stages:
                         stage.close(time.monotonic() + 10)
+                    wake.close()
                     rates.setdefault((mode, workers), []).append(
                         (args.records / seconds, cpu / args.records, proxy_cpu / args.records))
                     print(f"# {mode} x{workers}: {args.records / seconds:.0f} img/s", file=sys.stderr, flush=True)

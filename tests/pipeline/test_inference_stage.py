@@ -8,6 +8,7 @@ from worker.encoding import Source
 from worker.engine import Embedder
 from worker.metrics import Metrics
 from worker.pipeline.inference import InferenceStage
+from worker.pipeline.wake import Wake
 from worker.pipeline.work import Work
 
 
@@ -31,13 +32,16 @@ def test_embedded_records_reach_the_next_step_without_their_pixels_released_off_
         batch.append(work)
     released_on.clear()  # the constructor's own None
     sink = Sink()
-    stage = InferenceStage(embed=embedder.embed, next_step=sink, failures=sink, metrics=Metrics(), timeout=60)
+    wake = Wake()
+    stage = InferenceStage(embed=embedder.embed, next_step=sink, failures=sink, metrics=Metrics(), timeout=60,
+                           wake=wake)
     stage.submit(batch)
-    deadline = time.monotonic() + 30
-    while sink.finished < len(batch) and time.monotonic() < deadline:
-        stage.wait(0.05)
-        stage.poll()
+    began = time.monotonic()
+    wake.wait(30)  # the finished batch ends the wait
+    assert time.monotonic() - began < 20
+    stage.poll()
     stage.close(time.monotonic() + 5)
+    wake.close()
     assert (len(sink.done), sink.failed) == (len(batch), [])
     assert all(work.prepared is None and work.embedding is not None for work in sink.done)
     assert released_on and threading.main_thread().name not in released_on, released_on

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from worker.pipeline.pool import WorkPool
+from worker.pipeline.wake import Wake
 
 R = TypeVar("R")
 
@@ -13,7 +14,7 @@ def outcomes(pool: WorkPool[int, R], count: int, timeout: float = 10.0) -> dict[
     got: dict[int, R | BaseException] = {}
     deadline = time.monotonic() + timeout
     while len(got) < count and time.monotonic() < deadline:
-        pool.wait_finished(0.05)
+        time.sleep(0.01)
         got.update(pool.finished())
     return got
 
@@ -51,25 +52,65 @@ def test_a_task_past_its_deadline_is_given_up_and_its_late_outcome_dropped() -> 
         time.sleep(0.01)
     assert late == [7] and pool.outstanding == 0
     release.set()
-    pool.wait_finished(5)
-    time.sleep(0.05)
+    time.sleep(0.1)
     assert list(pool.finished()) == []  # the late outcome is not handed back
     pool.close(time.monotonic() + 5)
 
 
-def test_wait_finished_wakes_when_a_task_ends_and_returns_at_once_for_one_unseen() -> None:
-    release = threading.Event()
-    pool: WorkPool[int, int] = WorkPool(name="t", workers=1, fn=held_until(release))
-    pool.submit(1)
-    threading.Timer(0.1, release.set).start()
-    began = time.monotonic()
-    pool.wait_finished(5)
-    assert 0.05 < time.monotonic() - began < 2  # woke on the task, long before the timeout
-    began = time.monotonic()
-    pool.wait_finished(5)  # the outcome is still unseen by finished(): no wait at all
-    assert time.monotonic() - began < 0.5
-    assert list(pool.finished()) == [(1, 1)]
+def test_a_pool_signals_the_loop_once_as_many_outcomes_as_asked_wait_for_it() -> None:
+    release, signals = threading.Semaphore(0), []
+    pool: WorkPool[int, int] = WorkPool(name="t", workers=4, fn=lambda n: release.acquire() and n,
+                                        signal=lambda: signals.append(time.monotonic()), signal_after=2)
+    for n in range(3):
+        pool.submit(n)
+    release.release()
+    time.sleep(0.1)
+    assert signals == [], "one outcome of the two asked for: the loop's wait goes on"
+    release.release()
+    time.sleep(0.1)
+    assert len(signals) == 1
+    assert len(list(pool.finished())) == 2
+    release.release()
+    time.sleep(0.1)
+    assert len(signals) == 1, "the third finds one outcome waiting, not two"
     pool.close(time.monotonic() + 5)
+
+
+def test_a_wait_ends_on_a_signal_sent_before_or_during_it_and_otherwise_on_its_timeout() -> None:
+    wake = Wake()
+    wake.signal()
+    began = time.monotonic()
+    wake.wait(5)
+    assert time.monotonic() - began < 0.5, "a signal sent before the wait is not lost"
+    began = time.monotonic()
+    wake.wait(0.1)
+    assert 0.08 < time.monotonic() - began < 2, "the signal was taken by the first wait"
+    threading.Timer(0.1, wake.signal).start()
+    began = time.monotonic()
+    wake.wait(5)
+    assert 0.05 < time.monotonic() - began < 2
+    wake.close()
+    wake.signal()  # a pool thread finishing after close: nothing happens
+
+
+def test_a_wait_ends_while_a_watched_pipe_has_bytes_to_read() -> None:
+    import os
+
+    wake = Wake()
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, "rb") as readable, os.fdopen(write_end, "wb", buffering=0) as writer:
+        wake.watch(readable)
+        threading.Timer(0.1, writer.write, args=(b"x",)).start()
+        began = time.monotonic()
+        wake.wait(5)
+        assert 0.05 < time.monotonic() - began < 2
+        wake.wait(5)  # unread: still readable, the wait ends at once
+        assert time.monotonic() - began < 2
+        readable.read(1)
+        began = time.monotonic()
+        wake.wait(0.1)
+        assert time.monotonic() - began > 0.08
+    wake.close()
 
 
 def test_close_drops_queued_tasks_and_returns_by_its_deadline_despite_a_stuck_one() -> None:

@@ -43,10 +43,11 @@ from worker.pipeline.image_stages import decoder_stage, fetch_threads, preproces
 from worker.pipeline.inference import InferenceStage
 from worker.pipeline.memory import InFlightBytes
 from worker.pipeline.stages import FETCH_DEADLINE_GRACE_SECONDS, ThreadStage
+from worker.pipeline.wake import Wake
 from worker.pipeline.work import Work
 from worker.source import S3Source
 
-_BUSY_POLL_SECONDS = 0.005  # results arrive on other threads
+_BUSY_POLL_SECONDS = 0.005  # the longest a turn waits while work is in flight (wake.py ends it sooner)
 _MAX_TAKE = 500  # inputs taken per turn, so that finished work is collected often
 
 
@@ -102,8 +103,9 @@ class BatchRun:
         timeout = pipeline.record_timeout_seconds
         budget = InFlightBytes(limit=pipeline.max_in_flight_bytes)
         metrics = Metrics()  # the stages count into it; batch mode serves no /metrics
+        self._wake = wake = Wake()  # as the stream's loop: a busy turn waits on the stages' signals
         inference = InferenceStage(embed=embedder.embed, next_step=finisher, failures=finisher, metrics=metrics,
-                                   timeout=timeout)
+                                   timeout=timeout, wake=wake)
         self._batcher = Batcher(batch_size=embedder.batch_size, max_wait=pipeline.max_batch_wait_ms / 1000,
                                 next_step=inference)
         preprocess = preprocess_threads(settings, embedder, next_step=self._batcher, failures=finisher,
@@ -111,12 +113,14 @@ class BatchRun:
         fetch_timeout = timeout + FETCH_DEADLINE_GRACE_SECONDS
         max_bytes = settings.s3.max_object_bytes
         self._s3_fetch: ThreadStage | DecoderStage = fetch_threads(
-            settings, s3, next_step=preprocess, failures=finisher, metrics=metrics, budget=budget,
+            settings, s3, next_step=preprocess, failures=finisher, metrics=metrics, budget=budget, wake=wake,
         ) if model.preprocess_in == "threads" else decoder_stage(  # S3 objects fetched and decoded in processes
-            settings, embedder, next_step=self._batcher, failures=finisher, metrics=metrics, budget=budget)
+            settings, embedder, next_step=self._batcher, failures=finisher, metrics=metrics, budget=budget,
+            wake=wake)
         self._file_fetch = ThreadStage(
             name="read", workers=settings.s3.fetch_workers, step=local_fetch_step(self._path_of, max_bytes=max_bytes),
             next_step=preprocess, failures=finisher, timeout=fetch_timeout, budget=budget, reserve_bytes=max_bytes,
+            wake=wake,
         )
         self._stages = (self._s3_fetch, self._file_fetch, preprocess, self._batcher, inference)
 
@@ -138,11 +142,12 @@ class BatchRun:
                 self._advance()
                 if self._finisher.pending:
                     due = self._batcher.seconds_to_deadline()
-                    time.sleep(_BUSY_POLL_SECONDS if due is None else min(_BUSY_POLL_SECONDS, due))
+                    self._wake.wait(_BUSY_POLL_SECONDS if due is None else min(_BUSY_POLL_SECONDS, due))
         finally:
             deadline = time.monotonic() + self._grace
             for stage in self._stages:
                 stage.close(deadline)
+            self._wake.close()
 
     def _take(self, item: BatchInput | InputError) -> None:
         if item.id in self._written:

@@ -58,6 +58,7 @@ from worker.pipeline.stages import (
     ThreadStage,
 )
 from worker.pipeline.transactions import TransactionalCommitter
+from worker.pipeline.wake import Wake
 from worker.source import S3Source, make_s3_client
 
 _DEFAULT_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes
@@ -117,9 +118,10 @@ def build_runtime(
         dead_letters=dead_letters, outages=outages, metrics=metrics, forward_headers=pipeline.forward_headers,
     )
     timeout = pipeline.record_timeout_seconds
+    wake = Wake()
     inference = InferenceStage(
         embed=embedder.embed, next_step=output, failures=failures, metrics=metrics, timeout=timeout,
-        encode=output.encode,
+        encode=output.encode, wake=wake,
     )
     batcher = Batcher(
         batch_size=embedder.batch_size, max_wait=pipeline.max_batch_wait_ms / 1000, next_step=inference
@@ -128,13 +130,13 @@ def build_runtime(
     preprocess: ThreadStage | None = None
     if model.preprocess_in == "processes":
         fetch = decoder_stage(settings, embedder, next_step=batcher, failures=failures, metrics=metrics,
-                              budget=budget)
+                              budget=budget, wake=wake)
     else:
         preprocess = preprocess_threads(settings, embedder, next_step=batcher, failures=failures, metrics=metrics,
                                         budget=budget)
         source = S3Source(client=s3_client or make_s3_client(settings.s3), settings=settings.s3)
         fetch = fetch_threads(settings, source, next_step=preprocess, failures=failures, metrics=metrics,
-                              budget=budget)
+                              budget=budget, wake=wake)
     decode = DecodeStage(
         input_format=pipeline.input_format,
         confluent=registry.input_decoder(registry_client, kafka.input_topic) if registry_client else None,
@@ -165,7 +167,7 @@ def build_runtime(
         rebalancer=rebalancer, backpressure=backpressure,
         pipeline=Pipeline(decode=decode, images=(fetch,) if preprocess is None else (fetch, preprocess),
                           batcher=batcher, inference=inference,
-                          failures=failures, dead_letters=dead_letters, outages=outages),
+                          failures=failures, dead_letters=dead_letters, outages=outages, wake=wake),
         input_topic=kafka.input_topic, settings=pipeline, metrics=metrics,
     )
 

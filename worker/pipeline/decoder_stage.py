@@ -38,6 +38,7 @@ from worker.pipeline.decoders import CONTEXT, DecoderSpec, Done, Failed, Task, s
 from worker.pipeline.memory import InFlightBytes
 from worker.pipeline.slots import SharedSlots
 from worker.pipeline.stages import FailureSink, Stage
+from worker.pipeline.wake import Wake
 from worker.pipeline.work import Work
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,11 @@ class DecoderStage:
         self, *, processes: int, spec: DecoderSpec, slots: SharedSlots, next_step: Stage[Work],
         failures: FailureSink, metrics: Metrics, timeout: float, budget: InFlightBytes, reserve_bytes: int,
         clock: Callable[[], float] = time.monotonic, target: Callable[[DecoderSpec, Connection, Any], None] = serve,
+        wake: Wake | None = None,
     ) -> None:
-        """`target` is the decoder process's main (decoders.serve; tests wrap it to crash or hang)."""
+        """`target` is the decoder process's main (decoders.serve; tests wrap it to crash or hang).
+        `wake`, when given, watches the decoders' pipes and sentinels: a result or a death ends the
+        loop's wait (wake.py)."""
         self._spec = spec
         self._slots = slots
         self._next = next_step
@@ -87,6 +91,8 @@ class DecoderStage:
         self._deaths = 0  # in a row, without a record finished
         self._ready = selectors.DefaultSelector()  # every child's pipe and sentinel, data: the child
         self._children = [self._start(i) for i in range(processes)]
+        if wake is not None:
+            wake.watch(self._ready)
 
     # -- the Stage contract ------------------------------------------------------------------------
 

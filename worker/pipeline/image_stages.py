@@ -24,20 +24,21 @@ from worker.pipeline.stages import (
     fetch_step,
     preprocess_step,
 )
+from worker.pipeline.wake import Wake
 from worker.pipeline.work import Work
 from worker.source import S3Source
 
 
 def fetch_threads(
     settings: Settings, source: S3Source, *, next_step: Stage[Work], failures: FailureSink, metrics: Metrics,
-    budget: InFlightBytes,
+    budget: InFlightBytes, wake: Wake,
 ) -> ThreadStage:
     """S3 reads on s3.fetch_workers threads, each starting only while the byte budget has room."""
     timeout = settings.pipeline.record_timeout_seconds
     return ThreadStage(
         name="fetch", workers=settings.s3.fetch_workers, step=fetch_step(source, metrics, timeout=timeout),
         next_step=next_step, failures=failures, timeout=timeout + FETCH_DEADLINE_GRACE_SECONDS,
-        seconds=metrics.fetch_seconds, budget=budget, reserve_bytes=settings.s3.max_object_bytes,
+        seconds=metrics.fetch_seconds, budget=budget, reserve_bytes=settings.s3.max_object_bytes, wake=wake,
     )
 
 
@@ -55,7 +56,7 @@ def preprocess_threads(
 
 def decoder_stage(
     settings: Settings, embedder: Embedder, *, next_step: Stage[Work], failures: FailureSink, metrics: Metrics,
-    budget: InFlightBytes,
+    budget: InFlightBytes, wake: Wake,
 ) -> DecoderStage:
     """Fetch + decode + preprocess on model.preprocess_workers processes, s3.fetch_workers threads among them."""
     model, timeout = settings.model, settings.pipeline.record_timeout_seconds
@@ -74,4 +75,5 @@ def decoder_stage(
     return DecoderStage(
         processes=processes, spec=spec, slots=slots, next_step=next_step, failures=failures, metrics=metrics,
         timeout=2 * timeout + FETCH_DEADLINE_GRACE_SECONDS, budget=budget, reserve_bytes=settings.s3.max_object_bytes,
+        wake=wake,
     )

@@ -23,6 +23,7 @@ from worker.errors import DeviceFailed, EmbedError
 from worker.metrics import Metrics
 from worker.pipeline.pool import WorkPool
 from worker.pipeline.stages import FailureSink, Stage
+from worker.pipeline.wake import Wake
 from worker.pipeline.work import Work
 
 EmbedFn = Callable[[Sequence[PreparedImage]], list[np.ndarray | EmbedError]]
@@ -33,15 +34,16 @@ class InferenceStage:
 
     def __init__(
         self, *, embed: EmbedFn, next_step: Stage[Work], failures: FailureSink, metrics: Metrics, timeout: float,
-        encode: Callable[[Work], None] | None = None, max_batches: int = 2,
+        encode: Callable[[Work], None] | None = None, max_batches: int = 2, wake: Wake | None = None,
     ) -> None:
         """`encode(work)`, when given, runs on this thread for each embedded record (outputs.py), so
-        the main thread receives records ready to produce: one hand-off, no Avro on the main thread."""
+        the main thread receives records ready to produce: one hand-off, no Avro on the main thread.
+        `wake` is signalled as each batch finishes: the loop hands the device its next batch at once."""
         self._embed = embed
         self._encode = encode
         self._metrics = metrics
         self._pool: WorkPool[list[Work], list[np.ndarray | EmbedError]] = WorkPool(
-            name="device", workers=1, fn=self._run
+            name="device", workers=1, fn=self._run, signal=wake.signal if wake else None
         )
         self._next = next_step
         self._failures = failures
@@ -71,11 +73,6 @@ class InferenceStage:
 
     def has_room(self) -> bool:
         return self._pool.outstanding < self._max_batches
-
-    def wait(self, timeout: float) -> None:
-        """Block until the device finishes a batch, or `timeout` passes (the runtime's turn when a due
-        batch can only wait for room: waking on the device, it neither spins nor sleeps past it)."""
-        self._pool.wait_finished(timeout)
 
     def submit(self, item: list[Work]) -> None:
         """Take a batch from the batcher (main thread); how long each image waited for its batch is

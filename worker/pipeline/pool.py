@@ -7,7 +7,9 @@ Three things a plain ThreadPoolExecutor does not give the data path:
   for running tasks only until its deadline, and the threads are daemons left to die with the process
   (an executor's threads are joined at exit, so one stuck thread would hold the exit forever);
 - a hand-off that costs the main thread one queue put: ``submit`` creates no Future, no closure and no
-  done-callback (issue 8; BENCHMARKS.md has what it saved).
+  done-callback (issue 8; BENCHMARKS.md has what it saved);
+- a signal to the loop (wake.py) once `signal_after` outcomes wait for it, so that a stage whose
+  threads are free gets its next records without waiting out the loop's busy poll.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ class WorkPool(Generic[T, R]):
     """Runs `fn(item)` on `workers` threads; `finished()` yields (item, result or exception)."""
 
     def __init__(
-        self, *, name: str, workers: int, fn: Callable[[T], R], clock: Callable[[], float] = time.monotonic
+        self, *, name: str, workers: int, fn: Callable[[T], R], clock: Callable[[], float] = time.monotonic,
+        signal: Callable[[], None] | None = None, signal_after: int = 1,
     ) -> None:
         self._fn = fn
         self._clock = clock
-        self._finishing = threading.Event()  # set each time a task's outcome is queued (wait_finished)
+        self._signal = signal
+        self._signal_after = signal_after
         self._todo: queue.SimpleQueue[tuple[int, T] | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[tuple[int, T, R | BaseException]] = queue.SimpleQueue()
         self._started: dict[int, tuple[T, float]] = {}  # task id -> (item, start time), in start order
@@ -61,12 +65,6 @@ class WorkPool(Generic[T, R]):
                 continue
             self.outstanding -= 1
             yield item, outcome
-
-    def wait_finished(self, timeout: float) -> None:
-        """Block until a task finishes (at once if one has, unseen by finished()) or `timeout` passes."""
-        self._finishing.clear()
-        if self._done.empty():
-            self._finishing.wait(timeout)
 
     def expired(self, timeout: float) -> list[T]:
         """Items whose task has run for longer than `timeout` seconds; each is given up for good."""
@@ -98,8 +96,8 @@ class WorkPool(Generic[T, R]):
 
     def _serve(self) -> None:
         name_os_thread()
-        fn, clock, todo, done, started, finishing = (
-            self._fn, self._clock, self._todo, self._done, self._started, self._finishing)
+        fn, clock, todo, done, started, signal, signal_after = (
+            self._fn, self._clock, self._todo, self._done, self._started, self._signal, self._signal_after)
         while (job := todo.get()) is not None:
             task, item = job
             started[task] = (item, clock())  # dict writes are atomic under the GIL
@@ -109,7 +107,8 @@ class WorkPool(Generic[T, R]):
             except BaseException as exc:  # the stage decides what it means; the thread lives on
                 outcome = exc
             done.put((task, item, outcome))
-            finishing.set()
+            if signal is not None and done.qsize() >= signal_after:
+                signal()
             del job, item, outcome  # hold nothing of a finished task while waiting for the next
 
 

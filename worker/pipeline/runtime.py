@@ -36,6 +36,7 @@ from worker.pipeline.outage import OutageGate
 from worker.pipeline.produce import Headers, Outbox
 from worker.pipeline.rebalance import Rebalancer
 from worker.pipeline.stages import DecodeStage, Stage
+from worker.pipeline.wake import Wake
 from worker.pipeline.work import Work
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class Pipeline:
     failures: FailureRouter
     dead_letters: DeadLetterStage
     outages: OutageGate
+    wake: Wake  # what a busy turn waits on: the device, fetch threads falling idle, decoder results
 
 
 class Runtime:
@@ -118,10 +120,11 @@ class Runtime:
         if in_flight == 0:
             self._idle_at = now
         elif not self._more_input:
-            # Busy, the turn waits on what moves the pipeline: the device finishing a batch, or the
-            # next batch falling due; then it takes what Kafka has without waiting on it as well.
+            # Busy, the turn waits on what moves the pipeline: the device finishing a batch, fetch
+            # threads or decoders to give records to (wake.py), or the next batch falling due; then
+            # it takes what Kafka has without waiting on it as well.
             batcher = self._pipeline.batcher
-            self._pipeline.inference.wait(busy_wait(batcher.seconds_to_deadline(), held=batcher.held()))
+            self._pipeline.wake.wait(busy_wait(batcher.seconds_to_deadline(), held=batcher.held()))
         wanted = max(1, min(self._settings.max_in_flight - in_flight, _MAX_CONSUME))
         timeout = _IDLE_POLL_SECONDS if in_flight == 0 else 0.0
         messages = kafka_call(lambda: self._consumer.consume(wanted, timeout), what="consume") or []
@@ -218,6 +221,7 @@ class Runtime:
         stages: tuple[Stage[Any], ...] = (*pipeline.images, pipeline.inference)
         for stage in stages:
             stage.close(deadline)
+        pipeline.wake.close()
         if isinstance(error, ClientWedged):
             return  # nothing can be flushed or committed through a wedged client; the successor fences it
         try:
@@ -235,11 +239,11 @@ class Runtime:
 
 
 def busy_wait(seconds_to_deadline: float | None, *, held: bool) -> float:
-    """How long a busy turn may wait for the device: a busy poll at most, and no later than the next
-    batch is due, unless that batch is held for device room (only the device can move it then).
-    Waiting on the device, not in consume(), a turn neither spins before a batch is due (a consume
-    timeout under a millisecond was truncated to zero: ~200 empty turns per partial batch) nor
-    sleeps past a batch the device has finished."""
+    """How long a busy turn may wait: a busy poll at most, and no later than the next batch is due,
+    unless that batch is held for device room (only the device can move it then). Waiting on the
+    stages' signals (wake.py), not in consume(), a turn neither spins before a batch is due (a
+    consume timeout under a millisecond was truncated to zero: ~200 empty turns per partial batch)
+    nor sleeps past a batch the device has finished or threads that have run out of records."""
     if held or seconds_to_deadline is None:
         return _BUSY_POLL_SECONDS
     return min(_BUSY_POLL_SECONDS, seconds_to_deadline)

@@ -26,6 +26,7 @@ from worker.messages import ConfluentDecoder, InputFormat, decode_request
 from worker.metrics import Metrics
 from worker.pipeline.memory import InFlightBytes
 from worker.pipeline.pool import WorkPool
+from worker.pipeline.wake import Wake
 from worker.pipeline.work import Work
 from worker.source import S3Source
 
@@ -88,6 +89,8 @@ class ThreadStage:
     With `reserve_bytes`, a record starts only while the in-flight byte budget has that much room
     (or nothing at all is held): it holds the reservation until its step replaces it with
     what it really holds. Records queue here meanwhile, costing nothing but their message.
+    Records start only on the loop's turns: with `wake`, a quarter of the threads falling idle ends
+    the loop's wait (wake.py), instead of each thread doing one record per busy poll at most.
     """
 
     def __init__(
@@ -102,11 +105,15 @@ class ThreadStage:
         seconds: Histogram | None = None,
         budget: InFlightBytes | None = None,
         reserve_bytes: int = 0,
+        wake: Wake | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self._step = step
-        self._pool: WorkPool[Work, None] = WorkPool(name=name, workers=workers, fn=self._timed, clock=clock)
+        # Signalled once a quarter of the threads are done: the loop then turns to give them records.
+        self._pool: WorkPool[Work, None] = WorkPool(
+            name=name, workers=workers, fn=self._timed, clock=clock,
+            signal=wake.signal if wake else None, signal_after=max(1, workers // 4))
         self._next = next_step
         self._failures = failures
         self._timeout = timeout

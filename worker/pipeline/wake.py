@@ -1,0 +1,58 @@
+"""What a busy turn of the loop waits on: a signal from the stages' threads, or a decoder's pipe.
+
+Fetches (and decoder tasks) start only on a turn of the loop, so each fetch thread did at most one
+record per turn. When the loop woke only for the device, at most every 5 ms, one fetch thread gave
+186 img/s though it fetches ~2,000 objects a second. On the GPU host, the GPU script's 32 decoder
+threads would have been capped near 6,400 img/s, under the 10,000 target (issue 8, BENCHMARKS.md).
+
+So the pools signal here as their outcomes arrive: the device pool on each batch, the fetch pool once
+a quarter of its threads are free. The loop also watches the decoder stage's epoll, which holds every
+decoder's pipe and process sentinel. A busy turn ends its wait as soon as any of them has something,
+and never spins. The signal is a Linux eventfd, so a signal sent before the wait began is not lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import threading
+from typing import Protocol
+
+
+class Readable(Protocol):
+    def fileno(self) -> int: ...
+
+
+class Wake:
+    def __init__(self) -> None:
+        self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._fd, selectors.EVENT_READ)
+        # A pool thread stuck past close() may signal late: the lock keeps it off a closed (and
+        # perhaps reused) descriptor number.
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def signal(self) -> None:
+        """Any thread: the current wait, or else the next one, returns at once."""
+        with self._lock:
+            if not self._closed:
+                os.eventfd_write(self._fd, 1)
+
+    def watch(self, readable: Readable) -> None:
+        """Also end a wait while `readable` has something to read (main thread, before the loop)."""
+        self._selector.register(readable, selectors.EVENT_READ)
+
+    def wait(self, timeout: float) -> None:
+        """Until a signal, a watched file is readable, or `timeout` seconds pass; takes the signals."""
+        if self._selector.select(timeout):
+            with contextlib.suppress(BlockingIOError):  # woken by a watched file alone
+                os.eventfd_read(self._fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._selector.close()
+                os.close(self._fd)
