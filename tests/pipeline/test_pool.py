@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import TypeVar
 
 from worker.pipeline.pool import WorkPool
-from worker.pipeline.wake import Wake
 
 R = TypeVar("R")
 
@@ -74,43 +73,6 @@ def test_a_pool_signals_the_loop_once_as_many_outcomes_as_asked_wait_for_it() ->
     time.sleep(0.1)
     assert len(signals) == 1, "the third finds one outcome waiting, not two"
     pool.close(time.monotonic() + 5)
-
-
-def test_a_wait_ends_on_a_signal_sent_before_or_during_it_and_otherwise_on_its_timeout() -> None:
-    wake = Wake()
-    wake.signal()
-    began = time.monotonic()
-    wake.wait(5)
-    assert time.monotonic() - began < 0.5, "a signal sent before the wait is not lost"
-    began = time.monotonic()
-    wake.wait(0.1)
-    assert 0.08 < time.monotonic() - began < 2, "the signal was taken by the first wait"
-    threading.Timer(0.1, wake.signal).start()
-    began = time.monotonic()
-    wake.wait(5)
-    assert 0.05 < time.monotonic() - began < 2
-    wake.close()
-    wake.signal()  # a pool thread finishing after close: nothing happens
-
-
-def test_a_wait_ends_while_a_watched_pipe_has_bytes_to_read() -> None:
-    import os
-
-    wake = Wake()
-    read_end, write_end = os.pipe()
-    with os.fdopen(read_end, "rb") as readable, os.fdopen(write_end, "wb", buffering=0) as writer:
-        wake.watch(readable)
-        threading.Timer(0.1, writer.write, args=(b"x",)).start()
-        began = time.monotonic()
-        wake.wait(5)
-        assert 0.05 < time.monotonic() - began < 2
-        wake.wait(5)  # unread: still readable, the wait ends at once
-        assert time.monotonic() - began < 2
-        readable.read(1)
-        began = time.monotonic()
-        wake.wait(0.1)
-        assert time.monotonic() - began > 0.08
-    wake.close()
 
 
 def test_close_drops_queued_tasks_and_returns_by_its_deadline_despite_a_stuck_one() -> None:

@@ -89,8 +89,9 @@ class ThreadStage:
     With `reserve_bytes`, a record starts only while the in-flight byte budget has that much room
     (or nothing at all is held): it holds the reservation until its step replaces it with
     what it really holds. Records queue here meanwhile, costing nothing but their message.
-    Records start only on the loop's turns: with `wake`, a quarter of the threads falling idle ends
-    the loop's wait (wake.py), instead of each thread doing one record per busy poll at most.
+    Records start only on the loop's turns: with `wake`, a quarter of the threads falling idle while
+    records wait here ends the loop's wait (wake.py), instead of each thread doing one record per
+    busy poll at most.
     """
 
     def __init__(
@@ -110,10 +111,10 @@ class ThreadStage:
     ) -> None:
         self.name = name
         self._step = step
-        # Signalled once a quarter of the threads are done: the loop then turns to give them records.
+        self._wake = wake
         self._pool: WorkPool[Work, None] = WorkPool(
             name=name, workers=workers, fn=self._timed, clock=clock,
-            signal=wake.signal if wake else None, signal_after=max(1, workers // 4))
+            signal=self._signal if wake else None, signal_after=max(1, workers // 4))
         self._next = next_step
         self._failures = failures
         self._timeout = timeout
@@ -153,6 +154,13 @@ class ThreadStage:
     def close(self, deadline: float) -> None:
         self._waiting.clear()
         self._pool.close(deadline)
+
+    def _signal(self) -> None:
+        """On a pool thread, once a quarter of the threads are done: the loop turns to give them the
+        records waiting here. With none waiting it need not: a finished record moves on at the next
+        turn, and waking for it cost the main thread more than it gave (BENCHMARKS.md, issue 8)."""
+        if self._waiting and self._wake is not None:
+            self._wake.signal()
 
     def _timed(self, work: Work) -> None:
         if self._seconds is None:
