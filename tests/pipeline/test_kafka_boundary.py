@@ -157,20 +157,3 @@ def test_a_rewind_that_cannot_read_the_committed_offsets_stops_the_worker_cleanl
     rebalancer.assigned.add(TP)
     with pytest.raises(FatalError, match="cannot rewind"):
         rebalancer.rewind()
-
-
-def test_a_synchronous_offset_commit_that_never_returns_counts_as_a_wedged_client() -> None:
-    """librdkafka's synchronous commit has no timeout; a fenced static member's once hung the loop."""
-    from worker.pipeline.commit import StoredOffsetsCommitter
-
-    class HungConsumer:
-        def commit(self, *, asynchronous: bool) -> None:
-            time.sleep(5)
-
-    committer = StoredOffsetsCommitter(consumer=HungConsumer(), tracker=OffsetTracker(), floors={},  # type: ignore[arg-type]
-                                       commit_seconds=0.2)
-    assert committer.commit() is True, "a turn's commit only stores offsets: nothing waits"
-    began = time.monotonic()
-    with pytest.raises(ClientWedged, match="commit did not return"):
-        committer.commit(force=True)
-    assert time.monotonic() - began < 2

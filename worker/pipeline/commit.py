@@ -39,17 +39,10 @@ class Committer(Protocol):
 
 
 class StoredOffsetsCommitter:
-    """`commit_seconds`: how long a synchronous commit may take before the client counts as wedged
-    (ClientWedged: the process exits, and its restart resumes from the last commit). librdkafka's
-    synchronous commit has no timeout of its own, and once a fenced static member's commit or close
-    did not return after a broker restart, with the loop stuck behind it (issue 8's closing note)."""
-
-    def __init__(self, *, consumer: Consumer, tracker: OffsetTracker, floors: Floors,
-                 commit_seconds: float = 30.0) -> None:
+    def __init__(self, *, consumer: Consumer, tracker: OffsetTracker, floors: Floors) -> None:
         self._consumer = consumer
         self._tracker = tracker
         self._floors = floors
-        self._commit_seconds = commit_seconds
 
     def start(self) -> None:
         return None
@@ -62,8 +55,7 @@ class StoredOffsetsCommitter:
                        what="store_offsets", ignore=("_STATE",))
             self._tracker.confirm(offsets)
         if force:
-            kafka_call(lambda: self._consumer.commit(asynchronous=False), what="commit", ignore=("_NO_OFFSET",),
-                       deadline=self._commit_seconds)
+            kafka_call(lambda: self._consumer.commit(asynchronous=False), what="commit", ignore=("_NO_OFFSET",))
         return True
 
     def close(self) -> None:

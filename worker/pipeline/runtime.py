@@ -231,16 +231,11 @@ class Runtime:
             log.warning("final commit failed: %s", exc)
         finally:
             self._rebalancer.closing = True
-            wedged: ClientWedged | None = None
             for close in (self._consumer.close, self._committer.close, self._outbox.close):
-                try:  # a fenced consumer's close can hang for good: it gets what is left of the grace
-                    kafka_call(close, what="close", deadline=max(1.0, deadline - self._clock()))
-                except ClientWedged as exc:
-                    wedged = exc
+                try:
+                    kafka_call(close, what="close")
                 except WorkerError as exc:
                     log.warning("close failed: %s", exc)
-            if wedged is not None:
-                raise wedged  # the process exits at once (cli.py): its destructor would hang as well
 
 
 def busy_wait(seconds_to_deadline: float | None, *, held: bool) -> float:
