@@ -16,6 +16,7 @@ from harness.models import tiny_model_settings
 from harness.s3_server import S3Server
 from tests.conftest import Credentials
 from worker.config import Settings
+from worker.encoding import Source
 from worker.engine import Embedder, EmbedResult, PreparedImage
 from worker.messages import ImageRequest, S3Uri
 from worker.pipeline.work import Work
@@ -93,6 +94,11 @@ class SlowDevice:
         self.batch_sizes.append(len(images))
         time.sleep(self._delay)
         return self._inner.embed(images)
+
+
+def bare_work(offset: int) -> Work:
+    """A record at `offset` of partition 0 of "t", with no message: for stages that never read one."""
+    return Work(source=Source("t", 0, offset), generation=0, key=None, value=None, headers=[], timestamp_ms=None)
 
 
 class Sink:

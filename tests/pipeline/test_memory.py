@@ -2,15 +2,10 @@
 
 import time
 
-from tests.pipeline.conftest import Sink
-from worker.encoding import Source
+from tests.pipeline.conftest import Sink, bare_work
 from worker.pipeline.memory import InFlightBytes
 from worker.pipeline.stages import ThreadStage
 from worker.pipeline.work import Work
-
-
-def work(n: int) -> Work:
-    return Work(source=Source("t", 0, n), generation=0, key=None, value=None, headers=[], timestamp_ms=None)
 
 
 class Frozen:
@@ -26,7 +21,7 @@ class Frozen:
 def test_a_settled_fetch_frees_its_reservation_at_once_and_counts_what_it_holds() -> None:
     clock = Frozen()
     budget = InFlightBytes(limit=100, clock=clock)
-    first, second = work(1), work(2)
+    first, second = bare_work(1), bare_work(2)
     budget.reserve(first, 40)
     budget.reserve(second, 40)
     assert (budget.admits(20), budget.admits(21), budget.held()) == (True, False, 0)
@@ -45,7 +40,7 @@ def test_a_settled_fetch_frees_its_reservation_at_once_and_counts_what_it_holds(
 def test_a_fetch_larger_than_the_whole_budget_starts_when_nothing_else_is_held() -> None:
     budget = InFlightBytes(limit=100, clock=Frozen())
     assert budget.admits(500)
-    budget.reserve(work(1), 500)
+    budget.reserve(bare_work(1), 500)
     assert not budget.admits(500)
 
 
@@ -61,7 +56,7 @@ def test_fetches_keep_starting_as_others_finish_however_rarely_the_budget_is_wal
     fetch = ThreadStage(name="fetch", workers=4, step=fetched, next_step=sink, failures=sink, timeout=60,
                         budget=budget, reserve_bytes=40)
     for n in range(10):
-        fetch.submit(work(n))
+        fetch.submit(bare_work(n))
     deadline = time.monotonic() + 10
     while sink.finished < 10 and time.monotonic() < deadline:
         fetch.poll()
@@ -73,7 +68,7 @@ def test_fetches_keep_starting_as_others_finish_however_rarely_the_budget_is_wal
 def test_the_budget_walks_its_records_only_when_its_upper_bound_would_answer_differently() -> None:
     clock = Frozen()
     budget = InFlightBytes(limit=1000, every=0.1, refresh=1.0, clock=clock)
-    held = work(1)
+    held = bare_work(1)
     budget.reserve(held, 100)
     held.data = b"x" * 100
     budget.settle(held, 100)
@@ -85,7 +80,7 @@ def test_the_budget_walks_its_records_only_when_its_upper_bound_would_answer_dif
     clock.now += 0.45
     assert (budget.held(), budget.admits(900)) == (100, True), "the upper bound answers: no walk until the refresh"
     assert budget.admits(901), "a fetch the bound would refuse: a walk, which sees the bytes go"
-    big = work(2)
+    big = bare_work(2)
     budget.reserve(big, 600)
     big.data = b"y" * 600
     budget.settle(big, 600)

@@ -4,8 +4,7 @@ import os
 import threading
 import time
 
-from tests.pipeline.conftest import Sink
-from worker.encoding import Source
+from tests.pipeline.conftest import Sink, bare_work
 from worker.pipeline.memory import InFlightBytes
 from worker.pipeline.stages import ThreadStage
 from worker.pipeline.wake import Wake
@@ -62,8 +61,7 @@ def test_free_fetch_threads_wake_the_loop_only_while_records_wait_for_them() -> 
     fetch = ThreadStage(name="fetch", workers=1, step=fetched, next_step=sink, failures=sink, timeout=60,
                         budget=InFlightBytes(limit=1 << 30), reserve_bytes=1, wake=wake)
     for n in range(2):
-        fetch.submit(Work(source=Source("t", 0, n), generation=0, key=None, value=None, headers=[],
-                          timestamp_ms=None))
+        fetch.submit(bare_work(n))
     fetch.poll()  # the one thread takes the first record; the second waits for it
     threading.Timer(0.1, gate.set).start()
     assert took(wake, 5) < 2, "a free thread with a record waiting wakes the loop"

@@ -42,12 +42,12 @@ from worker.pipeline.decoder_stage import DecoderStage
 from worker.pipeline.image_stages import decoder_stage, fetch_threads, preprocess_threads
 from worker.pipeline.inference import InferenceStage
 from worker.pipeline.memory import InFlightBytes
+from worker.pipeline.runtime import busy_wait
 from worker.pipeline.stages import FETCH_DEADLINE_GRACE_SECONDS, ThreadStage
 from worker.pipeline.wake import Wake
 from worker.pipeline.work import Work
 from worker.source import S3Source
 
-_BUSY_POLL_SECONDS = 0.005  # the longest a turn waits while work is in flight (wake.py ends it sooner)
 _MAX_TAKE = 500  # inputs taken per turn, so that finished work is collected often
 
 
@@ -142,7 +142,7 @@ class BatchRun:
                 self._advance()
                 if self._finisher.pending:
                     due = self._batcher.seconds_to_deadline()
-                    self._wake.wait(_BUSY_POLL_SECONDS if due is None else min(_BUSY_POLL_SECONDS, due))
+                    self._wake.wait(busy_wait(due, held=False))  # the stream's bound on a busy turn
         finally:
             deadline = time.monotonic() + self._grace
             for stage in self._stages:
