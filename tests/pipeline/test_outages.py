@@ -24,9 +24,10 @@ from worker.config import Settings
 from worker.engine import Embedder, PreparedImage
 from worker.errors import DeviceFailed
 
-# Many times every record's own retry budget (3 attempts, under 0.2 s) and several rounds of the outage
-# backoff (0.5 s doubling to a 4 s cap): a longer outage only runs more rounds of the same code.
-OUTAGE_SECONDS = 20
+# Many times every record's own retry budget (3 attempts, under 0.2 s) and every round of the outage
+# backoff (0.5 s doubling to its 4 s cap, and one at the cap): a longer outage only runs more rounds of
+# the same code. It was 20 s, ten of them spent repeating the capped round.
+OUTAGE_SECONDS = 10
 
 
 
