@@ -53,6 +53,9 @@ class S3Uri:
     def __str__(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
 
+    def __reduce__(self) -> tuple[type[S3Uri], tuple[str, str]]:
+        return S3Uri, (self.bucket, self.key)  # a decoder's task: pickled as a tuple, not field by field
+
 
 @dataclass(frozen=True, slots=True)
 class ImageRequest:

@@ -100,8 +100,10 @@ class DecoderStage:
         self._waiting.append((item, 0))
 
     def poll(self) -> None:
-        for child in {key.data for key, _ in self._ready.select(0)}:  # a result to read, or it died
-            self._receive(child)
+        for key, _ in self._ready.select(0):  # a result to read, or a sentinel: it died
+            child = key.data
+            if not child.conn.closed:  # else replaced already, its pipe and sentinel both ready
+                self._receive(child, died=key.fileobj is not child.conn)
         self._expire()
         if self._waiting:
             self._admit()
@@ -122,14 +124,18 @@ class DecoderStage:
 
     # -- results -----------------------------------------------------------------------------------
 
-    def _receive(self, child: _Child) -> None:
+    def _receive(self, child: _Child, *, died: bool) -> None:
+        """Everything in the pipe; a decoder that `died` (its sentinel was ready) is replaced after. Its
+        exit status is read only then, or when the pipe breaks: it is a syscall, not for every result."""
         try:
-            while child.conn.poll():
+            ready = not died or child.conn.poll()  # its pipe was ready: a message at least
+            while ready:
                 for outcome in child.conn.recv():
                     self._finish(child, outcome)
+                ready = child.conn.poll()
         except (EOFError, OSError):
-            pass
-        if child.process.exitcode is not None or child.conn.closed:
+            died = died or child.process.exitcode is not None  # else its sentinel says so on a later turn
+        if died:
             self._replace(child, killed=False)
 
     def _finish(self, child: _Child, outcome: Done | Failed) -> None:
@@ -170,9 +176,10 @@ class DecoderStage:
         tasks go again. A decode that began just now is not the one that held the others up."""
         cutoff = self._clock() - self._timeout
         for child in list(self._children):
-            late = [task for task, running in child.tasks.items() if running.started < cutoff]
-            if not late:
+            # Tasks are kept in the order they started: while the oldest is in time, they all are.
+            if not child.tasks or next(iter(child.tasks.values())).started >= cutoff:
                 continue
+            late = [task for task, running in child.tasks.items() if running.started < cutoff]
             stuck = child.decoding.value if child.decoding.value in late else late[0]
             running = child.tasks.pop(stuck)
             self._slots.give_back(running.slot)

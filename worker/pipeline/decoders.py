@@ -6,7 +6,10 @@ and a thread busy in Python slows every thread that wants the GIL back (lock con
 process has its own GIL, its own S3 client and a few threads, so that S3's latency overlaps decoding.
 
 What crosses the pipe is small: lists of Tasks (record number, URI, slot) in, lists of Done or
-Failed out, so that one pipe write carries many records when they come quickly. The pixels
+Failed out, so that one pipe write carries many records when they come quickly. They are NamedTuples
+because the main thread pickles or unpickles one per record: a tuple is pickled in C, a slots
+dataclass field by field in Python (4.5 against 6.0 µs to pickle a Task, 1.2 against 2.7 to unpickle
+a Done, measured alone; more on the loop's thread, whose caches the decoders keep cold). The pixels
 go straight into a shared-memory slot (slots.py). Errors cross as pickled worker.errors classes;
 anything else a step raises becomes UnexpectedError here, its traceback carried as text.
 
@@ -26,7 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from open_clip.transform import PreprocessCfg
@@ -70,15 +73,13 @@ class DecoderSpec:
     environ: dict[str, str]  # the worker's environment when it built the stage (AWS_* credentials, ...)
 
 
-@dataclass(frozen=True, slots=True)
-class Task:
+class Task(NamedTuple):
     id: int
     uri: S3Uri
     slot: int
 
 
-@dataclass(frozen=True, slots=True)
-class Done:
+class Done(NamedTuple):
     id: int
     sha256: str
     attempts: int
@@ -91,8 +92,7 @@ class Done:
     preprocess_seconds: float
 
 
-@dataclass(frozen=True, slots=True)
-class Failed:
+class Failed(NamedTuple):
     id: int
     error: WorkerError
     stage: str  # "fetch" or "preprocess"
