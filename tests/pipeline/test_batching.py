@@ -91,16 +91,16 @@ def test_a_due_batch_is_held_only_while_the_device_has_no_room() -> None:
 
 
 def test_a_busy_turn_waits_a_busy_poll_at_most_and_never_past_a_batch_that_can_leave() -> None:
-    assert busy_wait(None, held=False) == 0.005
-    assert busy_wait(1.0, held=False) == 0.005
+    assert busy_wait(None, held=False) == 0.02
+    assert busy_wait(1.0, held=False) == 0.02
     assert busy_wait(0.0021, held=False) == 0.0021
     assert busy_wait(0.0, held=False) == 0.0  # due now and the device has room: the turn sends it
-    assert busy_wait(0.0, held=True) == 0.005  # due but held: only the device finishing moves it
+    assert busy_wait(0.0, held=True) == 0.02  # due but held: only the device finishing moves it
 
 
 @given(st.floats(min_value=0.0, max_value=10.0, allow_nan=False), st.booleans())
 def test_a_busy_wait_is_bounded_and_zero_only_for_a_batch_that_can_leave_now(deadline: float, held: bool) -> None:
     waited = busy_wait(deadline, held=held)
-    assert 0.0 <= waited <= 0.005
+    assert 0.0 <= waited <= 0.02
     assert held or waited <= deadline  # never past a batch that could leave
     assert waited > 0.0 or (deadline == 0.0 and not held)

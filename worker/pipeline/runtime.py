@@ -1,8 +1,8 @@
 """The main loop: poll, hand records down the stages, commit what finished, repeat; and shutdown.
 
 Only this thread talks to the consumer, and it never waits on S3 or the device for longer than a
-busy poll (a turn with records in flight waits for the device to finish a batch, a few milliseconds
-at most), so consume() runs every few milliseconds and max.poll.interval.ms is never at risk
+busy poll (a turn with records in flight waits for a stage's signal, 20 ms at most), so consume()
+runs many times a second and max.poll.interval.ms is never at risk
 (backpressure.py pauses the input when the rest falls behind). No record can stop this loop: every
 stage turns what goes wrong with one record into that record's failure (failures.py); only
 FatalError - a fenced or wedged client, a broken device, the stop policy, the failure streak - ends
@@ -40,7 +40,13 @@ from worker.pipeline.wake import Wake
 from worker.pipeline.work import Work
 
 log = logging.getLogger(__name__)
-_BUSY_POLL_SECONDS = 0.005  # the longest a turn waits while work is in flight
+# The longest a busy turn waits. The stages signal what moves the pipeline (wake.py): the device's
+# batches, fetch threads falling idle, decoders' results; and a due batch bounds the wait. What cannot
+# signal waits for this timeout at most: new input and the producer's acks, and the preprocess
+# threads' results while no fetch signals come (input slower than the worker: latency, not
+# throughput). It was 5 ms; at 20 ms the main thread spent 7-14 µs less per record, img/s unchanged
+# (cpu_bench, BENCHMARKS.md, issue 8), since three busy turns in four ended on the timeout.
+_BUSY_POLL_SECONDS = 0.020
 _IDLE_POLL_SECONDS = 0.1
 _MAX_CONSUME = 500
 
