@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"clip-worker: {exc}", file=sys.stderr)
         return 2
-    except ClientWedged as exc:
-        log.error("stopping: %s", exc)
+    except ClientWedged as exc:  # the error it was stopping for, if any, is its context
+        log.error("stopping: %s%s", exc, f" (while stopping for: {exc.__context__})" if exc.__context__ else "")
         logging.shutdown()
         os._exit(1)  # a wedged librdkafka client can hang its own destructor at interpreter exit
     except FatalError as exc:

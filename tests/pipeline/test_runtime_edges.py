@@ -1,13 +1,17 @@
-"""Two edges of the main loop: a stop that arrives while the input is paused still sends the partial
-batch (it used to wait out the grace period), and a record from a partition this consumer does not
-hold is dropped, not tracked (it used to start tracking the partition, and its watermark)."""
+"""Three edges of the main loop: a stop that arrives while the input is paused still sends the partial
+batch (it used to wait out the grace period); a record from a partition this consumer does not hold
+is dropped, not tracked (it used to start tracking the partition, and its watermark); and a consumer
+whose close never returns ends the worker as wedged, for its restart (it used to hang the process)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from harness.kafka_broker import KafkaBroker
 from harness.kafka_io import committed_and_end_offsets, produce_requests, read_all
@@ -17,7 +21,9 @@ from tests.conftest import Credentials
 from tests.pipeline.conftest import requests_for
 from worker.config import Settings
 from worker.engine import Embedder
+from worker.errors import ClientWedged
 from worker.metrics import Metrics
+from worker.pipeline import runtime as runtime_module
 from worker.pipeline.build import build_runtime
 
 MODEL: dict[str, Any] = {"preprocess_mode": "fast", "inference_batch_size": 64, "preprocess_workers": 2}
@@ -78,3 +84,44 @@ def test_a_record_of_a_partition_not_held_is_dropped_not_tracked(
     runtime._take(ForeignMessage())  # type: ignore[arg-type]
     assert runtime._tracker.in_flight() == 0
     assert metrics.registry.get_sample_value("clip_worker_records_unassigned_total") == 1
+
+
+class CloseNeverReturns:
+    """The worker's consumer, except that close() does not return until released: a consumer fenced
+    by a fatal error can hang in it for good (confluent-kafka-go #1588)."""
+
+    def __init__(self, consumer: Any) -> None:
+        self.consumer = consumer
+        self.released = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.consumer, name)
+
+    def close(self) -> None:
+        self.released.wait()
+
+
+def test_a_consumer_close_that_never_returns_stops_the_worker_as_wedged_by_its_deadline(
+    kafka_broker: KafkaBroker,
+    aws_credentials: Credentials,
+    photo_bucket: tuple[str, list[str]],
+    make_settings: Callable[..., Settings],
+    tiny_checkpoint: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runtime_module, "_CLOSE_SECONDS", 0.5)
+    settings = make_settings(photo_bucket[0], input_partitions=1, model=MODEL)
+    worker = InProcessWorker(settings, embedder=Embedder.load(tiny_model_settings(tiny_checkpoint, **MODEL)))
+    hanging = CloseNeverReturns(worker.runtime._consumer)
+    worker.runtime._consumer = hanging  # type: ignore[assignment]
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not worker.runtime.assigned:
+        assert time.monotonic() < deadline, "the worker never got its partition"
+        time.sleep(0.05)
+    started = time.monotonic()
+    with pytest.raises(ClientWedged, match="consumer close did not return within 0 s"):
+        worker.stop(timeout=30)
+    assert time.monotonic() - started < 10, "the stop waited on the hanging close"
+    hanging.released.set()
+    hanging.consumer.close()

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 # (cpu_bench, BENCHMARKS.md, issue 8), since three busy turns in four ended on the timeout.
 _BUSY_POLL_SECONDS = 0.020
 _IDLE_POLL_SECONDS = 0.1
+_CLOSE_SECONDS = 30.0  # the consumer's close: leaving the group takes a round trip or two
 _MAX_CONSUME = 500
 
 
@@ -237,11 +238,27 @@ class Runtime:
             log.warning("final commit failed: %s", exc)
         finally:
             self._rebalancer.closing = True
-            for close in (self._consumer.close, self._committer.close, self._outbox.close):
-                try:
-                    kafka_call(close, what="close")
-                except WorkerError as exc:
-                    log.warning("close failed: %s", exc)
+            self._close_clients()
+
+    def _close_clients(self) -> None:
+        """Close the consumer, the committer and the producer. The consumer's close has a deadline: a
+        consumer fenced by a fatal error can hang in it for good (confluent-kafka-go #1588), and once
+        in CI one sat there after a broker restart, committing nothing for minutes. Past it the
+        process exits (ClientWedged) to be restarted, as for a wedged transaction."""
+        wedged: ClientWedged | None = None
+        try:
+            kafka_call(self._consumer.close, what="consumer close", deadline=_CLOSE_SECONDS)
+        except ClientWedged as exc:
+            wedged = exc
+        except WorkerError as exc:
+            log.warning("close failed: %s", exc)
+        for close in (self._committer.close, self._outbox.close):
+            try:
+                kafka_call(close, what="close")
+            except WorkerError as exc:
+                log.warning("close failed: %s", exc)
+        if wedged is not None:
+            raise wedged
 
 
 def busy_wait(seconds_to_deadline: float | None, *, held: bool) -> float:
