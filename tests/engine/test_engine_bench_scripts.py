@@ -124,3 +124,30 @@ def test_cpu_bench_judges_the_targets_on_the_median_of_each_settings_turns() -> 
     assert "worker CPU per record / bare decode: 1.25x (target <= 1.3x): met" in out
     single = report(args, 1e-3, turns[:1], (0.0, 0.0))
     assert "Medians" not in single and "main thread: 110 µs per record (target <= 50 µs): NOT met" in single
+
+
+def test_the_loop_probe_counts_the_loops_steps_where_asked_and_cpu_bench_tabulates_them(tmp_path: Path) -> None:
+    """cpu_bench --loop-profile: bench/loop_probe's sitecustomize wraps the loop's steps in a worker
+    started with CLIP_LOOP_PROFILE, writes their calls and thread-CPU time at exit from the process
+    that ran the loop, and nothing anywhere else."""
+    from bench.cpu_bench import LOOP_PROBE, RunFigures, _loop_rows, loop_steps
+
+    script = ("from worker.pipeline.runtime import Runtime\nfrom worker.pipeline.wake import Wake\n"
+              "wake = Wake()\nwake.signal()\nwake.wait(1.0)\nwake.close()\n"
+              "try:\n    Runtime.step(None)\nexcept AttributeError:\n    pass\n")
+    probe = {"PYTHONPATH": str(LOOP_PROBE)}
+    written, unasked = tmp_path / "loop.json", tmp_path / "unasked.json"
+    subprocess.run([sys.executable, "-c", script], cwd=ROOT,
+                   env=os.environ | probe | {"CLIP_LOOP_PROFILE": str(written)}, check=True, timeout=120)
+    subprocess.run([sys.executable, "-c", "import worker.pipeline.wake"], cwd=ROOT,
+                   env=os.environ | probe | {"CLIP_LOOP_PROFILE": str(unasked)}, check=True, timeout=120)
+    assert not unasked.exists(), "a process that never ran the loop writes nothing"
+    steps = loop_steps(written, records=2)
+    assert set(steps) == {"Runtime.step", "Wake.wait"}
+    per_record, per_call = steps["Wake.wait"]
+    assert 0 < per_record < per_call and per_call < 0.5, "thread CPU, not the wall time of a wait"
+
+    run = RunFigures(preprocess_in="threads", preprocess_workers=1, records=2, img_per_s=1.0, worker_cpu_s=0.0,
+                     main_cpu_s=0.0, broker_cpu_s=0.0, s3proxy_cpu_s=0.0, box_busy_share=0.0, threads={},
+                     loop={"Wake.wait": (20e-6, 40e-6)})
+    assert _loop_rows([run])[-1] == "| Wake.wait | 20.0 (40.0) |"
