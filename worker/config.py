@@ -135,7 +135,8 @@ class S3Settings(_Section):
     )
     max_object_bytes: int = Field(32 * 1024 * 1024, ge=1, description="Objects larger than this are rejected.")
     fetch_workers: int = Field(16, ge=1, le=512, description="Threads fetching objects from S3.")
-    max_attempts: int = Field(5, ge=1, le=50, description="Attempts per object for transient S3 errors.")
+    max_attempts: int = Field(5, ge=1, le=50, description="Attempts per object for transient S3 errors, "
+        "and one more when S3 comes back just after the last (that one decides).")
     backoff_initial_seconds: float = Field(0.1, gt=0, description="First retry backoff; doubles, with full jitter.")
     backoff_max_seconds: float = Field(5.0, gt=0, description="Cap on one retry backoff.")
     timeout_seconds: float = Field(10.0, gt=0, description="Connect and read timeout of one S3 request.")

@@ -131,6 +131,11 @@ class S3Source:
     fetched meanwhile (a quiet stream, or the input paused for the outage), one GET of the object
     that last succeeded here decides: without it, one object throttled for good looked like an
     outage, and its record was parked and retried alone, forever, with the input paused.
+
+    Out of attempts, only a success that came before the last attempt began blames the object: one
+    after it may be S3 coming back from an outage that this attempt still met. That race dead-lettered
+    three good records in CI as an outage ended (test_outages.py). For the same reason, when the last
+    good object is served again, this object gets one more attempt, and that attempt decides.
     """
 
     def __init__(
@@ -159,6 +164,7 @@ class S3Source:
         settings = self._settings
         window = self._clock()  # S3 serving anyone since then means the failure is this object's
         for attempt in range(1, settings.max_attempts + 1):
+            served_before = self._served.value  # successes after this attempt began prove nothing against it
             try:
                 data = self._get(uri, deadline)
             except SourceError as exc:
@@ -169,21 +175,51 @@ class S3Source:
             except SourceUnavailable as exc:
                 ceiling = min(settings.backoff_max_seconds, settings.backoff_initial_seconds * 2 ** (attempt - 1))
                 if attempt == settings.max_attempts or self._clock() + ceiling > deadline:
-                    exhausted = RetriesExhausted(f"{exc} (after {attempt} attempts)")
-                    exhausted.attempts = attempt
-                    raise self._judged(exhausted, uri, window, attempt) from exc
+                    return self._exhausted(uri, exc, attempt, deadline, served_meanwhile=served_before >= window)
                 window = self._clock()
                 self._sleep(random.uniform(0, ceiling))
                 continue
-            self._served.value, self._last_good = self._clock(), uri
-            return data, attempt
+            return self._fetched(uri, data, attempt)
         raise AssertionError("unreachable: the loop returns or raises")
+
+    def _fetched(self, uri: S3Uri, data: bytes, attempts: int) -> tuple[bytes, int]:
+        self._served.value, self._last_good = self._clock(), uri
+        return data, attempts
+
+    def _exhausted(
+        self, uri: S3Uri, error: SourceUnavailable, attempt: int, deadline: float, *, served_meanwhile: bool
+    ) -> tuple[bytes, int]:
+        """Out of attempts: the object's fault if S3 served another fetch before the last attempt began;
+        else, if S3 serves the last good object now, one more attempt of this one decides (S3 may have
+        just come back: its failure then is the object's, its success the record's bytes); else an outage."""
+        exhausted = RetriesExhausted(f"{error} (after {attempt} attempts)")
+        exhausted.attempts = attempt
+        if served_meanwhile:
+            raise exhausted from error
+        if not self._serves(self._last_good, instead_of=uri):
+            raise self._outage(exhausted, attempt) from error
+        attempt += 1
+        try:
+            return self._fetched(uri, self._get(uri, deadline), attempt)
+        except SourceError as exc:
+            exc.attempts = attempt
+            raise
+        except _TooSlow as exc:
+            raise RecordTimeout(f"{exc}", stage="fetch") from None
+        except SourceUnavailable as again:
+            exhausted = RetriesExhausted(f"{again} (after {attempt} attempts, the last once S3 served another object)")
+            exhausted.attempts = attempt
+            raise exhausted from again
 
     def _judged(self, error: WorkerError, uri: S3Uri, began: float, attempt: int) -> WorkerError:
         """``error`` if S3 served another fetch since ``began``, or serves the last good object now;
         else an outage (never dead-lettered)."""
         if self._served.value >= began or self._serves(self._last_good, instead_of=uri):
             return error
+        return self._outage(error, attempt)
+
+    @staticmethod
+    def _outage(error: WorkerError, attempt: int) -> SourceOutage:
         outage = SourceOutage(f"S3 is not serving: {error} (no fetch succeeded meanwhile)")
         outage.attempts = attempt
         return outage

@@ -161,6 +161,9 @@ class Bad:
     error: str
     attempts: int | None  # None: not pinned here (see test_the_fetch_attempts_header_counts_the_requests_made)
     reason: str  # a part of __connect.errors.exception.message
+    # Out of attempts with no success seen before the last one began, an object gets one more once S3
+    # serves the last good object (worker/source.py): whether it does depends on the other fetches' timing.
+    or_one_more: bool = False
 
 
 # Decoder processes fetch and decode in children: the same matrix holds across the process boundary.
@@ -227,7 +230,7 @@ def test_every_bad_record_is_dead_lettered_once_and_every_good_one_embedded(
         Bad("bad-too-big", request("bad-too-big", uri("too-big.jpg")), "fetch", "SourceTooLarge", 1,
             f"over the limit of {limit}"),
         Bad("bad-throttled", request("bad-throttled", uri("throttled.jpg")), "fetch", "RetriesExhausted",
-            MAX_ATTEMPTS, f"after {MAX_ATTEMPTS} attempts"),
+            MAX_ATTEMPTS, "SlowDown", or_one_more=True),
         Bad("bad-random", request("bad-random", uri("random.jpg")), "decode-image", "NotAnImage", 1,
             "not an image"),
         Bad("bad-truncated", request("bad-truncated", uri("truncated.jpg")), "decode-image", "TruncatedImage", 1,
@@ -287,7 +290,9 @@ def test_every_bad_record_is_dead_lettered_once_and_every_good_one_embedded(
         reason = added["__connect.errors.exception.message"]
         assert case.reason in reason, (case.key, reason)
         if case.attempts is not None:
-            assert added["clip_worker.fetch.attempts"] == str(case.attempts), case.key
+            made = int(added["clip_worker.fetch.attempts"])
+            assert made == case.attempts or (case.or_one_more and made == case.attempts + 1), case.key
+            assert f"after {made} attempts" in reason or case.error != "RetriesExhausted", (case.key, reason)
         assert added["clip_worker.worker.version"] == __version__
         assert added["clip_worker.worker.id"] == f"clip-worker-{socket.gethostname()}", "the Kafka client.id"
         assert "__connect.errors.exception.stacktrace" not in added, "a stack trace only for unexpected errors"
@@ -305,9 +310,9 @@ def test_every_bad_record_is_dead_lettered_once_and_every_good_one_embedded(
     # like: libcurl makes that request again on a new one itself, so a reset may not cost an attempt.
     retries = worker.counter("clip_worker_fetch_retries_total")
     assert sum(transient.values()) + MAX_ATTEMPTS - 1 - transient["reset"] // 2 <= retries
-    assert retries <= sum(transient.values()) + MAX_ATTEMPTS - 1
-    # The proxy served every transient fault, one 403 (never retried) and MAX_ATTEMPTS SlowDowns.
-    assert proxy.faults_served == sum(transient.values()) + 1 + MAX_ATTEMPTS
+    assert retries <= sum(transient.values()) + MAX_ATTEMPTS  # the throttled object's one more attempt, maybe
+    # The proxy served every transient fault, one 403 (never retried) and MAX_ATTEMPTS SlowDowns (or one more).
+    assert proxy.faults_served - sum(transient.values()) - 1 in (MAX_ATTEMPTS, MAX_ATTEMPTS + 1)
 
 
 def test_the_fetch_attempts_header_counts_the_requests_made(
