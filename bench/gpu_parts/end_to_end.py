@@ -8,7 +8,8 @@ network, so Kafka is librdkafka's mock cluster (one in-process mock broker, topi
 
 Each run produces N requests into fresh topics, starts the worker, and samples every 0.25 s: outputs
 written (the output topic's end offsets), dead letters, the GPU's busy % (nvidia-smi), the worker's
-process-tree CPU and the machine's. img/s is the output rate over the steady window: from a few
+process-tree CPU, its main thread's (the loop: one core at most, so `main_cores` near 1 names it as the
+ceiling) and the machine's. img/s is the output rate over the steady window: from a few
 seconds after the first output (model load and warm-up excluded) to the time limit or the last
 record. The worker is then stopped with SIGTERM.
 """
@@ -27,8 +28,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from bench.cpu_bench import box_busy_cpu, thread_cpu, tree_cpu
 from bench.gpu_parts.common import Budget, Context, Report
-from bench.gpu_parts.standins import BUCKET, LOG, GpuSampler, box_cpu, mock_kafka, s3_server, tree_cpu, upload
+from bench.gpu_parts.standins import BUCKET, LOG, GpuSampler, mock_kafka, s3_server, upload
 from harness.kafka_io import produce_requests
 from harness.workers import settings_env
 from worker.config import ModelSettings, Settings
@@ -74,7 +76,7 @@ def one_run(ctx: Context, report: Report, budget: Budget, *, bootstrap: str, end
     with log.open("ab") as out:
         worker = subprocess.Popen([sys.executable, "-m", "worker"], cwd=ROOT, env=env, stdout=out, stderr=out)
     started = time.monotonic()
-    samples: list[tuple[float, int, float, float]] = []  # (time, outputs, worker CPU s, box CPU s)
+    samples: list[tuple[float, int, float, float, float]] = []  # (time, outputs, worker, main thread, box CPU s)
     first = dead = 0.0
     warmup, window = (0.5, 6.0) if ctx.smoke else (3.0, 20.0)
     try:
@@ -82,7 +84,7 @@ def one_run(ctx: Context, report: Report, budget: Budget, *, bootstrap: str, end
             time.sleep(0.25)
             now, done = time.monotonic(), written(probe, settings.kafka.output_topic)
             dead = written(probe, settings.kafka.dead_letter_topic)
-            samples.append((now, done, tree_cpu(worker.pid), box_cpu()))
+            samples.append((now, done, tree_cpu(worker.pid), thread_cpu(worker.pid, worker.pid), box_busy_cpu()))
             first = first or (now if done else 0.0)
             if done + dead >= messages or (first and now - first >= warmup + window):
                 break
@@ -104,13 +106,15 @@ def one_run(ctx: Context, report: Report, budget: Budget, *, bootstrap: str, end
         report.check(f"e2e {label}: outputs written", False, f"{samples[-1][1] if samples else 0} outputs, "
                      f"{dead:.0f} dead letters, exit {code}; worker log: " + " | ".join(tail)[-1500:])
         return
-    (t0, n0, c0, b0), (t1, n1, c1, b1) = steady[0], steady[-1]
+    (t0, n0, c0, m0, b0), (t1, n1, c1, m1, b1) = steady[0], steady[-1]
     seconds = max(t1 - t0, 1e-6)
     report.figure(kind="end to end", model=model, batch=batch, **preprocess, s3=server, kafka="librdkafka mock",
                   img_per_s=round((n1 - n0) / seconds, 1), outputs=int(n1), dead_letters=int(dead),
                   window_s=round(seconds, 1), startup_s=round(first - started, 1),
                   gpu_busy_pct=gpu.mean(t0, t1), worker_cores=round((c1 - c0) / seconds, 2),
                   worker_cpu_ms_per_image=round(1000 * (c1 - c0) / max(n1 - n0, 1), 2),
+                  main_cores=round((m1 - m0) / seconds, 2),
+                  main_us_per_image=round(1e6 * (m1 - m0) / max(n1 - n0, 1), 1),
                   box_cores=round((b1 - b0) / seconds, 2), stop_s=round(time.monotonic() - stop_began, 1), exit=code)
     report.check(f"e2e {label}: outputs written, no dead letters", n1 > 0 and dead == 0,
                  f"{n1} outputs, {dead:.0f} dead letters in {t1 - started:.0f} s")

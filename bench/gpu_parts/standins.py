@@ -5,14 +5,13 @@
   metadata, and any other client (another process too) connects to it as to a broker.
 - S3: gofakes3 (one static Go binary, built by fetch_gpu_wheels.sh into the carried bin/), in-memory
   backend; moto's server from the dev dependencies where the binary is missing.
-- GPU busy % from nvidia-smi -lms; process-tree and machine CPU from /proc.
+- GPU busy % from nvidia-smi -lms (process-tree, main-thread and machine CPU: cpu_bench's /proc readers).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
 import subprocess
 import threading
@@ -26,7 +25,6 @@ from bench.gpu_parts.common import Context
 
 BUCKET = "bench"
 LOG = logging.getLogger("bench.librdkafka")
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
@@ -115,23 +113,3 @@ class GpuSampler:
         if self.process is not None:
             self.process.terminate()
             self.process.wait(5)
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of a process, its reaped children and its live descendants (from /proc)."""
-    try:
-        with open(f"/proc/{pid}/stat") as file:
-            fields = file.read().rsplit(")", 1)[1].split()
-        total = sum(int(f) for f in fields[11:15]) / TICKS
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as file:
-                total += sum(tree_cpu(int(child)) for child in file.read().split())
-        return total
-    except (FileNotFoundError, ProcessLookupError, ValueError):
-        return 0.0
-
-
-def box_cpu() -> float:
-    with open("/proc/stat") as file:
-        ticks = [int(v) for v in file.readline().split()[1:]]
-    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / TICKS
