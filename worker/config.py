@@ -125,6 +125,14 @@ class KafkaSettings(_Section):
         ge=1000,
         description="exactly-once: must exceed the slowest batch; bounds how long a crash blocks readers.",
     )
+    transaction_call_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="exactly-once: how long one transactional call (offsets, commit, abort) waits on the broker "
+        "before it is resumed as the same call; one that has not returned after twice this long counts as wedged, "
+        "and the worker exits to be restarted.",
+    )
 
 
 class S3Settings(_Section):

@@ -5,7 +5,8 @@ would. Two client failures can make it exit on its own, and both are tested here
 a static member whose session timed out during the outage is fenced by its own rejoin (a fatal
 librdkafka error: the process must restart), and, exactly-once, send_offsets_to_transaction can
 hang for good after its group coordinator restarts (librdkafka #5456, #5511; the worker exits on
-its own deadline). Either way the restarted worker resumes from the commit: every id arrives, and
+its own deadline: twice kafka.transaction_call_seconds, 5 s here against the default 10, which took
+14 s more). Either way the restarted worker resumes from the commit: every id arrives, and
 a read_committed reader sees each input exactly once in exactly-once mode.
 """
 
@@ -39,7 +40,8 @@ def test_broker_stopped_and_restarted_mid_stream(
     settings = make_settings(
         bucket,
         bootstrap=broker.bootstrap_servers,
-        kafka={"group_instance_id": "worker-0", "consumer_config": {"session.timeout.ms": "6000"}},
+        kafka={"group_instance_id": "worker-0", "consumer_config": {"session.timeout.ms": "6000"},
+               "transaction_call_seconds": 5},
         # A small in-flight bound keeps the consumer paused much of the time, so that the outage
         # often lands while it is paused: partitions it gets back must not stay paused.
         pipeline={"delivery": delivery, "max_in_flight": 100},

@@ -7,10 +7,11 @@ calls simply run out of time while the broker may still act on what it was sent:
 commit_transaction that timed out on the client can complete on the broker once the stall ends.
 The worker must neither give up (a pod restart for a hiccup) nor retry the commit's steps out of
 order (the transaction is then abandoned or, worse, doubled). Here every client connection goes
-through a TCP proxy (``proxied_kafka_broker``) that freezes all traffic for longer than
-``_CALL_SECONDS`` twice while outputs are flowing; the worker commits on every loop turn
-that finished something, so each stall catches a commit in flight. The checks and the topics go
-through the broker's direct listener, which the stalls do not touch.
+through a TCP proxy (``proxied_kafka_broker``) that freezes all traffic, twice while outputs are
+flowing, for longer than a transactional call waits (kafka.transaction_call_seconds: 3 s here; the
+default 10 s runs the same code and took 16 s more); the worker commits on every loop turn that
+finished something, so each stall catches a commit in flight. The checks and the topics go through
+the broker's direct listener, which the stalls do not touch.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from tests.pipeline.conftest import ids_of, requests_for
 from worker.config import Settings
 
 N_RECORDS = 2000
-STALL_SECONDS = 12.0  # longer than a transactional call waits (worker/pipeline/transactions.py: 10 s)
+CALL_SECONDS = 3.0  # kafka.transaction_call_seconds: a call past twice this counts as wedged
+STALL_SECONDS = 4.0  # longer than a call waits, shorter than wedged
 # Outputs written (markers included) when each stall starts. Two stalls, not three: the third
 # caught nothing the second does not, and took 12 s of make test's 12-minute budget.
 STALL_AT = (400, 1100)
@@ -61,7 +63,7 @@ def test_one_exactly_once_worker_rides_out_broker_stalls_longer_than_its_commit_
     settings = make_settings(
         bucket,
         bootstrap=kafka.bootstrap_servers,
-        kafka={"group_instance_id": "worker-0"},
+        kafka={"group_instance_id": "worker-0", "transaction_call_seconds": CALL_SECONDS},
         pipeline={"delivery": "exactly-once", "max_batch_wait_ms": 20},
     )
     topics = settings.kafka

@@ -99,7 +99,7 @@ class StubConsumer:
 def committer(producer: StubProducer, tracker: OffsetTracker, **timing: float) -> TransactionalCommitter:
     return TransactionalCommitter(
         producer=producer, consumer=StubConsumer(), outbox=Outbox(producer, max_message_bytes=1_000_000),  # type: ignore[arg-type]
-        tracker=tracker, floors={}, metrics=Metrics(), **timing,
+        tracker=tracker, floors={}, metrics=Metrics(), call_seconds=timing.pop("call_seconds", 10.0), **timing,
     )
 
 

@@ -149,7 +149,7 @@ def build_runtime(
     floors = dead_letters.floors
     committer: Committer = (
         TransactionalCommitter(producer=producer, consumer=consumer, outbox=outbox, tracker=tracker, floors=floors,
-                               metrics=metrics)
+                               metrics=metrics, call_seconds=settings.kafka.transaction_call_seconds)
         if exactly_once
         else StoredOffsetsCommitter(consumer=consumer, tracker=tracker, floors=floors)
     )

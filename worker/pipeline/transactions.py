@@ -28,16 +28,17 @@ from worker.pipeline.produce import Outbox
 
 log = logging.getLogger(__name__)
 _ATTEMPTS = 10  # timeouts of one commit before giving up (the process restarts and fences)
-_CALL_SECONDS = 10.0  # what librdkafka is asked to wait
 _INIT_SECONDS = 30.0
-_DEADLINE_MARGIN = 10.0  # beyond the requested wait, before the client counts as wedged
 
 
 class TransactionalCommitter:
     def __init__(
         self, *, producer: Producer, consumer: Consumer, outbox: Outbox, tracker: OffsetTracker, floors: Floors,
-        metrics: Metrics, init_seconds: float = _INIT_SECONDS, deadline_margin: float = _DEADLINE_MARGIN,
+        metrics: Metrics, call_seconds: float, init_seconds: float = _INIT_SECONDS,
+        deadline_margin: float | None = None,
     ) -> None:
+        """`call_seconds`: what librdkafka is asked to wait in each call (kafka.transaction_call_seconds);
+        a call that has not returned `deadline_margin` (by default as long again) past that counts as wedged."""
         self._producer = producer
         self._consumer = consumer
         self._outbox = outbox
@@ -45,8 +46,9 @@ class TransactionalCommitter:
         self._floors = floors
         self._metrics = metrics
         self._committed_produced = 0  # outbox.produced at the last commit
+        self._call_seconds = call_seconds
         self._init_seconds = init_seconds
-        self._margin = deadline_margin
+        self._margin = call_seconds if deadline_margin is None else deadline_margin
 
     def start(self) -> None:
         init = self._init_seconds
@@ -65,34 +67,34 @@ class TransactionalCommitter:
         return committed
 
     def _commit(self, offsets: dict[tuple[str, int], int]) -> bool:
-        producer = self._producer
+        producer, seconds = self._producer, self._call_seconds
         offsets_sent = not offsets
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 if not offsets_sent:  # step 1
                     self._call(lambda: producer.send_offsets_to_transaction(
-                        as_topic_partitions(offsets), self._consumer.consumer_group_metadata(), _CALL_SECONDS),
+                        as_topic_partitions(offsets), self._consumer.consumer_group_metadata(), seconds),
                         "send_offsets_to_transaction")
                     offsets_sent = True
-                self._call(lambda: producer.commit_transaction(_CALL_SECONDS), "commit_transaction")  # step 2
+                self._call(lambda: producer.commit_transaction(seconds), "commit_transaction")  # step 2
                 self._metrics.transactions.labels(outcome="committed").inc()
                 return True
             except KafkaUnavailable as exc:  # resumable: the same call again
                 log.warning("transaction commit attempt %d timed out, resuming it: %s", attempt, exc)
             except TransactionAborted as exc:
                 log.warning("transaction aborted, rewinding to the committed offsets: %s", exc)
-                self._call(lambda: producer.abort_transaction(_CALL_SECONDS), "abort_transaction")
+                self._call(lambda: producer.abort_transaction(seconds), "abort_transaction")
                 self._metrics.transactions.labels(outcome="aborted").inc()
                 return False
-        raise FatalError(f"transaction did not commit in {_ATTEMPTS} attempts of {_CALL_SECONDS:.0f} s")
+        raise FatalError(f"transaction did not commit in {_ATTEMPTS} attempts of {seconds:.0f} s")
 
     def close(self) -> None:
         """At shutdown: abort the transaction begun after the last commit. A fenced or broken client
         cannot, and the error that stopped the worker is the one to report: log this one."""
         try:
-            self._call(lambda: self._producer.abort_transaction(_CALL_SECONDS), "abort_transaction")
+            self._call(lambda: self._producer.abort_transaction(self._call_seconds), "abort_transaction")
         except WorkerError as exc:
             log.warning("could not abort the open transaction (its successor will fence it): %s", exc)
 
-    def _call(self, fn: Callable[[], object], what: str, seconds: float = _CALL_SECONDS) -> None:
-        kafka_call(fn, what=what, deadline=seconds + self._margin)
+    def _call(self, fn: Callable[[], object], what: str, seconds: float | None = None) -> None:
+        kafka_call(fn, what=what, deadline=(self._call_seconds if seconds is None else seconds) + self._margin)
