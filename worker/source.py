@@ -163,7 +163,9 @@ class S3Source:
         self._allowlist.check(uri)
         settings = self._settings
         window = self._clock()  # S3 serving anyone since then means the failure is this object's
-        for attempt in range(1, settings.max_attempts + 1):
+        attempts, attempt = settings.max_attempts, 0
+        while True:
+            attempt += 1
             served_before = self._served.value  # successes after this attempt began prove nothing against it
             try:
                 data = self._get(uri, deadline)
@@ -174,42 +176,22 @@ class S3Source:
                 raise self._judged(RecordTimeout(f"{exc}", stage="fetch"), uri, window, attempt) from None
             except SourceUnavailable as exc:
                 ceiling = min(settings.backoff_max_seconds, settings.backoff_initial_seconds * 2 ** (attempt - 1))
-                if attempt == settings.max_attempts or self._clock() + ceiling > deadline:
-                    return self._exhausted(uri, exc, attempt, deadline, served_meanwhile=served_before >= window)
+                if attempt == attempts or self._clock() + ceiling > deadline:
+                    extra = ", the last once S3 served another object" if attempt > settings.max_attempts else ""
+                    exhausted = RetriesExhausted(f"{exc} (after {attempt} attempts{extra})")
+                    exhausted.attempts = attempt
+                    if extra or served_before >= window:  # S3 served another fetch while this one failed
+                        raise exhausted from exc
+                    window = self._clock()
+                    if not self._serves(self._last_good, instead_of=uri):
+                        raise self._outage(exhausted, attempt) from exc
+                    attempts = attempt + 1  # S3 serves the last good object again: one more attempt decides
+                    continue
                 window = self._clock()
                 self._sleep(random.uniform(0, ceiling))
                 continue
-            return self._fetched(uri, data, attempt)
-        raise AssertionError("unreachable: the loop returns or raises")
-
-    def _fetched(self, uri: S3Uri, data: bytes, attempts: int) -> tuple[bytes, int]:
-        self._served.value, self._last_good = self._clock(), uri
-        return data, attempts
-
-    def _exhausted(
-        self, uri: S3Uri, error: SourceUnavailable, attempt: int, deadline: float, *, served_meanwhile: bool
-    ) -> tuple[bytes, int]:
-        """Out of attempts: the object's fault if S3 served another fetch before the last attempt began;
-        else, if S3 serves the last good object now, one more attempt of this one decides (S3 may have
-        just come back: its failure then is the object's, its success the record's bytes); else an outage."""
-        exhausted = RetriesExhausted(f"{error} (after {attempt} attempts)")
-        exhausted.attempts = attempt
-        if served_meanwhile:
-            raise exhausted from error
-        if not self._serves(self._last_good, instead_of=uri):
-            raise self._outage(exhausted, attempt) from error
-        attempt += 1
-        try:
-            return self._fetched(uri, self._get(uri, deadline), attempt)
-        except SourceError as exc:
-            exc.attempts = attempt
-            raise
-        except _TooSlow as exc:
-            raise RecordTimeout(f"{exc}", stage="fetch") from None
-        except SourceUnavailable as again:
-            exhausted = RetriesExhausted(f"{again} (after {attempt} attempts, the last once S3 served another object)")
-            exhausted.attempts = attempt
-            raise exhausted from again
+            self._served.value, self._last_good = self._clock(), uri
+            return data, attempt
 
     def _judged(self, error: WorkerError, uri: S3Uri, began: float, attempt: int) -> WorkerError:
         """``error`` if S3 served another fetch since ``began``, or serves the last good object now;
