@@ -9,10 +9,12 @@ Issue 8's targets, all measured here on the same machine in the same run:
 The bare decode is the floor: `Image.draft` to the smallest DCT scale that still covers the model's
 input, then one bicubic resize of the centre crop to the model's size; what the worker spends on top
 (Kafka, S3 fetch, hand-offs, Avro, the tiny model) is the overhead. The worker runs as `python -m
-worker` against the real Kafka broker and s3proxy (harness/s3proxy.py: moto would cost more CPU than
-the worker), once per preprocess_workers value, after an unreported warm-up run. A sampler reads
-/proc every 50 ms: the worker's process-tree CPU (utime+stime of all threads, plus children), its
-main thread's on-CPU time (schedstat, ns), the broker's, s3proxy's and the whole box's. The window
+worker` against the real Kafka broker and an S3 server, `--s3`: gofakes3 by default (harness/gofakes3.py,
+~150 µs of CPU per GET, the least it takes from the worker's two cores) or s3proxy (a JVM, 540-660 µs;
+moto would cost more CPU than the worker), once per preprocess_workers value, after an unreported
+warm-up run. A sampler reads /proc every 50 ms: the worker's process-tree CPU (utime+stime of all
+threads, plus children), its main thread's on-CPU time (schedstat, ns), the broker's, the S3 server's
+and the whole box's. The window
 is the one pipeline_bench's steady_rate uses, from the output stamps (first 10% dropped for model
 load, to the last output), and each counter is interpolated at its ends, so CPU per record covers
 exactly the records that img/s counts.
@@ -51,10 +53,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, w
 
 from bench.header import run_header
 from bench.pipeline_bench import WARMUP_SHARE, steady_rate
+from harness.gofakes3 import GoFakeS3
 from harness.kafka_broker import KafkaBroker
 from harness.kafka_io import produce_requests, read_all, wait_until_committed
 from harness.models import TINY_MODEL_NAME, register_model_configs, tiny_model_settings, write_random_checkpoint
 from harness.photos import photo_corpus
+from harness.s3_process import S3Process
 from harness.s3proxy import S3Proxy
 from harness.workers import WorkerProcess, settings_env
 from worker.config import ModelSettings, Settings
@@ -156,7 +160,7 @@ def box_busy_cpu() -> float:
     return (sum(ticks[:8]) - ticks[3] - ticks[4]) / CLOCK_TICKS  # user..steal, less idle and iowait
 
 
-COUNTERS = ("worker", "main", "broker", "s3proxy", "box")
+COUNTERS = ("worker", "main", "broker", "s3", "box")
 
 
 def thread_groups(pid: int, prefix: str = "") -> dict[str, float]:
@@ -236,13 +240,13 @@ class RunFigures:
     worker_cpu_s: float  # per record, all threads and children
     main_cpu_s: float  # per record, the main thread
     broker_cpu_s: float  # per record
-    s3proxy_cpu_s: float  # per record
+    s3_cpu_s: float  # per record, the S3 server
     box_busy_share: float  # of all the machine's cores, over the window
     threads: dict[str, float]  # the worker's CPU per record by thread group (thread_groups)
     loop: dict[str, tuple[float, float]] = field(default_factory=dict)  # --loop-profile: step -> (s/record, s/call)
 
 
-def run_worker(base: Settings, broker: KafkaBroker, proxy: S3Proxy, objects: list[str], *, records: int,
+def run_worker(base: Settings, broker: KafkaBroker, server: S3Process, objects: list[str], *, records: int,
                preprocess_in: str, preprocess_workers: int, tag: str, log: Path, pods: int = 1,
                tree: Path | None = None, loop_profile: Path | None = None) -> RunFigures:
     """`python -m worker` over `records` fresh messages on topics of its own; figures over the steady window.
@@ -260,14 +264,14 @@ def run_worker(base: Settings, broker: KafkaBroker, proxy: S3Proxy, objects: lis
     requests = [ImageRequest(id=f"m{i}", uri=S3Uri("bench", objects[i % len(objects)])) for i in range(records)]
     produce_requests(broker.bootstrap_servers, kafka.input_topic, requests)
 
-    env = settings_env(settings) | proxy.env() | tree_env(tree)
+    env = settings_env(settings) | server.env() | tree_env(tree)
     if loop_profile is not None:
         env |= {"CLIP_LOOP_PROFILE": str(loop_profile),
                 "PYTHONPATH": os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(LOOP_PROBE)) if p)}
     workers = [WorkerProcess(env, log_path=log.with_suffix(f".{n}.log")).start() for n in range(pods)]
     pids = [worker.process.pid for worker in workers if worker.process is not None]
-    assert len(pids) == pods and broker.pid is not None and proxy.pid is not None
-    broker_pid, proxy_pid = broker.pid, proxy.pid
+    assert len(pids) == pods and broker.pid is not None and server.pid is not None
+    broker_pid, server_pid = broker.pid, server.pid
 
     def threads_of_all() -> dict[str, float]:
         merged: dict[str, float] = {}
@@ -278,7 +282,7 @@ def run_worker(base: Settings, broker: KafkaBroker, proxy: S3Proxy, objects: lis
 
     probes: dict[str, Callable[[], float]] = {
         "worker": lambda: sum(tree_cpu(pid) for pid in pids), "main": lambda: sum(thread_cpu(pid, pid) for pid in pids),
-        "broker": lambda: tree_cpu(broker_pid), "s3proxy": lambda: tree_cpu(proxy_pid), "box": box_busy_cpu}
+        "broker": lambda: tree_cpu(broker_pid), "s3": lambda: tree_cpu(server_pid), "box": box_busy_cpu}
     try:
         with Sampler(probes, breakdown=threads_of_all) as sampler:
             wait_until_committed(broker.bootstrap_servers, kafka.group_id, kafka.input_topic, timeout=600)
@@ -302,7 +306,7 @@ def run_worker(base: Settings, broker: KafkaBroker, proxy: S3Proxy, objects: lis
         preprocess_workers=preprocess_workers * pods, records=counted,
         img_per_s=steady_rate(stamps),
         worker_cpu_s=used["worker"] / counted, main_cpu_s=used["main"] / counted,
-        broker_cpu_s=used["broker"] / counted, s3proxy_cpu_s=used["s3proxy"] / counted,
+        broker_cpu_s=used["broker"] / counted, s3_cpu_s=used["s3"] / counted,
         box_busy_share=used["box"] / ((stamps[-1] - stamps[skip]) * (os.cpu_count() or 1)),
         threads={name.removeprefix("thread:"): (end[name] - start.get(name, 0.0)) / counted
                  for name in end if name.startswith("thread:")},
@@ -380,7 +384,7 @@ def _loop_rows(runs: list[RunFigures]) -> list[str]:
 
 FIGURES_HEAD = (
     "| preprocess in | workers | records | img/s | worker CPU ms/rec | vs bare decode | main thread µs/rec "
-    "| broker ms/rec | s3proxy ms/rec | box busy |",
+    "| broker ms/rec | S3 server ms/rec | box busy |",
     "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
 )
 
@@ -393,7 +397,7 @@ def _figure_rows(runs: list[RunFigures], bare_s: float, cores: int) -> list[str]
             f"| {r.preprocess_in} | {r.preprocess_workers}{default} | {r.records} | {r.img_per_s:.1f} "
             f"| {r.worker_cpu_s * 1e3:.2f} "
             f"| {r.worker_cpu_s / bare_s:.2f}x | {r.main_cpu_s * 1e6:.0f} | {r.broker_cpu_s * 1e3:.2f} "
-            f"| {r.s3proxy_cpu_s * 1e3:.2f} | {r.box_busy_share:.0%} of {cores} |")
+            f"| {r.s3_cpu_s * 1e3:.2f} | {r.box_busy_share:.0%} of {cores} |")
     return rows
 
 
@@ -428,10 +432,10 @@ def _verdicts(mode: str, runs: list[RunFigures], bare_s: float, cores: int) -> l
         scaling = two.img_per_s / one.img_per_s
         verdict = "met" if scaling >= TARGET_SCALING else "NOT met"
         lines.append(f"- two workers / one, end to end: {scaling:.2f}x img/s (target >= {TARGET_SCALING}x): {verdict}")
-        # Cores that 1.8x run 1's rate would take at run 2's CPU per record (worker + broker + s3proxy).
-        needed = TARGET_SCALING * one.img_per_s * (two.worker_cpu_s + two.broker_cpu_s + two.s3proxy_cpu_s)
+        # Cores that 1.8x run 1's rate would take at run 2's CPU per record (worker + broker + S3 server).
+        needed = TARGET_SCALING * one.img_per_s * (two.worker_cpu_s + two.broker_cpu_s + two.s3_cpu_s)
         lines.append(f"  {TARGET_SCALING}x the one-worker rate at the two-worker run's CPU per record (worker, "
-                     f"broker, s3proxy) needs {needed:.2f} cores; this box has {cores}"
+                     f"broker, S3 server) needs {needed:.2f} cores; this box has {cores}"
                      + (": the box cannot show it end to end." if needed > cores else "."))
     return lines
 
@@ -448,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-records", type=int, default=1000,
                         help="an unreported worker run first, so that the JVMs' warm-up does not land in run 1")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--s3", choices=("gofakes3", "s3proxy"), default="gofakes3", help="the S3 server")
     parser.add_argument("--fetch-workers", type=int, default=0,
                         help="s3.fetch_workers for every run (0: the setting's default); few fetch threads show "
                              "whether fetches start as soon as a thread is free or only on the loop's busy poll")
@@ -485,21 +490,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     runs: list[RunFigures] = []
     trees: list[Path | None] = [Path(t).resolve() for t in args.trees.split(",")] if args.trees else [None]
-    with tempfile.TemporaryDirectory() as tmp, KafkaBroker() as broker, S3Proxy() as proxy:
+    s3_server = GoFakeS3() if args.s3 == "gofakes3" else S3Proxy()
+    with tempfile.TemporaryDirectory() as tmp, KafkaBroker() as broker, s3_server as server:
         checkpoint = write_random_checkpoint(TINY_MODEL_NAME, Path(tmp) / "tiny.pt", seed=0)
         model = tiny_model_settings(checkpoint, inference_batch_size=args.batch, preprocess_mode="fast")
-        s3: dict[str, object] = {"allowed_sources": ("bench",), "endpoint_url": proxy.endpoint_url}
+        s3: dict[str, object] = {"allowed_sources": ("bench",), "endpoint_url": server.endpoint_url}
         if args.fetch_workers:
             s3["fetch_workers"] = args.fetch_workers
         base = Settings(model=model, s3=s3, pipeline={"metrics_port": 0})
-        client = proxy.client()
+        client = server.client()
         client.create_bucket(Bucket="bench")
         for name, data in photos:
             client.put_object(Bucket="bench", Key=name, Body=data)
         client.close()
         objects = [name for name, _ in photos]
-        if args.warmup_records:  # not reported: the broker's and s3proxy's JITs warm up here, not in run 1
-            run_worker(base, broker, proxy, objects, records=args.warmup_records, preprocess_in=DEFAULT_IN,
+        if args.warmup_records:  # not reported: the JITs (broker, s3proxy) warm up here, not in run 1
+            run_worker(base, broker, server, objects, records=args.warmup_records, preprocess_in=DEFAULT_IN,
                        preprocess_workers=DEFAULT_WORKERS, tag="warmup", log=Path(tmp) / "worker-warmup.log")
         for workers in (int(w) for w in args.workers.split(",")):
             for _turn in range(args.turns):
@@ -507,12 +513,12 @@ def main(argv: list[str] | None = None) -> int:
                     for n, tree in enumerate(trees):
                         tag = f"{mode}-{workers}-{n}-{len(runs)}"  # unique: a workers value may repeat
                         runs.append(run_worker(
-                            base, broker, proxy, objects, records=args.records, preprocess_in=mode,
+                            base, broker, server, objects, records=args.records, preprocess_in=mode,
                             preprocess_workers=workers, tag=tag, log=Path(tmp) / f"worker-{tag}.log", tree=tree,
                             loop_profile=Path(tmp) / f"loop-{tag}.json" if args.loop_profile else None))
                         print(f"# {tag}: {runs[-1].img_per_s:.1f} img/s", file=sys.stderr, flush=True)
         if args.pods > 1:  # the plainest alternative to decoder processes: more workers
-            runs.append(run_worker(base, broker, proxy, objects, records=args.records, preprocess_in="threads",
+            runs.append(run_worker(base, broker, server, objects, records=args.records, preprocess_in="threads",
                                    preprocess_workers=1, pods=args.pods, tag=f"pods-{args.pods}",
                                    log=Path(tmp) / "worker-pods.log"))
             print(f"# {args.pods} pods: {runs[-1].img_per_s:.1f} img/s", file=sys.stderr, flush=True)

@@ -8,7 +8,7 @@
 # - open_clip and pydantic (the engine and the settings);
 # - confluent-kafka (librdkafka inside: its mock cluster stands in for Kafka), fastavro, boto3, pycurl
 #   (libcurl inside: the S3 GETs) and the schema registry client's imports, so that `python -m worker` runs there end to end;
-# - gofakes3 v1.2.0, an S3 server as one static Go binary (built here with Go), into bin/;
+# - gofakes3, an S3 server as one static Go binary (harness/gofakes3.py builds it here with Go), into bin/;
 # - the photo corpus, so both machines test the same bytes.
 # Run it here, once, where PyPI and the Go module proxy are reachable:
 #     bash bench/fetch_gpu_wheels.sh
@@ -17,7 +17,6 @@ cd "$(dirname "$0")/.."
 DEST=${1:-.cache/gpu-wheels}
 PY=${PYTHON:-.venv/bin/python}
 LIMIT_MIB=60  # the device tool carries 64 MiB, the working tree (~1 MiB) included
-GOFAKES3=github.com/johannesboyne/gofakes3/cmd/gofakes3@v1.2.0
 
 NAMES=(
     open_clip_torch ftfy wcwidth
@@ -43,7 +42,7 @@ if [[ $(go env GOOS)/$(go env GOARCH) != linux/amd64 ]]; then
     echo "gofakes3 must be built for linux/amd64 (the GPU machine); this Go builds for $(go env GOOS)/$(go env GOARCH)" >&2
     exit 1
 fi
-GOBIN="$PWD/$DEST/bin" CGO_ENABLED=0 GOFLAGS=-mod=mod go install -trimpath -ldflags="-s -w" "$GOFAKES3"
+cp "$("$PY" -c "from harness.gofakes3 import ensure_binary; print(ensure_binary())")" "$DEST/bin/gofakes3"
 
 "$PY" - "$DEST/corpus" <<'PYTHON'
 import sys

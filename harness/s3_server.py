@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import urllib.request
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
-from moto.server import ThreadedMotoServer
+
+if TYPE_CHECKING:  # imported where the server starts: the GPU machine uses this module's helpers, without moto
+    from moto.server import ThreadedMotoServer
 
 REGION = "us-east-1"
 ACCESS_KEY_ID = "testing"
@@ -37,6 +39,8 @@ class S3Server:
     def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("S3 server is already running")
+        from moto.server import ThreadedMotoServer
+
         # werkzeug logs every request at INFO: thousands of lines in a streaming test's report.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

@@ -30,7 +30,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from bench.cpu_bench import box_busy_cpu, thread_cpu, tree_cpu
 from bench.gpu_parts.common import Budget, Context, Report
-from bench.gpu_parts.standins import BUCKET, LOG, GpuSampler, mock_kafka, s3_server, upload
+from bench.gpu_parts.standins import BUCKET, LOG, GpuSampler, mock_kafka, s3_server
 from harness.kafka_io import produce_requests
 from harness.workers import settings_env
 from worker.config import ModelSettings, Settings
@@ -129,10 +129,7 @@ def run(ctx: Context, report: Report, budget: Budget) -> None:
     else:
         runs = [("ViT-B-32", 256, threads, 40_000), ("ViT-L-14", 128, in_processes, 20_000)]
         runs += [("ViT-B-32", 256, in_processes, 40_000)] if processes else []
-    with tempfile.TemporaryDirectory() as tmp, mock_kafka() as bootstrap, s3_server(ctx, Path(tmp) / "s3.log") as (
-        endpoint, server
-    ):
-        upload(endpoint, ctx.corpus)
+    with tempfile.TemporaryDirectory() as tmp, mock_kafka() as bootstrap, s3_server(ctx) as (endpoint, server):
         report.figure(kind="e2e setup", kafka=f"librdkafka mock cluster at {bootstrap}", s3=f"{server} at {endpoint}",
                       objects=len(ctx.corpus))
         for i, (model, batch, preprocess, messages) in enumerate(runs):

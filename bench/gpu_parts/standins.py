@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Producer
 
 from bench.gpu_parts.common import Context
+from harness.gofakes3 import GoFakeS3
 
 BUCKET = "bench"
 LOG = logging.getLogger("bench.librdkafka")
@@ -37,52 +37,24 @@ def mock_kafka() -> Iterator[str]:
     del holder
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
-def s3_server(ctx: Context, log: Path) -> Iterator[tuple[str, str]]:
-    """(endpoint URL, which server) of an S3 endpoint holding the bucket BUCKET."""
+def s3_server(ctx: Context) -> Iterator[tuple[str, str]]:
+    """(endpoint URL, which server) of an S3 endpoint holding the bucket BUCKET with the corpus in it."""
     binary = ctx.wheels / "bin" / "gofakes3"
-    if not binary.is_file():
+    server: contextlib.AbstractContextManager[Any]
+    if binary.is_file():
+        server, which = GoFakeS3(binary=binary, startup_timeout=15), "gofakes3"
+    else:
         from harness.s3_server import S3Server  # moto: a dev dependency, not on the GPU machine
 
-        with S3Server() as moto:
-            client = moto.client()
-            client.create_bucket(Bucket=BUCKET)
-            client.close()
-            yield moto.endpoint_url, "moto (no gofakes3 binary)"
-        return
-    port = free_port()
-    with log.open("ab") as out:
-        server = subprocess.Popen([str(binary), "-backend", "memory", "-host", f"127.0.0.1:{port}",
-                                   "-initialbucket", BUCKET, "-quiet"], stdout=out, stderr=out)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError(f"gofakes3 did not listen on {port}")
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}", "gofakes3"
-    finally:
-        server.terminate()
-        server.wait(10)
-
-
-def upload(endpoint: str, corpus: list[tuple[str, bytes]]) -> None:
-    import boto3
-
-    client = boto3.session.Session().client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                                            aws_access_key_id="bench", aws_secret_access_key="bench")
-    for name, data in corpus:
-        client.put_object(Bucket=BUCKET, Key=name, Body=data)
-    client.close()
+        server, which = S3Server(), "moto (no gofakes3 binary)"
+    with server as running:
+        client = running.client()
+        client.create_bucket(Bucket=BUCKET)
+        for name, data in ctx.corpus:
+            client.put_object(Bucket=BUCKET, Key=name, Body=data)
+        client.close()
+        yield running.endpoint_url, which
 
 
 class GpuSampler:

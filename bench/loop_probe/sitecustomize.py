@@ -1,6 +1,6 @@
-"""Thread-CPU accounting of the main loop's steps, for bench/loop_bench.py: imported at start-up by
-every Python process that has this folder on PYTHONPATH, and active only where CLIP_LOOP_PROFILE
-names a file to write.
+"""Thread-CPU accounting of the main loop's steps, for `bench/cpu_bench.py --loop-profile`: imported
+at start-up by every Python process that has this folder on PYTHONPATH, and active only where
+CLIP_LOOP_PROFILE names a file to write.
 
 Why not a sampling profiler: py-spy's samples of the main thread count time it is runnable but off
 the CPU (two cores shared with decoders) and time it waits for the GIL after a syscall; on this box

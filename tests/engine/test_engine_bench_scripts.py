@@ -71,7 +71,7 @@ def test_preprocess_bench_prints_its_table() -> None:
 
 
 def test_cpu_bench_floor_and_counters() -> None:
-    """cpu_bench's own pieces, without its broker and s3proxy run (that takes minutes): the bare decode gives
+    """cpu_bench's own pieces, without its broker and S3 server run (that takes minutes): the bare decode gives
     the model's square, and the /proc counters read this process."""
     import os
 
@@ -114,7 +114,7 @@ def test_cpu_bench_judges_the_targets_on_the_median_of_each_settings_turns() -> 
 
     def run_of(main_us: float, ratio: float, img_per_s: float, workers: int = 1) -> RunFigures:
         return RunFigures(preprocess_in="threads", preprocess_workers=workers, records=100, img_per_s=img_per_s,
-                          worker_cpu_s=ratio * 1e-3, main_cpu_s=main_us * 1e-6, broker_cpu_s=0.0, s3proxy_cpu_s=0.0,
+                          worker_cpu_s=ratio * 1e-3, main_cpu_s=main_us * 1e-6, broker_cpu_s=0.0, s3_cpu_s=0.0,
                           box_busy_share=0.5, threads={"main": main_us * 1e-6})
 
     turns = [run_of(110, 1.5, 300), run_of(45, 1.2, 310), run_of(48, 1.25, 290)]
@@ -149,6 +149,6 @@ def test_the_loop_probe_counts_the_loops_steps_where_asked_and_cpu_bench_tabulat
     assert 0 < per_record < per_call and per_call < 0.5, "thread CPU, not the wall time of a wait"
 
     run = RunFigures(preprocess_in="threads", preprocess_workers=1, records=2, img_per_s=1.0, worker_cpu_s=0.0,
-                     main_cpu_s=0.0, broker_cpu_s=0.0, s3proxy_cpu_s=0.0, box_busy_share=0.0, threads={},
+                     main_cpu_s=0.0, broker_cpu_s=0.0, s3_cpu_s=0.0, box_busy_share=0.0, threads={},
                      loop={"Wake.wait": (20e-6, 40e-6)})
     assert _loop_rows([run])[-1] == "| Wake.wait | 20.0 (40.0) |"
