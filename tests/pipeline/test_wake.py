@@ -52,22 +52,28 @@ def took(wake: Wake, timeout: float) -> float:
     return time.monotonic() - began
 
 
-def test_free_fetch_threads_wake_the_loop_only_while_records_wait_for_them() -> None:
-    wake, sink, gate = Wake(), Sink(), threading.Event()
+def test_a_fetch_thread_gets_a_record_queued_behind_its_running_one_and_wakes_the_loop_for_more() -> None:
+    wake, sink, gates = Wake(), Sink(), [threading.Event() for _ in range(3)]
+    budget = InFlightBytes(limit=1 << 30)
 
     def fetched(work: Work) -> None:
-        gate.wait(10)
+        gates[work.source.offset].wait(10)
 
     fetch = ThreadStage(name="fetch", workers=1, step=fetched, next_step=sink, failures=sink, timeout=60,
-                        budget=InFlightBytes(limit=1 << 30), reserve_bytes=1, wake=wake)
-    for n in range(2):
+                        budget=budget, reserve_bytes=1, wake=wake)
+    for n in range(3):
         fetch.submit(bare_work(n))
-    fetch.poll()  # the one thread takes the first record; the second waits for it
-    threading.Timer(0.1, gate.set).start()
-    assert took(wake, 5) < 2, "a free thread with a record waiting wakes the loop"
-    fetch.poll()  # hands on the first, gives the thread the second
-    assert took(wake, 0.3) > 0.25, "the second finishes with nothing waiting: no wake, the busy poll will do"
+    fetch.poll()  # the one thread runs the first record and has the second queued; the third waits here
+    assert budget.admits((1 << 30) - 2) and not budget.admits((1 << 30) - 1), "two records reserved, not three"
+    assert took(wake, 0.3) > 0.25, "no wake while the thread is busy"
+    gates[0].set()
+    assert took(wake, 5) < 2, "a record done while another waits here: the loop is woken to queue it"
+    fetch.poll()  # hands on the first, queues the third behind the second
+    assert [work.source.offset for work in sink.done] == [0]
+    gates[1].set()
+    gates[2].set()
+    assert took(wake, 0.3) > 0.25, "they finish with nothing waiting here: no wake, the busy poll will do"
     fetch.poll()
     fetch.close(time.monotonic() + 5)
     wake.close()
-    assert (len(sink.done), sink.failed) == (2, [])
+    assert ([work.source.offset for work in sink.done], sink.failed) == ([0, 1, 2], [])

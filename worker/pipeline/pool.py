@@ -8,8 +8,9 @@ Three things a plain ThreadPoolExecutor does not give the data path:
   (an executor's threads are joined at exit, so one stuck thread would hold the exit forever);
 - a hand-off that costs the main thread one queue put: ``submit`` creates no Future, no closure and no
   done-callback (issue 8; BENCHMARKS.md has what it saved);
-- a signal to the loop (wake.py) once `signal_after` outcomes wait for it, so that a stage whose
-  threads are free gets its next records without waiting out the loop's busy poll.
+- a signal to the loop (wake.py) once `signal_after` outcomes wait for it, or as soon as a thread
+  finds nothing queued for it, so that a stage whose threads are free gets its next records without
+  waiting out the loop's busy poll.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ class WorkPool(Generic[T, R]):
             except BaseException as exc:  # the stage decides what it means; the thread lives on
                 outcome = exc
             done.put((task, item, outcome))
-            if signal is not None and done.qsize() >= signal_after:
+            if signal is not None and (done.qsize() >= signal_after or todo.empty()):
                 signal()
             del job, item, outcome  # hold nothing of a finished task while waiting for the next
 
