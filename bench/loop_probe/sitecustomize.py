@@ -12,9 +12,11 @@ read high by about that per call.
 from __future__ import annotations
 
 import atexit
+import gc
 import importlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -57,12 +59,33 @@ def _counted(name: str, fn: Callable[..., Any], totals: dict[str, list[int]]) ->
     return wrapper
 
 
+def _gc_counter(totals: dict[str, list[int]]) -> Callable[[str, dict[str, int]], None]:
+    """Collections the main thread ran once the loop had begun (a collection runs on the thread whose
+    allocation set it off), per generation, in thread CPU: the loop's steps include them wherever one
+    happens to start. Those of the start-up (imports, the model's load) are left out."""
+    main, began, loop = threading.main_thread(), [0], totals.setdefault("Runtime.step", [0, 0])
+
+    def counted(phase: str, info: dict[str, int]) -> None:
+        if threading.current_thread() is not main or not loop[0]:
+            return
+        if phase == "start":
+            began[0] = time.thread_time_ns()
+            return
+        total = totals.setdefault(f"gc, generation {info['generation']}", [0, 0])
+        total[0] += 1
+        total[1] += time.thread_time_ns() - began[0]
+
+    return counted
+
+
 def _install(path: str) -> None:
     totals: dict[str, list[int]] = {}
     for module_name, class_name, method in STEPS:
         cls = getattr(importlib.import_module(module_name), class_name, None)
         if cls is not None and hasattr(cls, method):  # a tree from before a step existed lacks it
             setattr(cls, method, _counted(f"{class_name}.{method}", getattr(cls, method), totals))
+
+    gc.callbacks.append(_gc_counter(totals))
 
     def write() -> None:
         if totals.get("Runtime.step", [0])[0]:  # only the process that ran the loop
