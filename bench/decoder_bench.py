@@ -72,7 +72,7 @@ def stages_for(mode: str, workers: int, settings: Settings, embedder: Embedder, 
     if mode == "processes":
         return [decoder_stage(sized, embedder, next_step=sink, failures=sink, metrics=metrics, budget=budget,
                               wake=wake)]
-    preprocess = preprocess_threads(sized, embedder, next_step=sink, failures=sink, metrics=metrics, budget=budget)
+    preprocess = preprocess_threads(sized, embedder, next_step=sink, failures=sink, metrics=metrics)
     source = S3Source(client=make_s3_client(settings.s3), settings=settings.s3)
     fetch = fetch_threads(settings, source, next_step=preprocess, failures=sink, metrics=metrics, budget=budget,
                           wake=wake)

@@ -109,7 +109,7 @@ class BatchRun:
         self._batcher = Batcher(batch_size=embedder.batch_size, max_wait=pipeline.max_batch_wait_ms / 1000,
                                 next_step=inference)
         preprocess = preprocess_threads(settings, embedder, next_step=self._batcher, failures=finisher,
-                                        metrics=metrics, budget=budget)
+                                        metrics=metrics)
         fetch_timeout = timeout + FETCH_DEADLINE_GRACE_SECONDS
         max_bytes = settings.s3.max_object_bytes
         self._s3_fetch: ThreadStage | DecoderStage = fetch_threads(

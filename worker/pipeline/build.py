@@ -132,8 +132,7 @@ def build_runtime(
         fetch = decoder_stage(settings, embedder, next_step=batcher, failures=failures, metrics=metrics,
                               budget=budget, wake=wake)
     else:
-        preprocess = preprocess_threads(settings, embedder, next_step=batcher, failures=failures, metrics=metrics,
-                                        budget=budget)
+        preprocess = preprocess_threads(settings, embedder, next_step=batcher, failures=failures, metrics=metrics)
         source = S3Source(client=s3_client or make_s3_client(settings.s3), settings=settings.s3)
         fetch = fetch_threads(settings, source, next_step=preprocess, failures=failures, metrics=metrics,
                               budget=budget, wake=wake)

@@ -44,13 +44,13 @@ def fetch_threads(
 
 def preprocess_threads(
     settings: Settings, embedder: Embedder, *, next_step: Stage[Work], failures: FailureSink, metrics: Metrics,
-    budget: InFlightBytes,
 ) -> ThreadStage:
-    """Decode and preprocess on model.preprocess_workers threads."""
+    """Decode and preprocess on model.preprocess_workers threads. Every record comes from a fetch, whose
+    reservation put it in the byte budget's count already (memory.py): nothing to track here."""
     return ThreadStage(
         name="preprocess", workers=settings.model.preprocess_workers, step=preprocess_step(embedder.prepare),
         next_step=next_step, failures=failures, timeout=settings.pipeline.record_timeout_seconds,
-        seconds=metrics.preprocess_seconds, budget=budget,
+        seconds=metrics.preprocess_seconds,
     )
 
 

@@ -48,9 +48,6 @@ class InFlightBytes:
         self._reserved = 0  # reservations outstanding now
         self._counted_at = float("-inf")
 
-    def track(self, work: Work) -> None:
-        self._live.add(work)
-
     def held(self) -> int:
         """Bytes actually held, reservations left out (pausing the input cannot shrink a reservation,
         and counting them there made the input flap on small objects); an upper bound below half the
@@ -69,7 +66,7 @@ class InFlightBytes:
         """`work` starts a fetch of up to `nbytes`: held for it until `settle`."""
         work.reserved = nbytes
         self._reserved += nbytes
-        self.track(work)
+        self._live.add(work)
 
     def settle(self, work: Work, reserved: int) -> None:
         """The fetch that reserved `reserved` bytes for `work` has ended (fetched, failed or given up):

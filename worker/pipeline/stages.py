@@ -133,8 +133,6 @@ class ThreadStage:
         if self._reserve:
             self._waiting.append(item)  # admitted in poll(): one count of the budget per turn, not per record
             return
-        if self._budget is not None:
-            self._budget.track(item)
         self._pool.submit(item)
 
     def poll(self) -> None:
