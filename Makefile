@@ -36,8 +36,9 @@ demo: $(INSTALLED)
 	$(PY) -m demo
 
 # The CPU benchmarks (BENCHMARKS.md): preprocessing alone, the output's Avro encoding and the input's
-# decode, the S3 GET (boto3's and the worker's, against s3proxy), the worker end to end next to
-# model-only, and where one worker's CPU goes (issue 8's ratios; a real broker and s3proxy, a few
+# decode, the S3 GET (boto3's and the worker's, against s3proxy, and what each benchmark S3 server
+# costs), the worker end to end next to model-only, the fetch + decode stage with one decode worker
+# and two, and where one worker's CPU goes (issue 8's ratios; a real broker and gofakes3, a few
 # minutes in all).
 bench: $(INSTALLED)
 	$(PY) bench/preprocess_bench.py
@@ -45,6 +46,7 @@ bench: $(INSTALLED)
 	$(PY) bench/decode_bench.py
 	$(PY) bench/fetch_bench.py
 	$(PY) bench/pipeline_bench.py
+	$(PY) bench/decoder_bench.py
 	$(PY) bench/cpu_bench.py
 
 bench-cpu: bench

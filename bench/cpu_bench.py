@@ -10,7 +10,7 @@ The bare decode is the floor: `Image.draft` to the smallest DCT scale that still
 input, then one bicubic resize of the centre crop to the model's size; what the worker spends on top
 (Kafka, S3 fetch, hand-offs, Avro, the tiny model) is the overhead. The worker runs as `python -m
 worker` against the real Kafka broker and an S3 server, `--s3`: gofakes3 by default (harness/gofakes3.py,
-~150 µs of CPU per GET, the least it takes from the worker's two cores) or s3proxy (a JVM, 540-660 µs;
+~150 µs of CPU per GET, the least it takes from the worker's two cores) or s3proxy (a JVM, 540-750 µs;
 moto would cost more CPU than the worker), once per preprocess_workers value, after an unreported
 warm-up run. A sampler reads /proc every 50 ms: the worker's process-tree CPU (utime+stime of all
 threads, plus children), its main thread's on-CPU time (schedstat, ns), the broker's, the S3 server's

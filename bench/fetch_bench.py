@@ -11,6 +11,11 @@ The paths take turns, in alternating order, for every thread count and repeat, s
 shared box hits both alike; each figure is the median over the repeats. First, both paths fetch keys
 with characters that need quoting: s3proxy checks SigV4 signatures, so a wrong one fails here.
 
+Last, what each benchmark S3 server costs the box per GET (its process tree's CPU), serving the
+worker's signed GETs from two threads, s3proxy and gofakes3 (harness/gofakes3.py) taking turns: on a
+2-core box the server's CPU is taken from the worker, so the benchmarks of the worker's CPU use the
+cheaper one.
+
     .venv/bin/python bench/fetch_bench.py --gets 480 --repeats 5 --threads 1,2,4
 """
 
@@ -28,8 +33,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run as a script
 
+from bench.cpu_bench import tree_cpu
 from bench.header import run_header
+from harness.gofakes3 import GoFakeS3
 from harness.photos import photo_corpus
+from harness.s3_process import S3Process
 from harness.s3_server import REGION
 from harness.s3proxy import S3Proxy
 from worker.config import S3Settings
@@ -120,9 +128,45 @@ def main(argv: list[str] | None = None) -> int:
                         measure(paths[name], keys, gets=args.gets, threads=threads))
             print(f"# repeat {repeat + 1}/{args.repeats} done", file=sys.stderr, flush=True)
         client.close()
+    servers = server_costs(photos, gets=args.gets, repeats=args.repeats)
     mean_size = statistics.mean(len(data) for _, data in photos)
     print(report(args, figures, counts, mean_size, (load_start, os.getloadavg()[0])))
+    print("\nThe S3 servers, serving the signed GETs from two threads (medians of the repeats):\n")
+    print("| server | server CPU µs/GET | GET/s |\n| --- | ---: | ---: |")
+    for name, (cpu, rate) in servers.items():
+        print(f"| {name} | {cpu * 1e6:.0f} | {rate:.0f} |")
     return 0
+
+
+def server_costs(photos: list[tuple[str, bytes]], *, gets: int, repeats: int) -> dict[str, tuple[float, float]]:
+    """(CPU seconds per GET of the server's process tree, GET/s) of each benchmark S3 server, median of
+    `repeats` measurements each, the servers taking turns."""
+    servers: dict[str, S3Process] = {"s3proxy": S3Proxy(), "gofakes3": GoFakeS3()}
+    figures: dict[str, list[tuple[float, float]]] = {name: [] for name in servers}
+    keys = [name for name, _ in photos]
+    gets_of: dict[str, Get] = {}
+    try:
+        for name, server in servers.items():
+            server.start()
+            uploader = server.client()
+            uploader.create_bucket(Bucket=BUCKET)
+            for key, data in photos:
+                uploader.put_object(Bucket=BUCKET, Key=key, Body=data)
+            uploader.close()
+            settings = S3Settings(endpoint_url=server.endpoint_url, region=REGION, allowed_sources=(BUCKET,))
+            gets_of[name] = signed_get(S3Source(client=make_s3_client(settings), settings=settings))
+            measure(gets_of[name], keys, gets=gets, threads=2)  # warm-up: connections, s3proxy's JIT
+        for _ in range(repeats):
+            for name, server in servers.items():
+                assert server.pid is not None
+                before = tree_cpu(server.pid)
+                _, rate = measure(gets_of[name], keys, gets=gets, threads=2)
+                figures[name].append(((tree_cpu(server.pid) - before) / gets, rate))
+    finally:
+        for server in servers.values():
+            server.stop()
+    return {name: (statistics.median(c for c, _ in runs), statistics.median(r for _, r in runs))
+            for name, runs in figures.items()}
 
 
 def report(args: argparse.Namespace, figures: dict[tuple[str, int], list[tuple[float, float]]],

@@ -4,7 +4,7 @@ The benchmarks need an S3 endpoint that costs the box little CPU per GET, so tha
 the worker (moto, harness/s3_server.py, spends 2.7-3.0 ms per GET). Two such servers are here, each a
 subclass that says only how to start it: s3proxy, a JVM (harness/s3proxy.py: it verifies SigV4, which
 bench/fetch_bench.py relies on) and gofakes3, one Go binary (harness/gofakes3.py: ~150 µs of CPU per
-GET against s3proxy's 540-660, the cheapest on a 2-core box). Both hold their buckets in memory, die
+GET against s3proxy's 540-750, the cheapest on a 2-core box). Both hold their buckets in memory, die
 with the Python process that started them where ``setpriv`` exists (as the broker does), and take the
 test credentials of harness/s3_server.py.
 """
