@@ -36,7 +36,8 @@ T_contra = TypeVar("T_contra", contravariant=True)
 FETCH_DEADLINE_GRACE_SECONDS = 5.0
 # A stage with a byte budget hands each thread one record to run and one queued, so that a turn of
 # the loop refills a whole round. With one each, the loop woke every time a quarter of the threads
-# fell free: 0.32 turns per record, and each turn costs the main thread ~120 µs on its own.
+# fell free: 0.34-0.40 turns per record, and each turn costs the main thread ~100 µs on its own; now
+# 0.21-0.29 (cpu_bench --loop-profile, BENCHMARKS.md, issue 8's seventh pass).
 _ROUNDS_QUEUED = 2
 
 
