@@ -85,9 +85,11 @@ def _install(path: str) -> None:
         if cls is not None and hasattr(cls, method):  # a tree from before a step existed lacks it
             setattr(cls, method, _counted(f"{class_name}.{method}", getattr(cls, method), totals))
 
-    gc.callbacks.append(_gc_counter(totals))
+    collections = _gc_counter(totals)
+    gc.callbacks.append(collections)
 
     def write() -> None:
+        gc.callbacks.remove(collections)  # a collection while the counts are written would add a key
         if totals.get("Runtime.step", [0])[0]:  # only the process that ran the loop
             with open(path, "w") as file:
                 json.dump(totals, file)
