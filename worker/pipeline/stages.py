@@ -160,9 +160,10 @@ class ThreadStage:
         self._pool.close(deadline)
 
     def _signal(self) -> None:
-        """On a pool thread, once a quarter of the threads are done: the loop turns to give them the
-        records waiting here. With none waiting it need not: a finished record moves on at the next
-        turn, and waking for it cost the main thread more than it gave (BENCHMARKS.md, issue 8)."""
+        """On a pool thread, once a round of records is done or a thread finds nothing queued: the loop
+        turns to give the threads the records waiting here. With none waiting it need not: a finished
+        record moves on at the next turn, and waking for it cost the main thread more than it gave
+        (BENCHMARKS.md, issue 8)."""
         if self._waiting and self._wake is not None:
             self._wake.signal()
 

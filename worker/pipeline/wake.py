@@ -6,9 +6,10 @@ record per turn. When the loop woke only for the device, at most every 5 ms, one
 threads would have been capped near 6,400 img/s, under the 10,000 target (issue 8, BENCHMARKS.md).
 
 So the pools signal here as their outcomes arrive: the device pool on each batch, the fetch pool once
-a quarter of its threads are free. The loop also watches the decoder stage's epoll, which holds every
-decoder's pipe and process sentinel. A busy turn ends its wait as soon as any of them has something,
-and never spins. The signal is a Linux eventfd, so a signal sent before the wait began is not lost.
+a round of its threads has finished or a thread finds nothing queued. The loop also watches the
+decoder stage's epoll, which holds every decoder's pipe and process sentinel. A busy turn ends its
+wait as soon as any of them has something, and never spins. The signal is a Linux eventfd, so a
+signal sent before the wait began is not lost.
 """
 
 from __future__ import annotations
