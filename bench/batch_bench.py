@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, w
 
 from bench.pipeline_bench import bench_settings, end_to_end, steady_rate
 from harness.photos import photo_corpus
-from harness.s3_server import S3Server
+from harness.s3_server import S3Server, fill_bucket
 from harness.workers import settings_env
 from worker.config import Settings
 
@@ -49,11 +49,7 @@ def batch_rate(settings: Settings, uris: list[str], *, env: dict[str, str], fold
 
 def from_s3(settings: Settings, images: list[tuple[str, bytes]], n: int, folder: Path) -> float:
     with S3Server() as s3:
-        client = s3.client()
-        client.create_bucket(Bucket="bench")
-        for name, data in images:
-            client.put_object(Bucket="bench", Key=name, Body=data)
-        client.close()
+        fill_bucket(s3, "bench", images)
         s3_settings = settings.s3.model_copy(update={"endpoint_url": s3.endpoint_url})
         uris = [f"s3://bench/{images[i % len(images)][0]}" for i in range(n)]
         return batch_rate(settings.model_copy(update={"s3": s3_settings}), uris, env=s3.env(), folder=folder)

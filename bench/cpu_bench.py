@@ -59,6 +59,7 @@ from harness.kafka_io import produce_requests, read_all, wait_until_committed
 from harness.models import TINY_MODEL_NAME, register_model_configs, tiny_model_settings, write_random_checkpoint
 from harness.photos import photo_corpus
 from harness.s3_process import S3Process
+from harness.s3_server import fill_bucket
 from harness.s3proxy import S3Proxy
 from harness.workers import WorkerProcess, settings_env
 from worker.config import ModelSettings, Settings
@@ -74,6 +75,8 @@ DEFAULT_WORKERS = ModelSettings.model_fields["preprocess_workers"].default
 DEFAULT_IN = ModelSettings.model_fields["preprocess_in"].default
 LOOP_PROBE = Path(__file__).resolve().parent / "loop_probe"  # its sitecustomize counts the loop's steps
 TARGET_RATIO, TARGET_SCALING, TARGET_MAIN_US = 1.3, 1.8, 50.0
+# The benchmark S3 servers by name (`--s3` here and in decoder_bench; fetch_bench measures both).
+S3_SERVERS: dict[str, Callable[[], S3Process]] = {"gofakes3": GoFakeS3, "s3proxy": S3Proxy}
 
 
 # --- the floor: a bare reduced-DCT decode + resize, one thread ---------------------------------------------
@@ -452,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-records", type=int, default=1000,
                         help="an unreported worker run first, so that the JVMs' warm-up does not land in run 1")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--s3", choices=("gofakes3", "s3proxy"), default="gofakes3", help="the S3 server")
+    parser.add_argument("--s3", choices=tuple(S3_SERVERS), default="gofakes3", help="the S3 server")
     parser.add_argument("--fetch-workers", type=int, default=0,
                         help="s3.fetch_workers for every run (0: the setting's default); few fetch threads show "
                              "whether fetches start as soon as a thread is free or only on the loop's busy poll")
@@ -490,19 +493,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     runs: list[RunFigures] = []
     trees: list[Path | None] = [Path(t).resolve() for t in args.trees.split(",")] if args.trees else [None]
-    s3_server = GoFakeS3() if args.s3 == "gofakes3" else S3Proxy()
-    with tempfile.TemporaryDirectory() as tmp, KafkaBroker() as broker, s3_server as server:
+    with tempfile.TemporaryDirectory() as tmp, KafkaBroker() as broker, S3_SERVERS[args.s3]() as server:
         checkpoint = write_random_checkpoint(TINY_MODEL_NAME, Path(tmp) / "tiny.pt", seed=0)
         model = tiny_model_settings(checkpoint, inference_batch_size=args.batch, preprocess_mode="fast")
         s3: dict[str, object] = {"allowed_sources": ("bench",), "endpoint_url": server.endpoint_url}
         if args.fetch_workers:
             s3["fetch_workers"] = args.fetch_workers
         base = Settings(model=model, s3=s3, pipeline={"metrics_port": 0})
-        client = server.client()
-        client.create_bucket(Bucket="bench")
-        for name, data in photos:
-            client.put_object(Bucket="bench", Key=name, Body=data)
-        client.close()
+        fill_bucket(server, "bench", photos)
         objects = [name for name, _ in photos]
         if args.warmup_records:  # not reported: the JITs (broker, s3proxy) warm up here, not in run 1
             run_worker(base, broker, server, objects, records=args.warmup_records, preprocess_in=DEFAULT_IN,

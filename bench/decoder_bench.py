@@ -32,12 +32,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run as a script
 
-from bench.cpu_bench import tree_cpu
+from bench.cpu_bench import S3_SERVERS, tree_cpu
 from bench.header import run_header
-from harness.gofakes3 import GoFakeS3
 from harness.models import TINY_MODEL_NAME, register_model_configs, tiny_model_settings, write_random_checkpoint
 from harness.photos import photo_corpus
-from harness.s3proxy import S3Proxy
+from harness.s3_server import fill_bucket
 from worker.config import Settings
 from worker.encoding import Source
 from worker.engine import Embedder
@@ -100,19 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=600)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--s3", choices=("gofakes3", "s3proxy"), default="gofakes3", help="the S3 server")
+    parser.add_argument("--s3", choices=tuple(S3_SERVERS), default="gofakes3", help="the S3 server")
     args = parser.parse_args(argv)
     register_model_configs()
     photos = photo_corpus(long_sides=(1024,))
     load_start = os.getloadavg()[0]
     rates: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
-    with tempfile.TemporaryDirectory() as tmp, (GoFakeS3() if args.s3 == "gofakes3" else S3Proxy()) as server:
+    with tempfile.TemporaryDirectory() as tmp, S3_SERVERS[args.s3]() as server:
         os.environ.update(server.env())  # decoder processes read S3 with the environment's credentials
-        client = server.client()
-        client.create_bucket(Bucket="bench")
-        for name, data in photos:
-            client.put_object(Bucket="bench", Key=name, Body=data)
-        client.close()
+        fill_bucket(server, "bench", photos)
         checkpoint = write_random_checkpoint(TINY_MODEL_NAME, Path(tmp) / "tiny.pt", seed=0)
         model = tiny_model_settings(checkpoint, preprocess_mode="fast")
         settings = Settings(model=model, s3={"allowed_sources": ("bench",), "endpoint_url": server.endpoint_url})

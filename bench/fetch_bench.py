@@ -33,12 +33,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run as a script
 
-from bench.cpu_bench import tree_cpu
+from bench.cpu_bench import S3_SERVERS, tree_cpu
 from bench.header import run_header
-from harness.gofakes3 import GoFakeS3
 from harness.photos import photo_corpus
 from harness.s3_process import S3Process
-from harness.s3_server import REGION
+from harness.s3_server import REGION, fill_bucket
 from harness.s3proxy import S3Proxy
 from worker.config import S3Settings
 from worker.messages import S3Uri
@@ -103,13 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     keys = [name for name, _ in photos]
     with S3Proxy() as proxy:
         os.environ.update(proxy.env())  # the standard chain finds s3proxy's keys, as the worker would
-        uploader = proxy.client()
-        uploader.create_bucket(Bucket=BUCKET)
-        for name, data in photos:
-            uploader.put_object(Bucket=BUCKET, Key=name, Body=data)
-        for key in ODD_KEYS:
-            uploader.put_object(Bucket=BUCKET, Key=key, Body=key.encode())
-        uploader.close()
+        fill_bucket(proxy, BUCKET, [*photos, *((key, key.encode()) for key in ODD_KEYS)])
         settings = S3Settings(endpoint_url=proxy.endpoint_url, region=REGION, fetch_workers=max(counts),
                               allowed_sources=(BUCKET,))
         client = make_s3_client(settings)
@@ -141,18 +134,14 @@ def main(argv: list[str] | None = None) -> int:
 def server_costs(photos: list[tuple[str, bytes]], *, gets: int, repeats: int) -> dict[str, tuple[float, float]]:
     """(CPU seconds per GET of the server's process tree, GET/s) of each benchmark S3 server, median of
     `repeats` measurements each, the servers taking turns."""
-    servers: dict[str, S3Process] = {"s3proxy": S3Proxy(), "gofakes3": GoFakeS3()}
+    servers: dict[str, S3Process] = {name: make() for name, make in S3_SERVERS.items()}
     figures: dict[str, list[tuple[float, float]]] = {name: [] for name in servers}
     keys = [name for name, _ in photos]
     gets_of: dict[str, Get] = {}
     try:
         for name, server in servers.items():
             server.start()
-            uploader = server.client()
-            uploader.create_bucket(Bucket=BUCKET)
-            for key, data in photos:
-                uploader.put_object(Bucket=BUCKET, Key=key, Body=data)
-            uploader.close()
+            fill_bucket(server, BUCKET, photos)
             settings = S3Settings(endpoint_url=server.endpoint_url, region=REGION, allowed_sources=(BUCKET,))
             gets_of[name] = signed_get(S3Source(client=make_s3_client(settings), settings=settings))
             measure(gets_of[name], keys, gets=gets, threads=2)  # warm-up: connections, s3proxy's JIT

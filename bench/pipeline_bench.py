@@ -26,7 +26,7 @@ from harness.kafka_broker import KafkaBroker
 from harness.kafka_io import produce_requests, read_all, wait_until_committed
 from harness.models import model_config_dir, write_random_checkpoint
 from harness.photos import photo_corpus
-from harness.s3_server import S3Server
+from harness.s3_server import S3Server, fill_bucket
 from harness.workers import settings_env
 from worker.config import ModelSettings, Settings
 from worker.encoding import EmbeddingEncoder
@@ -58,11 +58,7 @@ def end_to_end(settings: Settings, images: list[tuple[str, bytes]], *, messages:
         settings = settings.model_copy(update={"kafka": kafka, "s3": s3_settings})
         for topic, partitions in ((kafka.input_topic, 4), (kafka.output_topic, 2), (kafka.dead_letter_topic, 1)):
             broker.create_topic(topic, partitions)
-        client = s3.client()
-        client.create_bucket(Bucket="bench")
-        for name, data in images:
-            client.put_object(Bucket="bench", Key=name, Body=data)
-        client.close()
+        fill_bucket(s3, "bench", images)
         requests = [ImageRequest(id=f"m{i}", uri=S3Uri("bench", images[i % len(images)][0])) for i in range(messages)]
         produce_requests(broker.bootstrap_servers, kafka.input_topic, requests)
         with log.open("wb") as out:

@@ -23,7 +23,7 @@ import numpy as np
 from harness.kafka_broker import KafkaBroker
 from harness.kafka_io import produce, produce_requests, read_all, wait_until_committed
 from harness.photos import photo_corpus
-from harness.s3_server import S3Server
+from harness.s3_server import S3Server, fill_bucket
 from worker.config import ModelSettings
 from worker.encoding import EmbeddingEncoder
 from worker.messages import ImageRequest, S3Uri
@@ -39,12 +39,8 @@ def main() -> int:
         for topic, partitions in ((INPUT, 3), (OUTPUT, 3), (DLQ, 1)):
             broker.create_topic(topic, partitions)
         photos = photo_corpus()
-        client = s3.client()
-        client.create_bucket(Bucket=BUCKET)
-        for name, data in photos:
-            client.put_object(Bucket=BUCKET, Key=f"photos/{name}", Body=data)
-        client.put_object(Bucket=BUCKET, Key="photos/notes.txt", Body=b"not an image")
-        client.close()
+        fill_bucket(s3, BUCKET, [*((f"photos/{name}", data) for name, data in photos),
+                                 ("photos/notes.txt", b"not an image")])
         requests = [ImageRequest(id=name, uri=S3Uri(BUCKET, f"photos/{name}")) for name, _ in photos]
         produce_requests(broker.bootstrap_servers, INPUT, requests)
         bad = [ImageRequest(id="missing", uri=S3Uri(BUCKET, "photos/missing.jpg")),

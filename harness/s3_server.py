@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import urllib.request
+from collections.abc import Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import boto3
 
@@ -78,6 +79,21 @@ class S3Server:
         botocore reads AWS_ENDPOINT_URL_S3 (and AWS_ENDPOINT_URL for other services) itself.
         """
         return endpoint_env(self.endpoint_url)
+
+
+class Endpoint(Protocol):
+    """A test S3 endpoint: S3Server here, or a benchmark server (harness/s3_process.py)."""
+
+    def client(self) -> Any: ...
+
+
+def fill_bucket(endpoint: Endpoint, bucket: str, objects: Iterable[tuple[str, bytes]]) -> None:
+    """Create `bucket` on `endpoint` and put each (key, bytes) of `objects` in it."""
+    client = endpoint.client()
+    client.create_bucket(Bucket=bucket)
+    for key, data in objects:
+        client.put_object(Bucket=bucket, Key=key, Body=data)
+    client.close()
 
 
 def endpoint_client(endpoint_url: str, **options: Any) -> Any:

@@ -16,12 +16,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from confluent_kafka import Producer
 
 from bench.gpu_parts.common import Context
 from harness.gofakes3 import GoFakeS3
+from harness.s3_server import S3Server, fill_bucket
 
 BUCKET = "bench"
 LOG = logging.getLogger("bench.librdkafka")
@@ -41,19 +41,13 @@ def mock_kafka() -> Iterator[str]:
 def s3_server(ctx: Context) -> Iterator[tuple[str, str]]:
     """(endpoint URL, which server) of an S3 endpoint holding the bucket BUCKET with the corpus in it."""
     binary = ctx.wheels / "bin" / "gofakes3"
-    server: contextlib.AbstractContextManager[Any]
+    server: GoFakeS3 | S3Server
     if binary.is_file():
         server, which = GoFakeS3(binary=binary, startup_timeout=15), "gofakes3"
     else:
-        from harness.s3_server import S3Server  # moto: a dev dependency, not on the GPU machine
-
-        server, which = S3Server(), "moto (no gofakes3 binary)"
+        server, which = S3Server(), "moto (no gofakes3 binary)"  # moto: a dev dependency, not on the GPU machine
     with server as running:
-        client = running.client()
-        client.create_bucket(Bucket=BUCKET)
-        for name, data in ctx.corpus:
-            client.put_object(Bucket=BUCKET, Key=name, Body=data)
-        client.close()
+        fill_bucket(running, BUCKET, ctx.corpus)
         yield running.endpoint_url, which
 
 
