@@ -1,6 +1,6 @@
 """A thread pool whose finished tasks are collected without blocking, for the stages' poll().
 
-Three things a plain ThreadPoolExecutor does not give the data path:
+Four things a plain ThreadPoolExecutor does not give the data path:
 - a deadline per task, counted from when a thread starts it (time spent queued is not the record's
   fault): ``expired()`` hands back tasks running past it, and their late outcome is then dropped;
 - a shutdown bounded in time: a thread stuck in a C call cannot be interrupted, so ``close()`` waits
