@@ -55,6 +55,26 @@ def test_an_invalid_value_fails_naming_its_variable(variable: str, value: str, m
     assert caught.value.setting == variable
 
 
+@pytest.mark.parametrize(
+    ("clash", "named"),
+    [({"PREPROCESS_MODE": "exact"}, "preprocess_mode=exact"),
+     ({"PREPROCESS_IN": "processes"}, "preprocess_in=processes"),
+     ({"EXIF_ORIENTATION": "true"}, "exif_orientation=True")],
+)
+def test_decoding_on_the_gpu_fails_where_it_cannot_serve_and_auto_falls_back(
+    clash: dict[str, str], named: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in clash.items():
+        monkeypatch.setenv(f"CLIP_WORKER_MODEL__{name}", value)
+    for decode in ("auto", "cpu"):
+        monkeypatch.setenv("CLIP_WORKER_MODEL__DECODE", decode)
+        assert load_settings().model.decode == decode
+    monkeypatch.setenv("CLIP_WORKER_MODEL__DECODE", "gpu")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert caught.value.setting == "CLIP_WORKER_MODEL__DECODE" and named in str(caught.value)
+
+
 def test_the_readme_documents_every_setting() -> None:
     text = README.read_text()
     assert [name for name in every_env_var() if f"`{name}`" not in text] == []

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Literal, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from worker.errors import ConfigError
@@ -68,6 +68,13 @@ class ModelSettings(_Section):
         description="Turn each image upright by its EXIF orientation first (as PIL's exif_transpose). "
         "open_clip does not, so exact mode is open_clip's only while this is off.",
     )
+    decode: Literal["cpu", "gpu", "auto"] = Field(
+        "cpu",
+        description="Where JPEGs are decoded. cpu: the preprocess threads or processes. gpu: baseline JPEGs in "
+        "batches on the model's device (nvJPEG on CUDA), resized and cropped there; other images, and any the "
+        "device decoder refuses, on the CPU. Needs preprocess_mode=fast, preprocess_in=threads and "
+        "exif_orientation off. auto: gpu where the device is CUDA and those hold, else cpu.",
+    )
     model_config_dir: Path | None = Field(
         None, description="A folder (or file) of extra OpenCLIP model configs (JSON) to register before loading."
     )
@@ -78,6 +85,18 @@ class ModelSettings(_Section):
     def _legal_avro_name(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
             raise ValueError("must be a legal Avro field name: [A-Za-z_][A-Za-z0-9_]*")
+        return value
+
+    @field_validator("decode")
+    @classmethod
+    def _device_decode_possible(cls, value: str, info: ValidationInfo) -> str:
+        """The device path gives fast mode's uint8 crops to the device thread of this process, upright as
+        the file stores them: it cannot serve exact mode, decoder processes, or EXIF orientation."""
+        clashes = {"preprocess_mode": "fast", "preprocess_in": "threads", "exif_orientation": False}
+        wrong = [f"{name}={info.data[name]}" for name, needed in clashes.items()
+                 if info.data.get(name, needed) != needed]
+        if value == "gpu" and wrong:
+            raise ValueError(f"gpu decodes fast mode's crops on the device thread: not with {', '.join(wrong)}")
         return value
 
     @field_validator("device")

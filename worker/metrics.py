@@ -57,6 +57,14 @@ class Metrics:
             "clip_worker_preprocess_seconds", "Decode and preprocess per record, whatever the outcome.",
             buckets=_FAST, registry=r,
         )
+        self.device_decoded = Counter(
+            "clip_worker_device_decoded_total",
+            "Images decoded on the device (model.decode); the rest are decoded on the CPU.", registry=r,
+        )
+        self.device_decode_refused = Counter(
+            "clip_worker_device_decode_refused_total",
+            "Images routed to the device decoder that it could not decode, prepared on the CPU instead.", registry=r,
+        )
         self.batch_wait_seconds = Histogram(
             "clip_worker_batch_wait_seconds", "Time an image waited in the batcher for its batch to leave.",
             buckets=_FAST, registry=r,

@@ -9,6 +9,8 @@
 - quality: per photo, the device path's pixels against exact mode's (PSNR, >= 30 dB: fast mode's own
   guard), with fast mode's PSNR beside it. nvJPEG is not libjpeg-turbo, so this is its real measure.
 - isolation: a broken JPEG in a batch fails alone, and its batch's good images decode as they do alone.
+- mixed batch: crops the device decoded and crops prepared on the host, collated into one batch (as
+  model.decode=gpu feeds the batcher from both), give bitwise the input of the same crops all from the host.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from open_clip.transform import PreprocessCfg
 
 from bench.gpu_parts.common import Budget, Context, Report, free, rate
 from worker.engine.gpu_decode import baseline_header, decode_batch
-from worker.engine.preprocess import Preprocessor, preprocess_cfg_from
+from worker.engine.preprocess import PreparedImage, Preprocessor, preprocess_cfg_from
 
 _worker: dict[str, Any] = {}
 
@@ -122,6 +124,21 @@ def isolation(ctx: Context, report: Report, cfg: PreprocessCfg, blobs: list[byte
                  f"good rows as decoded alone: {same}")
 
 
+def mixed_batch(ctx: Context, report: Report, cfg: PreprocessCfg, blobs: list[bytes]) -> None:
+    fast = Preprocessor(cfg, mode="fast", max_pixels=10**9)
+    half = min(len(blobs) // 2, 8)
+    decoded = decode_batch(blobs[:half], cfg, device=ctx.device, max_pixels=10**9)
+    on_device = [decoded.prepared(row) for row in range(len(decoded.rows))]
+    on_host = [fast.prepare(data) for data in blobs[half : 2 * half]]
+    mixed = [image for pair in zip(on_device, on_host, strict=True) for image in pair]
+    host = [PreparedImage(image.pixels.cpu(), image.width, image.height, image.format, image.scale) for image in mixed]
+    dtype = torch.float16 if ctx.device.type == "cuda" else torch.float32
+    same = torch.equal(fast.collate(mixed, device=ctx.device, dtype=dtype),
+                       fast.collate(host, device=ctx.device, dtype=dtype))
+    report.check("a batch of device-decoded and host-prepared crops collates as the same crops from the host",
+                 len(mixed) == 2 * half > 0 and same, f"{len(mixed)} crops, bitwise equal: {same}")
+
+
 def run(ctx: Context, report: Report, budget: Budget) -> None:
     cfg = model_cfg(ctx.models("ViT-B-32")[0])
     blobs = [data for _, data in ctx.corpus]
@@ -132,6 +149,7 @@ def run(ctx: Context, report: Report, budget: Budget) -> None:
     if budget.enough(0.5 if ctx.smoke else 10.0):
         quality(ctx, report, cfg)
         isolation(ctx, report, cfg, blobs)
+        mixed_batch(ctx, report, cfg, blobs)
     else:
         report.note("device decode quality and error isolation skipped: out of time")
     free(ctx.device)

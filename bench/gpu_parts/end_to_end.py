@@ -33,7 +33,7 @@ from bench.gpu_parts.common import Budget, Context, Report
 from bench.gpu_parts.standins import BUCKET, LOG, GpuSampler, mock_kafka, s3_server
 from harness.kafka_io import produce_requests
 from harness.workers import settings_env
-from worker.config import ModelSettings, Settings
+from worker.config import Settings
 from worker.messages import ImageRequest, S3Uri
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,20 +115,22 @@ def one_run(ctx: Context, report: Report, budget: Budget, *, bootstrap: str, end
                   worker_cpu_ms_per_image=round(1000 * (c1 - c0) / max(n1 - n0, 1), 2),
                   main_cores=round((m1 - m0) / seconds, 2),
                   main_us_per_image=round(1e6 * (m1 - m0) / max(n1 - n0, 1), 1),
-                  box_cores=round((b1 - b0) / seconds, 2), stop_s=round(time.monotonic() - stop_began, 1), exit=code)
+                  box_cores=round((b1 - b0) / seconds, 2), stop_s=round(time.monotonic() - stop_began, 1), exit=code,
+                  jpeg_decode="device" if "JPEG decode on the device" in log.read_text(errors="replace") else "cpu")
     report.check(f"e2e {label}: outputs written, no dead letters", n1 > 0 and dead == 0,
                  f"{n1} outputs, {dead:.0f} dead letters in {t1 - started:.0f} s")
 
 
 def run(ctx: Context, report: Report, budget: Budget) -> None:
-    processes = "preprocess_in" in ModelSettings.model_fields  # decoder processes: a setting in the making
     threads: dict[str, Any] = {"preprocess_workers": 16}
-    in_processes: dict[str, Any] = {"preprocess_workers": 16, "preprocess_in": "processes"} if processes else threads
-    if ctx.smoke:
-        runs: list[tuple[str, int, dict[str, Any], int]] = [("tiny-vit", 16, {"preprocess_workers": 2}, 64)]
+    on_gpu = threads | {"decode": "gpu"}  # baseline JPEGs decoded by nvJPEG on the device thread
+    in_processes: dict[str, Any] = {"preprocess_workers": 16, "preprocess_in": "processes"}
+    if ctx.smoke:  # the device decode's path as the GPU runs it, with libjpeg-turbo on the device thread
+        runs: list[tuple[str, int, dict[str, Any], int]] = [
+            ("tiny-vit", 16, {"preprocess_workers": 2, "decode": "gpu"}, 64)]
     else:
-        runs = [("ViT-B-32", 256, threads, 40_000), ("ViT-L-14", 128, in_processes, 20_000)]
-        runs += [("ViT-B-32", 256, in_processes, 40_000)] if processes else []
+        runs = [("ViT-B-32", 256, threads, 40_000), ("ViT-B-32", 256, on_gpu, 40_000),
+                ("ViT-L-14", 128, in_processes, 20_000), ("ViT-B-32", 256, in_processes, 40_000)]
     with tempfile.TemporaryDirectory() as tmp, mock_kafka() as bootstrap, s3_server(ctx) as (endpoint, server):
         report.figure(kind="e2e setup", kafka=f"librdkafka mock cluster at {bootstrap}", s3=f"{server} at {endpoint}",
                       objects=len(ctx.corpus))

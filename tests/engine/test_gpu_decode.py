@@ -25,7 +25,7 @@ from PIL import Image
 
 from harness.photos import photo_corpus
 from worker.engine import Embedder, PreparedImage
-from worker.engine.gpu_decode import DeviceBatch, JpegHeader, baseline_header, decode_batch
+from worker.engine.gpu_decode import JpegHeader, baseline_header, decode_batch
 from worker.engine.preprocess import Preprocessor
 from worker.errors import CorruptImage, DecompressionBomb, ImageError, UnsupportedImage
 
@@ -60,11 +60,6 @@ def unnormalised(cfg: PreprocessCfg, exact: PreparedImage) -> torch.Tensor:
     return (exact.pixels * std + mean).mul(255).clamp(0, 255)
 
 
-def as_prepared(batch: DeviceBatch, row: int) -> PreparedImage:
-    width, height = batch.sizes[row]
-    return PreparedImage(batch.pixels[row].permute(1, 2, 0).contiguous(), width, height, "JPEG", 1)
-
-
 def check_header(header: JpegHeader | None) -> None:
     assert header is None or (header.width > 0 and header.height > 0 and header.components in (1, 3))
 
@@ -80,12 +75,15 @@ def test_what_the_device_path_leaves_to_the_cpu() -> None:
     image = Image.open(io.BytesIO(data))
     png = io.BytesIO()
     image.save(png, "PNG")
+    sos = data.find(b"\xff\xda")
+    second_scan = data[:-2] + data[sos : sos + 14] + b"\x12" * 8 + b"\xff\xd9"  # an SOS again before EOI
     assert baseline_header(encoded(image.convert("L"))) == JpegHeader(*image.size, 1)
     assert baseline_header(data + data) == JpegHeader(*image.size, 3)  # a second picture after EOI (MPO)
     for other in (
         encoded(image, progressive=True),
         encoded(image.convert("CMYK")),
         encoded(image, keep_rgb=True),  # RGB-coded, not YCbCr
+        second_scan,
         data[:-2],  # no EOI: cut short
         data[: len(data) // 2],
         png.getvalue(),
@@ -107,7 +105,7 @@ def test_decoded_batches_match_exact_mode_as_closely_as_fast_mode_must(
     worst = corpus[int(np.argmin(psnrs))][0]
     print(f"\ndevice path vs exact pixel PSNR: min {min(psnrs):.1f} dB ({worst}), median {np.median(psnrs):.1f} dB")
     assert min(psnrs) >= 45.0, worst
-    ours = np.stack(tiny_fast.embed([as_prepared(batch, i) for i in range(len(corpus))]))  # type: ignore[arg-type]
+    ours = np.stack(tiny_fast.embed([batch.prepared(i) for i in range(len(corpus))]))  # type: ignore[arg-type]
     theirs = np.stack(tiny_exact.embed(exact))  # type: ignore[arg-type]
     cos = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
     assert cos.min() >= 0.99 and cos.mean() >= 0.995

@@ -64,11 +64,11 @@ def worker_settings(
     credentials of the environment (aws_credentials), and committing every 200 ms."""
 
     def make(*, input_partitions: int, max_object_bytes: int = 32 * 1024 * 1024, preprocess_in: str = "threads",
-             **pipeline: Any) -> Settings:
+             decode: str = "cpu", **pipeline: Any) -> Settings:
         return make_settings(
             s3_bucket,
             input_partitions=input_partitions,
-            model=FAST_TINY | {"preprocess_in": preprocess_in},
+            model=FAST_TINY | {"preprocess_in": preprocess_in, "decode": decode},
             kafka={"consumer_config": {"auto.commit.interval.ms": "200"}},
             s3={"endpoint_url": proxy.endpoint_url, "max_object_bytes": max_object_bytes, "fetch_workers": 4,
                 "max_attempts": MAX_ATTEMPTS, "backoff_initial_seconds": 0.001, "backoff_max_seconds": 0.01,
@@ -166,10 +166,13 @@ class Bad:
     or_one_more: bool = False
 
 
-# Decoder processes fetch and decode in children: the same matrix holds across the process boundary.
-@pytest.mark.parametrize("preprocess_in", ["threads", "processes"])
+# Decoder processes fetch and decode in children: the same matrix holds across the process boundary. With
+# decode=gpu (libjpeg-turbo on the device thread here) the good photos skip the preprocess threads as bytes
+# and the bad objects, none of them a whole baseline JPEG, take the CPU path: the same verdicts either way.
+@pytest.mark.parametrize(("preprocess_in", "decode"), [("threads", "cpu"), ("processes", "cpu"), ("threads", "gpu")])
 def test_every_bad_record_is_dead_lettered_once_and_every_good_one_embedded(
     preprocess_in: str,
+    decode: str,
     kafka_broker: KafkaBroker,
     s3_client: Any,
     s3_bucket: str,
@@ -246,11 +249,11 @@ def test_every_bad_record_is_dead_lettered_once_and_every_good_one_embedded(
     interleaved += good_records[len(bad_records):] + bad_records[len(good_records):]
     assert len(interleaved) == len(good) + len(bad) == 29
 
-    settings = worker_settings(input_partitions=3, max_object_bytes=limit, preprocess_in=preprocess_in)
+    settings = worker_settings(input_partitions=3, max_object_bytes=limit, preprocess_in=preprocess_in, decode=decode)
     kafka = settings.kafka
     input_topic, output_topic, dlq = kafka.input_topic, kafka.output_topic, kafka.dead_letter_topic
     produced = produce_located(kafka_broker.bootstrap_servers, input_topic, interleaved)
-    with InProcessWorker(settings, embedder=embedder) as worker:
+    with InProcessWorker(settings, embedder=Embedder(settings=settings.model, tower=embedder.tower)) as worker:
         committed = wait_until_committed(kafka_broker.bootstrap_servers, kafka.group_id, input_topic, timeout=60)
         worker.stop()
 
@@ -305,6 +308,10 @@ def test_every_bad_record_is_dead_lettered_once_and_every_good_one_embedded(
     assert worker.counter("clip_worker_records_dead_lettered_total") == len(bad)
     assert worker.counter("clip_worker_records_embedded_total") == len(good)
     assert worker.counter("clip_worker_records_consumed_total") == len(interleaved)
+    # With decode=gpu every good record was decoded on the device, none refused; without, none was.
+    on_device = (worker.counter("clip_worker_device_decoded_total"),
+                 worker.counter("clip_worker_device_decode_refused_total"))
+    assert on_device == ((len(good), 0) if decode == "gpu" else (0, 0))
     # Retries count for every record: those that cleared, and the one that ran out of attempts. A reset
     # on a kept-alive connection, before any byte of the answer, is what a stale connection looks
     # like: libcurl makes that request again on a new one itself, so a reset may not cost an attempt.

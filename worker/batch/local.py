@@ -32,12 +32,16 @@ def read_local(path: Path, *, max_bytes: int) -> bytes:
     return data
 
 
-def local_fetch_step(path_of: Callable[[Work], Path], *, max_bytes: int) -> Callable[[Work], None]:
-    """The fetch stage's step for local inputs: `path_of(work)` says which file."""
+def local_fetch_step(
+    path_of: Callable[[Work], Path], *, max_bytes: int, on_device: Callable[[bytes], bool] | None = None
+) -> Callable[[Work], None]:
+    """The fetch stage's step for local inputs: `path_of(work)` says which file; `on_device` as the S3 step's."""
 
     def step(work: Work) -> None:
         work.data = read_local(path_of(work), max_bytes=max_bytes)
         work.fetch_attempts = 1
         work.sha256 = hashlib.sha256(work.data).hexdigest()  # for the output record, as the S3 step does
+        if on_device is not None:
+            work.on_device = on_device(work.data)
 
     return step

@@ -39,7 +39,7 @@ from worker.messages import ImageRequest, S3Uri
 from worker.metrics import Metrics
 from worker.pipeline.batching import Batcher
 from worker.pipeline.decoder_stage import DecoderStage
-from worker.pipeline.image_stages import decoder_stage, fetch_threads, preprocess_threads
+from worker.pipeline.image_stages import after_fetch, decoder_stage, device_route, fetch_threads, preprocess_threads
 from worker.pipeline.inference import InferenceStage
 from worker.pipeline.memory import InFlightBytes
 from worker.pipeline.runtime import busy_wait
@@ -105,22 +105,24 @@ class BatchRun:
         metrics = Metrics()  # the stages count into it; batch mode serves no /metrics
         self._wake = wake = Wake()  # as the stream's loop: a busy turn waits on the stages' signals
         inference = InferenceStage(embed=embedder.embed, next_step=finisher, failures=finisher, metrics=metrics,
-                                   timeout=timeout, wake=wake)
+                                   timeout=timeout, wake=wake, prepare_batch=embedder.prepare_batch)
         self._batcher = Batcher(batch_size=embedder.batch_size, max_wait=pipeline.max_batch_wait_ms / 1000,
                                 next_step=inference)
         preprocess = preprocess_threads(settings, embedder, next_step=self._batcher, failures=finisher,
                                         metrics=metrics)
+        fetched = after_fetch(embedder, preprocess=preprocess, batcher=self._batcher)
+        route = device_route(embedder)
         fetch_timeout = timeout + FETCH_DEADLINE_GRACE_SECONDS
         max_bytes = settings.s3.max_object_bytes
         self._s3_fetch: ThreadStage | DecoderStage = fetch_threads(
-            settings, s3, next_step=preprocess, failures=finisher, metrics=metrics, budget=budget, wake=wake,
+            settings, s3, next_step=fetched, failures=finisher, metrics=metrics, budget=budget, wake=wake, route=route,
         ) if model.preprocess_in == "threads" else decoder_stage(  # S3 objects fetched and decoded in processes
             settings, embedder, next_step=self._batcher, failures=finisher, metrics=metrics, budget=budget,
             wake=wake)
         self._file_fetch = ThreadStage(
-            name="read", workers=settings.s3.fetch_workers, step=local_fetch_step(self._path_of, max_bytes=max_bytes),
-            next_step=preprocess, failures=finisher, timeout=fetch_timeout, budget=budget, reserve_bytes=max_bytes,
-            wake=wake,
+            name="read", workers=settings.s3.fetch_workers,
+            step=local_fetch_step(self._path_of, max_bytes=max_bytes, on_device=route), next_step=fetched,
+            failures=finisher, timeout=fetch_timeout, budget=budget, reserve_bytes=max_bytes, wake=wake,
         )
         self._stages = (self._s3_fetch, self._file_fetch, preprocess, self._batcher, inference)
 

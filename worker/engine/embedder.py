@@ -13,6 +13,7 @@ import io
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from PIL import Image
 
 from worker.config import ModelSettings
 from worker.engine.decode import raise_pillow_limit
+from worker.engine.gpu_decode import decode_batch, device_takes
 from worker.engine.loading import VisionTower, forward, load_vision_tower
 from worker.engine.preprocess import PreparedImage, PreprocessMode, Preprocessor
 from worker.errors import DeviceFailed, EmbedError, ImageError, RecordError
@@ -27,6 +29,14 @@ from worker.errors import DeviceFailed, EmbedError, ImageError, RecordError
 logger = logging.getLogger(__name__)
 
 EmbedResult = np.ndarray | EmbedError
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """What `Embedder.prepare_batch` gives: one image or ImageError per input, in order."""
+
+    images: list[PreparedImage | ImageError]
+    on_cpu: int  # how many of them the device decoder refused, prepared (or failed) on the CPU instead
 
 
 class Embedder:
@@ -49,8 +59,9 @@ class Embedder:
         raise_pillow_limit(settings.max_image_pixels)
         embedder = cls(settings=settings, tower=load_vision_tower(settings))
         logger.info(
-            "embedder ready: field %s, dim %d, batch %d, %s preprocessing, normalize=%s",
-            embedder.field_name, embedder.dim, embedder.batch_size, embedder.mode, settings.normalize,
+            "embedder ready: field %s, dim %d, batch %d, %s preprocessing, JPEG decode on the %s, normalize=%s",
+            embedder.field_name, embedder.dim, embedder.batch_size, embedder.mode,
+            "device" if embedder.decodes_on_device else "CPU", settings.normalize,
         )
         return embedder
 
@@ -82,9 +93,53 @@ class Embedder:
     def module(self) -> torch.nn.Module:
         return self.tower.module
 
+    @property
+    def decodes_on_device(self) -> bool:
+        """Whether baseline JPEGs go to `prepare_batch` on the device thread (settings.decode, auto resolved)."""
+        decode = self.settings.decode
+        if decode == "auto":
+            s = self.settings
+            return (self.device.type == "cuda" and s.preprocess_mode == "fast" and s.preprocess_in == "threads"
+                    and not s.exif_orientation)
+        return decode == "gpu"
+
+    def takes_on_device(self, data: bytes) -> bool:
+        """Whether `prepare_batch` decodes these bytes on the device (else `prepare` on the CPU). Never raises."""
+        return device_takes(data, max_pixels=self.preprocessor.max_pixels)
+
     def prepare(self, data: bytes) -> PreparedImage:
         """Decode and preprocess one image on the CPU. Thread-safe; raises ImageError subclasses."""
         return self.preprocessor.prepare(data)
+
+    def prepare_or_error(self, data: bytes) -> PreparedImage | ImageError:
+        try:
+            return self.prepare(data)
+        except ImageError as exc:
+            return exc
+
+    def prepare_batch(self, blobs: Sequence[bytes]) -> PreparedBatch:
+        """Decode a batch on the device (gpu_decode.py), for the device thread. An image the device path
+        does not take, or whose decode fails there, is prepared on the CPU instead, and that verdict is
+        the record's: an image nvJPEG refuses but Pillow reads is still embedded, and a bad one gets the
+        CPU path's ImageError. A batch over the device's memory is split in halves, down to one image."""
+        if not blobs:
+            return PreparedBatch([], 0)
+        try:
+            batch = decode_batch(blobs, self.tower.preprocess_cfg, device=self.device,
+                                 max_pixels=self.preprocessor.max_pixels)
+        except torch.OutOfMemoryError:
+            batch = None
+        if batch is None:  # outside the except block, as in _embed_or_split: the traceback holds tensors
+            torch.cuda.empty_cache()
+            if len(blobs) == 1:
+                return PreparedBatch([self.prepare_or_error(blobs[0])], 1)
+            half = len(blobs) // 2
+            first, second = self.prepare_batch(blobs[:half]), self.prepare_batch(blobs[half:])
+            return PreparedBatch(first.images + second.images, first.on_cpu + second.on_cpu)
+        out: dict[int, PreparedImage | ImageError] = {i: batch.prepared(row) for row, i in enumerate(batch.rows)}
+        for index in batch.errors:
+            out[index] = self.prepare_or_error(blobs[index])
+        return PreparedBatch([out[index] for index in range(len(blobs))], len(batch.errors))
 
     def embed(self, images: Sequence[PreparedImage]) -> list[EmbedResult]:
         """One float32 (dim,) vector or one EmbedError per image, in order. Call from one thread."""
@@ -95,14 +150,8 @@ class Embedder:
 
     def embed_bytes(self, blobs: Sequence[bytes], *, workers: int | None = None) -> list[np.ndarray | RecordError]:
         """prepare + embed for a batch job or the CLI: preprocessing on a pool, errors per record."""
-        def safe_prepare(data: bytes) -> PreparedImage | ImageError:
-            try:
-                return self.prepare(data)
-            except ImageError as exc:
-                return exc
-
         with ThreadPoolExecutor(max_workers=workers or self.settings.preprocess_workers) as pool:
-            prepared: list[PreparedImage | ImageError] = list(pool.map(safe_prepare, blobs))
+            prepared: list[PreparedImage | ImageError] = list(pool.map(self.prepare_or_error, blobs))
         good = [p for p in prepared if isinstance(p, PreparedImage)]
         embedded = iter(self.embed(good))
         return [next(embedded) if isinstance(p, PreparedImage) else p for p in prepared]

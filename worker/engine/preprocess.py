@@ -171,7 +171,7 @@ class Preprocessor:
         """Stack a batch, move it to ``device`` and return the model's input in ``dtype``."""
         pixels = [image.pixels for image in images]
         if all(p.dtype == torch.uint8 for p in pixels):
-            batch = staged(pixels, device).to(device, non_blocking=True)
+            batch = gathered(pixels, device)
             mean, std = self._on(device)
             # ToTensor's and Normalize's arithmetic in float32, then one cast: for the same pixels the
             # input is bitwise what exact mode gives. It runs on the (N, H, W, C) batch as it lies and
@@ -192,6 +192,21 @@ class Preprocessor:
             mean, std = (c.to(device).expand(height, width, len(c)).contiguous() for c in (self._mean, self._std))
             self._constants[device] = (mean, std)
         return self._constants[device]
+
+
+def gathered(pixels: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The uint8 batch on `device`, rows in order. Crops prepared on the host are staged and copied in
+    one go; crops the device decoded (gpu_decode.py, model.decode) are already there and stacked there."""
+    host = [i for i, p in enumerate(pixels) if p.is_cpu]
+    if len(host) == len(pixels):
+        return staged(pixels, device).to(device, non_blocking=True)
+    decoded = [i for i, p in enumerate(pixels) if not p.is_cpu]
+    if not host:
+        return torch.stack(list(pixels))
+    batch = torch.empty((len(pixels), *pixels[0].shape), dtype=torch.uint8, device=device)
+    batch[host] = staged([pixels[i] for i in host], device).to(device, non_blocking=True)
+    batch[decoded] = torch.stack([pixels[i] for i in decoded])
+    return batch
 
 
 def staged(pixels: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:

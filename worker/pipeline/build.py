@@ -10,10 +10,12 @@
     fetch from S3          (fetch_workers threads, retries,
         │                   starts while max_in_flight_bytes has room) ── fails ──▶│
         ▼                                                                  │
-    decode + preprocess    (preprocess_workers threads)     ── fails ──────▶│
+    decode + preprocess    (preprocess_workers threads;     ── fails ──────▶│
+        │                   model.decode: baseline JPEGs skip it, as bytes) │
         ▼                                                                  │
     batcher                (inference_batch_size or max_batch_wait_ms)     │
         ▼                                                                  │
+    [decode JPEGs on the device, as one batch (model.decode)] ─ fails ────▶│
     embed on the device    (one thread, <= 2 batches outstanding) ─ fails ─▶│   device broken: exit
         ▼                                                                  ▼
     Avro encode ─▶ emitter ─▶ output topic             emitter ─▶ DLQ topic
@@ -44,7 +46,7 @@ from worker.pipeline.commit import Committer, StoredOffsetsCommitter
 from worker.pipeline.deadletter import DeadLetterStage
 from worker.pipeline.decoder_stage import DecoderStage
 from worker.pipeline.failures import FailureRouter
-from worker.pipeline.image_stages import decoder_stage, fetch_threads, preprocess_threads
+from worker.pipeline.image_stages import after_fetch, decoder_stage, device_route, fetch_threads, preprocess_threads
 from worker.pipeline.inference import InferenceStage
 from worker.pipeline.memory import InFlightBytes
 from worker.pipeline.offsets import OffsetTracker
@@ -121,7 +123,7 @@ def build_runtime(
     wake = Wake()
     inference = InferenceStage(
         embed=embedder.embed, next_step=output, failures=failures, metrics=metrics, timeout=timeout,
-        encode=output.encode, wake=wake,
+        encode=output.encode, wake=wake, prepare_batch=embedder.prepare_batch,
     )
     batcher = Batcher(
         batch_size=embedder.batch_size, max_wait=pipeline.max_batch_wait_ms / 1000, next_step=inference
@@ -134,8 +136,9 @@ def build_runtime(
     else:
         preprocess = preprocess_threads(settings, embedder, next_step=batcher, failures=failures, metrics=metrics)
         source = S3Source(client=s3_client or make_s3_client(settings.s3), settings=settings.s3)
-        fetch = fetch_threads(settings, source, next_step=preprocess, failures=failures, metrics=metrics,
-                              budget=budget, wake=wake)
+        fetched = after_fetch(embedder, preprocess=preprocess, batcher=batcher)
+        fetch = fetch_threads(settings, source, next_step=fetched, failures=failures, metrics=metrics,
+                              budget=budget, wake=wake, route=device_route(embedder))
     decode = DecodeStage(
         input_format=pipeline.input_format,
         confluent=registry.input_decoder(registry_client, kafka.input_topic) if registry_client else None,

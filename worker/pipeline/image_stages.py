@@ -3,11 +3,15 @@ the benchmarks: fetch and preprocess on threads of this process, or both in deco
 
     threads:    fetch_threads (s3.fetch_workers) ─▶ preprocess_threads (model.preprocess_workers)
     processes:  decoder_stage (model.preprocess_workers processes, s3.fetch_workers threads among them)
+    threads, decoding on the device (model.decode):
+                fetch_threads ─▶ DecodeRouter ─┬─ baseline JPEGs, as bytes ─▶ the batcher (the device thread decodes)
+                                               └─ the rest ─▶ preprocess_threads
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from worker.config import Settings
 from worker.engine import Embedder
@@ -29,14 +33,47 @@ from worker.pipeline.work import Work
 from worker.source import S3Source
 
 
+class DecodeRouter:
+    """Where a fetched record goes while the device decodes JPEGs: one whose bytes the fetch thread found
+    to be a baseline JPEG (Work.on_device) straight to the batcher, as bytes, any other to the preprocess
+    threads. Inline on the main thread: the header was read on the fetch thread, this is one branch."""
+
+    name = "route"
+
+    def __init__(self, *, device: Stage[Work], cpu: Stage[Work]) -> None:
+        self._device = device
+        self._cpu = cpu
+
+    def submit(self, item: Work) -> None:
+        (self._device if item.on_device else self._cpu).submit(item)
+
+    def poll(self) -> None:
+        return None
+
+    def close(self, deadline: float) -> None:
+        return None
+
+
+def after_fetch(embedder: Embedder, *, preprocess: ThreadStage, batcher: Stage[Work]) -> Stage[Work]:
+    """Where fetched records go: the preprocess threads, or a DecodeRouter while the device decodes JPEGs."""
+    return DecodeRouter(device=batcher, cpu=preprocess) if embedder.decodes_on_device else preprocess
+
+
+def device_route(embedder: Embedder) -> Callable[[bytes], bool] | None:
+    """For the fetch steps: which bytes go to the device's decoder, while it decodes (else None)."""
+    return embedder.takes_on_device if embedder.decodes_on_device else None
+
+
 def fetch_threads(
     settings: Settings, source: S3Source, *, next_step: Stage[Work], failures: FailureSink, metrics: Metrics,
-    budget: InFlightBytes, wake: Wake,
+    budget: InFlightBytes, wake: Wake, route: Callable[[bytes], bool] | None = None,
 ) -> ThreadStage:
-    """S3 reads on s3.fetch_workers threads, each starting only while the byte budget has room."""
+    """S3 reads on s3.fetch_workers threads, each starting only while the byte budget has room; with
+    `route` (device_route), each fetch also says whether the device decodes its image."""
     timeout = settings.pipeline.record_timeout_seconds
     return ThreadStage(
-        name="fetch", workers=settings.s3.fetch_workers, step=fetch_step(source, metrics, timeout=timeout),
+        name="fetch", workers=settings.s3.fetch_workers,
+        step=fetch_step(source, metrics, timeout=timeout, on_device=route),
         next_step=next_step, failures=failures, timeout=timeout + FETCH_DEADLINE_GRACE_SECONDS,
         seconds=metrics.fetch_seconds, budget=budget, reserve_bytes=settings.s3.max_object_bytes, wake=wake,
     )

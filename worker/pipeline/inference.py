@@ -4,9 +4,14 @@ main thread and the main thread never waits on the GPU.
 At most `max_batches` batches are outstanding (one on the device, one ready behind it), so that
 preprocessing of the next batch overlaps inference of this one without queueing unbounded work.
 
+With model.decode on the device, records whose JPEG the fetch found baseline arrive here as bytes:
+this thread decodes them as one batch first (Embedder.prepare_batch), so the decode's kernels queue
+on the device ahead of the forward pass, and an image the device cannot decode is prepared on the CPU.
+
 Per-record failures (EmbedError: a zero or non-finite embedding, an image that breaks the kernel
-alone) are the record's. A device in a bad state is not: the embedder raises DeviceFailed when even
-a known-good input fails, and a batch still running past `timeout` means the device is stuck. Either
+alone; the ImageError of an image no decoder could read) are the record's. A device in a bad state
+is not: the embedder raises DeviceFailed when even a known-good input fails, and a batch still
+running past `timeout` means the device is stuck. Either
 stops the worker without committing the batch, for a restart with a fresh device context; no record
 of it reaches the dead-letter topic.
 """
@@ -18,8 +23,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from worker.engine import PreparedImage
-from worker.errors import DeviceFailed, EmbedError
+from worker.engine import PreparedBatch, PreparedImage
+from worker.errors import DeviceFailed, EmbedError, ImageError
 from worker.metrics import Metrics
 from worker.pipeline.pool import WorkPool
 from worker.pipeline.stages import FailureSink, Stage
@@ -27,6 +32,8 @@ from worker.pipeline.wake import Wake
 from worker.pipeline.work import Work
 
 EmbedFn = Callable[[Sequence[PreparedImage]], list[np.ndarray | EmbedError]]
+PrepareBatchFn = Callable[[Sequence[bytes]], PreparedBatch]
+Outcome = np.ndarray | EmbedError | ImageError
 
 
 class InferenceStage:
@@ -35,14 +42,17 @@ class InferenceStage:
     def __init__(
         self, *, embed: EmbedFn, next_step: Stage[Work], failures: FailureSink, metrics: Metrics, timeout: float,
         encode: Callable[[Work], None] | None = None, max_batches: int = 2, wake: Wake | None = None,
+        prepare_batch: PrepareBatchFn | None = None,
     ) -> None:
         """`encode(work)`, when given, runs on this thread for each embedded record (outputs.py), so
         the main thread receives records ready to produce: one hand-off, no Avro on the main thread.
-        `wake` is signalled as each batch finishes: the loop hands the device its next batch at once."""
+        `wake` is signalled as each batch finishes: the loop hands the device its next batch at once.
+        `prepare_batch` decodes the records that arrive as bytes (Work.on_device)."""
         self._embed = embed
+        self._prepare_batch = prepare_batch
         self._encode = encode
         self._metrics = metrics
-        self._pool: WorkPool[list[Work], list[np.ndarray | EmbedError]] = WorkPool(
+        self._pool: WorkPool[list[Work], list[Outcome]] = WorkPool(
             name="device", workers=1, fn=self._run, signal=wake.signal if wake else None
         )
         self._next = next_step
@@ -50,15 +60,17 @@ class InferenceStage:
         self._timeout = timeout
         self._max_batches = max_batches
 
-    def _run(self, batch: list[Work]) -> list[np.ndarray | EmbedError]:
+    def _run(self, batch: list[Work]) -> list[Outcome]:
         for work in batch:
             self._metrics.batch_wait_seconds.observe(work.batch_wait)
         started = time.perf_counter()
+        refused = self._decode(batch)
         images = []
         for work in batch:
-            assert work.prepared is not None, "only preprocessed work reaches the device"
-            images.append(work.prepared)
-        results = self._embed(images)
+            if work.prepared is not None:
+                images.append(work.prepared)
+        embedded = iter(self._embed(images))
+        results: list[Outcome] = [refused[i] if i in refused else next(embedded) for i in range(len(batch))]
         self._metrics.inference_seconds.observe(time.perf_counter() - started)
         images.clear()
         for work in batch:  # freed here, not on the main thread (a tensor's or a slot's release)
@@ -70,6 +82,31 @@ class InferenceStage:
                     work.embedding = result
                     self._encode(work)
         return results
+
+    def _decode(self, batch: list[Work]) -> dict[int, ImageError]:
+        """Decode the records that came as bytes; the ImageError of each that no decoder could read, by position."""
+        pending = [i for i, work in enumerate(batch) if work.prepared is None]
+        if not pending:
+            return {}
+        assert self._prepare_batch is not None, "only preprocessed work reaches a device without prepare_batch"
+        blobs = []
+        for i in pending:
+            data = batch[i].data
+            assert data is not None, "a record that comes as bytes has its bytes"
+            blobs.append(data)
+        decoded = self._prepare_batch(blobs)
+        self._metrics.device_decoded.inc(len(pending) - decoded.on_cpu)
+        self._metrics.device_decode_refused.inc(decoded.on_cpu)
+        refused: dict[int, ImageError] = {}
+        for i, prepared in zip(pending, decoded.images, strict=True):
+            work = batch[i]
+            work.data = None
+            if isinstance(prepared, ImageError):
+                refused[i] = prepared
+            else:
+                work.prepared = prepared
+                work.width, work.height = prepared.width, prepared.height
+        return refused
 
     def has_room(self) -> bool:
         return self._pool.outstanding < self._max_batches
@@ -89,7 +126,9 @@ class InferenceStage:
                 self._failures.fail(batch[0], error, stage=self.name)
                 continue
             for work, result in zip(batch, outcome, strict=True):
-                if isinstance(result, EmbedError):
+                if isinstance(result, ImageError):  # a device-path image no decoder could read
+                    self._failures.fail(work, result, stage="preprocess")
+                elif isinstance(result, EmbedError):
                     self._failures.fail(work, result, stage=self.name)
                 else:
                     work.embedding = result

@@ -195,9 +195,12 @@ def _record_failure(error: BaseException, stage: str) -> Exception:
     return error if isinstance(error, Exception) else UnexpectedError(error, stage=stage)
 
 
-def fetch_step(source: S3Source, metrics: Metrics, *, timeout: float) -> Callable[[Work], None]:
+def fetch_step(
+    source: S3Source, metrics: Metrics, *, timeout: float, on_device: Callable[[bytes], bool] | None = None
+) -> Callable[[Work], None]:
     """Read the image bytes of a decoded request; counts attempts for the dead-letter headers, and
-    takes the bytes' SHA-256 for the output record here, off the main thread."""
+    takes the bytes' SHA-256 for the output record here, off the main thread. With `on_device`
+    (Embedder.takes_on_device), it also reads the header that says where the image will be decoded."""
 
     def step(work: Work) -> None:
         assert work.request is not None, "the fetch stage only takes decoded requests"
@@ -208,6 +211,8 @@ def fetch_step(source: S3Source, metrics: Metrics, *, timeout: float) -> Callabl
             metrics.fetch_retries.inc(max(0, exc.attempts - 1))
             raise
         work.sha256 = hashlib.sha256(work.data).hexdigest()
+        if on_device is not None:
+            work.on_device = on_device(work.data)
         metrics.fetched_bytes.inc(len(work.data))
         metrics.fetch_retries.inc(work.fetch_attempts - 1)
 
