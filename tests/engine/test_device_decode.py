@@ -92,6 +92,21 @@ def test_a_batch_over_the_devices_memory_is_split_and_a_single_image_over_it_goe
     assert isinstance(last, PreparedImage) and torch.equal(last.pixels, tiny_fast.prepare(photos[4]).pixels)
 
 
+def test_a_device_decoder_that_raises_anything_else_leaves_the_batch_to_the_cpu(
+    tiny_fast: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos = [*small_jpegs()[:2], b"not an image"]
+
+    def broken(*args: object, **kwargs: object) -> DeviceBatch:
+        raise ValueError("a bug in the decoder's bindings")
+
+    monkeypatch.setattr(embedder_module, "decode_batch", broken)
+    prepared = with_decode(tiny_fast, "gpu").prepare_batch(photos)
+    assert prepared.on_cpu == 3 and isinstance(prepared.images[2], NotAnImage)
+    for data, image_ in zip(photos[:2], prepared.images, strict=False):
+        assert isinstance(image_, PreparedImage) and torch.equal(image_.pixels, tiny_fast.prepare(data).pixels)
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.lists(MUTATION, min_size=1, max_size=4), min_size=1, max_size=3))
 def test_prepare_batch_gives_an_image_or_an_image_error_for_any_bytes(

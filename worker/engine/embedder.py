@@ -129,6 +129,10 @@ class Embedder:
                                  max_pixels=self.preprocessor.max_pixels)
         except torch.OutOfMemoryError:
             batch = None
+        except Exception:  # a decoder's bug on hostile bytes must not stop the worker: the CPU path decides
+            logger.warning("device JPEG decode of a batch of %d raised: preparing it on the CPU", len(blobs),
+                           exc_info=True)
+            return PreparedBatch([self.prepare_or_error(data) for data in blobs], len(blobs))
         if batch is None:  # outside the except block, as in _embed_or_split: the traceback holds tensors
             torch.cuda.empty_cache()
             if len(blobs) == 1:

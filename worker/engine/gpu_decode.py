@@ -207,5 +207,9 @@ def _decode_or_split(tensors: list[torch.Tensor], device: torch.device) -> list[
 def _decode(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     ops = cast(Any, torch.ops.image)
     if device.type == "cuda":
+        # torchvision allocates the outputs on our stream but decodes on one of its own without waiting
+        # for ours, so a block that kernels queued on ours still read can be overwritten (pytorch/vision
+        # PR 9606, closed unmerged). Ours is idle after the previous batch's copy back; this makes sure.
+        torch.cuda.current_stream(device).synchronize()
         return cast(list[torch.Tensor], ops.decode_jpegs_cuda(tensors, _RGB, device))
     return [cast(torch.Tensor, ops.decode_jpeg(t, _RGB, False)).to(device) for t in tensors]
