@@ -6,10 +6,11 @@ producing Avro records. What it is not: a production data path. The GPU machine 
 network, so Kafka is librdkafka's mock cluster (one in-process mock broker, topics auto-created with
 4 partitions) and S3 is gofakes3 in memory (standins.py); their costs are not a real broker's or S3's.
 
-Each run produces N requests into fresh topics, starts the worker, and samples every 0.25 s: outputs
+Each run produces N requests into fresh topics, starts the worker (or several "pods" of it in one
+consumer group, each with its own tower on the one GPU and its own GIL), and samples every 0.25 s: outputs
 written (the output topic's end offsets), dead letters, the GPU's busy % (nvidia-smi), the worker's
-process-tree CPU, its main thread's (the loop: one core at most, so `main_cores` near 1 names it as the
-ceiling) and the machine's. img/s is the output rate over the steady window: from a few
+process-tree CPU, its main thread's (the loop: one core at most, so `main_cores` near 1 per pod names
+it as the ceiling) and the machine's. img/s is the output rate over the steady window: from a few
 seconds after the first output (model load and warm-up excluded) to the time limit or the last
 record. The worker is then stopped with SIGTERM.
 """
@@ -62,40 +63,48 @@ def worker_settings(ctx: Context, bootstrap: str, endpoint: str, tag: str, model
 
 
 def one_run(ctx: Context, report: Report, budget: Budget, *, bootstrap: str, endpoint: str, server: str,
-            model: str, batch: int, preprocess: dict[str, Any], messages: int, log_dir: Path) -> None:
+            model: str, batch: int, preprocess: dict[str, Any], messages: int, log_dir: Path, pods: int) -> None:
+    """`pods` worker processes in one consumer group, each with its own tower on the one GPU: its CPU
+    figures are theirs together (`main_cores` the sum of their main threads)."""
     tag = uuid.uuid4().hex[:8]
     settings = worker_settings(ctx, bootstrap, endpoint, tag, model, batch, preprocess)
     names = [name for name, _ in ctx.corpus]
     requests = (ImageRequest(id=f"r{i}", uri=S3Uri(BUCKET, names[i % len(names)])) for i in range(messages))
     produce_requests(bootstrap, settings.kafka.input_topic, requests)
-    label = f"{model} batch {batch} " + ", ".join(f"{k}={v}" for k, v in preprocess.items())
+    label = f"{model} batch {batch} " + ", ".join(f"{k}={v}" for k, v in preprocess.items()) + f", {pods} pod(s)"
     env = os.environ | settings_env(settings) | CREDENTIALS | {"AWS_ENDPOINT_URL_S3": endpoint}
     log = log_dir / f"worker-{tag}.log"
     probe = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{tag}", "logger": LOG})
     gpu = GpuSampler()
     with log.open("ab") as out:
-        worker = subprocess.Popen([sys.executable, "-m", "worker"], cwd=ROOT, env=env, stdout=out, stderr=out)
+        workers = [subprocess.Popen([sys.executable, "-m", "worker"], cwd=ROOT, env=env, stdout=out, stderr=out)
+                   for _ in range(pods)]
     started = time.monotonic()
     samples: list[tuple[float, int, float, float, float]] = []  # (time, outputs, worker, main thread, box CPU s)
     first = dead = 0.0
     warmup, window = (0.5, 6.0) if ctx.smoke else (3.0, 20.0)
     try:
-        while budget.left() > 5.0 and worker.poll() is None:
+        while budget.left() > 5.0 and all(worker.poll() is None for worker in workers):
             time.sleep(0.25)
             now, done = time.monotonic(), written(probe, settings.kafka.output_topic)
             dead = written(probe, settings.kafka.dead_letter_topic)
-            samples.append((now, done, tree_cpu(worker.pid), thread_cpu(worker.pid, worker.pid), box_busy_cpu()))
+            samples.append((now, done, sum(tree_cpu(w.pid) for w in workers),
+                            sum(thread_cpu(w.pid, w.pid) for w in workers), box_busy_cpu()))
             first = first or (now if done else 0.0)
             if done + dead >= messages or (first and now - first >= warmup + window):
                 break
     finally:
         stop_began = time.monotonic()
-        worker.send_signal(signal.SIGTERM)
-        try:
-            code: int | None = worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            code = worker.wait()
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        codes = []
+        for worker in workers:
+            try:
+                codes.append(worker.wait(30))
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                codes.append(worker.wait())
+        code = max(codes, key=abs)
         gpu.close()
         probe.close()
     steady = [s for s in samples if first and s[0] >= first + warmup]
@@ -108,7 +117,8 @@ def one_run(ctx: Context, report: Report, budget: Budget, *, bootstrap: str, end
         return
     (t0, n0, c0, m0, b0), (t1, n1, c1, m1, b1) = steady[0], steady[-1]
     seconds = max(t1 - t0, 1e-6)
-    report.figure(kind="end to end", model=model, batch=batch, **preprocess, s3=server, kafka="librdkafka mock",
+    report.figure(kind="end to end", model=model, batch=batch, **preprocess, pods=pods, s3=server,
+                  kafka="librdkafka mock",
                   img_per_s=round((n1 - n0) / seconds, 1), outputs=int(n1), dead_letters=int(dead),
                   window_s=round(seconds, 1), startup_s=round(first - started, 1),
                   gpu_busy_pct=gpu.mean(t0, t1), worker_cores=round((c1 - c0) / seconds, 2),
@@ -125,19 +135,21 @@ def run(ctx: Context, report: Report, budget: Budget) -> None:
     threads: dict[str, Any] = {"preprocess_workers": 16}
     on_gpu = threads | {"decode": "gpu"}  # baseline JPEGs decoded by nvJPEG on the device thread
     in_processes: dict[str, Any] = {"preprocess_workers": 16, "preprocess_in": "processes"}
+    # (model, batch, model settings, messages, pods), the likeliest to reach the B-32 target first
     if ctx.smoke:  # the device decode's path as the GPU runs it, with libjpeg-turbo on the device thread
-        runs: list[tuple[str, int, dict[str, Any], int]] = [
-            ("tiny-vit", 16, {"preprocess_workers": 2, "decode": "gpu"}, 64)]
+        runs: list[tuple[str, int, dict[str, Any], int, int]] = [
+            ("tiny-vit", 16, {"preprocess_workers": 2, "decode": "gpu"}, 64, 2)]
     else:
-        runs = [("ViT-B-32", 256, threads, 40_000), ("ViT-B-32", 256, on_gpu, 40_000),
-                ("ViT-L-14", 128, in_processes, 20_000), ("ViT-B-32", 256, in_processes, 40_000)]
+        runs = [("ViT-B-32", 256, threads, 60_000, 1), ("ViT-B-32", 256, on_gpu, 80_000, 1),
+                ("ViT-B-32", 256, on_gpu, 80_000, 2), ("ViT-L-14", 128, in_processes, 20_000, 1),
+                ("ViT-B-32", 256, in_processes, 60_000, 1)]
     with tempfile.TemporaryDirectory() as tmp, mock_kafka() as bootstrap, s3_server(ctx) as (endpoint, server):
         report.figure(kind="e2e setup", kafka=f"librdkafka mock cluster at {bootstrap}", s3=f"{server} at {endpoint}",
                       objects=len(ctx.corpus))
-        for i, (model, batch, preprocess, messages) in enumerate(runs):
+        for i, (model, batch, preprocess, messages, pods) in enumerate(runs):
             share = budget.share(len(runs) - i)
-            if share.left() < (4.0 if ctx.smoke else 35.0):
+            if share.left() < (4.0 if ctx.smoke else 28.0):
                 report.note(f"e2e {model} {preprocess} skipped: out of time")
                 continue
             one_run(ctx, report, share, bootstrap=bootstrap, endpoint=endpoint, server=server, model=model,
-                    batch=batch, preprocess=preprocess, messages=messages, log_dir=Path(tmp))
+                    batch=batch, preprocess=preprocess, messages=messages, log_dir=Path(tmp), pods=pods)
