@@ -11,9 +11,8 @@ on the device ahead of the forward pass, and an image the device cannot decode i
 Per-record failures (EmbedError: a zero or non-finite embedding, an image that breaks the kernel
 alone; the ImageError of an image no decoder could read) are the record's. A device in a bad state
 is not: the embedder raises DeviceFailed when even a known-good input fails, and a batch still
-running past `timeout` means the device is stuck. Either
-stops the worker without committing the batch, for a restart with a fresh device context; no record
-of it reaches the dead-letter topic.
+running past `timeout` means the device is stuck. Either stops the worker without committing the
+batch, for a restart with a fresh device context; no record of it reaches the dead-letter topic.
 """
 
 from __future__ import annotations
