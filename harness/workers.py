@@ -108,13 +108,15 @@ class WorkerProcess:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The CLIP_WORKER_* environment that makes a worker process load exactly these settings."""
+    """The CLIP_WORKER_* environment that makes a worker process load exactly these settings. Values at
+    their default are left out, so that a worker of an older tree (cpu_bench --trees) is not handed a
+    setting it does not know."""
     env: dict[str, str] = {}
     for section_name in type(settings).model_fields:
         section = getattr(settings, section_name)
-        for field_name in type(section).model_fields:
+        for field_name, field in type(section).model_fields.items():
             value = getattr(section, field_name)
-            if value is None:
+            if value is None or value == field.get_default(call_default_factory=True):
                 continue
             if hasattr(value, "get_secret_value"):
                 value = value.get_secret_value()

@@ -19,6 +19,8 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 from harness.kafka_broker import KafkaBroker
 from harness.s3_server import S3Server
+from harness.workers import settings_env
+from worker.config import load_settings
 
 
 def collect_errors(errors: list[KafkaError]) -> Callable[[KafkaError | None, Message], None]:
@@ -205,3 +207,17 @@ def test_reset_forgets_everything() -> None:
             assert client.list_buckets()["Buckets"] == []
         finally:
             client.close()
+
+
+def test_settings_env_loads_back_the_same_settings_and_leaves_defaults_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(model={"decode": "gpu", "inference_batch_size": 8},
+                             kafka={"bootstrap_servers": "b:9092", "consumer_config": {"fetch.min.bytes": "2"}},
+                             s3={"allowed_sources": ["photos"]})
+    env = settings_env(settings)
+    assert env["CLIP_WORKER_MODEL__DECODE"] == "gpu" and env["CLIP_WORKER_S3__ALLOWED_SOURCES"] == '["photos"]'
+    assert "CLIP_WORKER_MODEL__DEVICE" not in env and "CLIP_WORKER_PIPELINE__DELIVERY" not in env, "defaults"
+    for name in [name for name in os.environ if name.startswith("CLIP_WORKER_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings() == settings
