@@ -8,7 +8,7 @@ ratios). torch runs single-threaded, so one thread is one core. Rows:
     exact             open_clip's transform on a full decode (the original operator's cost)
     fast-no-draft     fast mode's resize/crop to uint8 on a full decode (what reduced DCT is worth)
     fast              reduced-DCT decode + resize/crop to uint8 (the default)
-    device-route      only the header check a fetch thread runs with model.decode=gpu (gpu_decode.device_takes)
+    device-route      only the header check a fetch thread runs with model.decode=gpu (gpu_decode.device_header)
 
 With --cosine it also embeds the corpus in both modes with ViT-B-32 (random weights, seed 0, fp32,
 CPU) and prints the fast/exact cosine, the quality guard's figure.
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, w
 
 from harness.photos import photo_corpus
 from worker.engine.decode import decode_image
-from worker.engine.gpu_decode import device_takes
+from worker.engine.gpu_decode import device_header
 from worker.engine.preprocess import Preprocessor, fast_pixels, plan
 
 MAX_PIXELS = 64_000_000
@@ -63,7 +63,7 @@ def modes(cfg: PreprocessCfg) -> dict[str, Callable[[bytes], object]]:
         return fast_pixels(decoded, plan(decoded.width, decoded.height, cfg))
 
     def device_route(data: bytes) -> object:
-        return device_takes(data, max_pixels=MAX_PIXELS)
+        return device_header(data, max_pixels=MAX_PIXELS)
 
     return {"exact": exact.prepare, "fast-no-draft": fast_no_draft, "fast": fast.prepare, "device-route": device_route}
 

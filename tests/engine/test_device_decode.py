@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from tests.engine.test_gpu_decode import MUTATION, encoded, mutated, small_jpegs, thumbnail_jpeg
-from worker.engine import Embedder, PreparedImage
+from worker.engine import Embedder, PreparedImage, gpu_decode
 from worker.engine import embedder as embedder_module
 from worker.engine.gpu_decode import DeviceBatch, decode_batch
 from worker.errors import CorruptImage, ImageError, NotAnImage, TruncatedImage
@@ -38,7 +38,7 @@ def test_baseline_jpegs_decode_on_the_device_and_the_rest_on_the_cpu(tiny_fast: 
     progressive = encoded(image, progressive=True)
     blobs = [photos[0], png.getvalue(), photos[1], progressive, photos[0][:-2000], b"%PDF-1.7", photos[2]]
     gpu = with_decode(tiny_fast, "gpu")
-    assert [gpu.takes_on_device(b) for b in blobs] == [True, False, True, False, False, False, True]
+    assert [gpu.device_header(b) is not None for b in blobs] == [True, False, True, False, False, False, True]
     prepared = gpu.prepare_batch(blobs)
     assert len(prepared.images) == len(blobs) and prepared.on_cpu == 4
     device = decode_batch([photos[0], photos[1], photos[2]], tiny_fast.tower.preprocess_cfg,
@@ -107,15 +107,35 @@ def test_a_device_decoder_that_raises_anything_else_leaves_the_batch_to_the_cpu(
         assert isinstance(image_, PreparedImage) and torch.equal(image_.pixels, tiny_fast.prepare(data).pixels)
 
 
+def test_headers_the_fetch_read_spare_the_device_thread_a_second_read(
+    tiny_fast: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos = small_jpegs()[:2]
+    gpu = with_decode(tiny_fast, "gpu")
+    headers = [gpu.device_header(data) for data in photos]
+    cut = photos[1][:-300]  # its header, read before the bytes were cut: the decoder still refuses them
+
+    def no_second_read(data: bytes) -> None:
+        raise AssertionError("the device thread read a header again")
+
+    monkeypatch.setattr(gpu_decode, "baseline_header", no_second_read)
+    prepared = gpu.prepare_batch([photos[0], cut], headers)
+    first, second = prepared.images
+    assert isinstance(first, PreparedImage) and (first.format, first.scale) == ("JPEG", 1)
+    assert isinstance(second, TruncatedImage) and prepared.on_cpu == 1
+
+
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.lists(MUTATION, min_size=1, max_size=4), min_size=1, max_size=3))
+@given(st.lists(st.lists(MUTATION, min_size=1, max_size=4), min_size=1, max_size=3), st.data())
 def test_prepare_batch_gives_an_image_or_an_image_error_for_any_bytes(
-    tiny_fast: Embedder, mutations: list[list[tuple[str, int, bytes]]]
+    tiny_fast: Embedder, mutations: list[list[tuple[str, int, bytes]]], data: st.DataObject
 ) -> None:
     good = thumbnail_jpeg()
     blobs = [good, *(mutated(good, m) for m in mutations), good]
     capped = with_decode(tiny_fast, "gpu", max_image_pixels=2000 * 2000)  # as decode_batch's own property
-    prepared = capped.prepare_batch(blobs)
+    read = [capped.device_header(data) for data in blobs]  # as the fetch threads hand them on
+    assert read[0] is not None and read[-1] is not None
+    prepared = capped.prepare_batch(blobs, read if data.draw(st.booleans()) else None)
     assert len(prepared.images) == len(blobs) and 0 <= prepared.on_cpu <= len(mutations)
     assert all(isinstance(image_, PreparedImage | ImageError) for image_ in prepared.images)
     assert isinstance(prepared.images[0], PreparedImage) and isinstance(prepared.images[-1], PreparedImage)

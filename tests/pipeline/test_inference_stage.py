@@ -60,8 +60,8 @@ def test_records_that_come_as_bytes_are_decoded_on_the_device_thread_and_one_no_
     batch = [Work(source=Source("t", 0, n), generation=0, key=None, value=None, headers=[], timestamp_ms=None)
              for n in range(4)]
     batch[0].prepared = embedder.prepare(photos[0])  # from the preprocess threads
-    for work, data in zip(batch[1:], (photos[1], photos[2][:-300], photos[2]), strict=True):
-        work.data, work.on_device = data, True  # routed past them as bytes
+    for work, data, whole in zip(batch[1:], (photos[1], photos[2][:-300], photos[2]), (1, 2, 2), strict=True):
+        work.data, work.jpeg = data, gpu.device_header(photos[whole])  # routed past them as bytes
     sink, metrics, wake = Sink(), Metrics(), Wake()
     stage = InferenceStage(embed=gpu.embed, next_step=sink, failures=sink, metrics=metrics, timeout=60, wake=wake,
                            prepare_batch=gpu.prepare_batch)

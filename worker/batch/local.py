@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
+from worker.engine.gpu_decode import ReadHeader
 from worker.errors import SourceAccessDenied, SourceError, SourceNotFound, SourceTooLarge
 from worker.pipeline.work import Work
 from worker.text import safe_text
@@ -33,15 +34,15 @@ def read_local(path: Path, *, max_bytes: int) -> bytes:
 
 
 def local_fetch_step(
-    path_of: Callable[[Work], Path], *, max_bytes: int, on_device: Callable[[bytes], bool] | None = None
+    path_of: Callable[[Work], Path], *, max_bytes: int, read_header: ReadHeader | None = None
 ) -> Callable[[Work], None]:
-    """The fetch stage's step for local inputs: `path_of(work)` says which file; `on_device` as the S3 step's."""
+    """The fetch stage's step for local inputs: `path_of(work)` says which file; `read_header` as the S3 step's."""
 
     def step(work: Work) -> None:
         work.data = read_local(path_of(work), max_bytes=max_bytes)
         work.fetch_attempts = 1
         work.sha256 = hashlib.sha256(work.data).hexdigest()  # for the output record, as the S3 step does
-        if on_device is not None:
-            work.on_device = on_device(work.data)
+        if read_header is not None:
+            work.jpeg = read_header(work.data)
 
     return step

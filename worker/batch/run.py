@@ -121,7 +121,7 @@ class BatchRun:
             wake=wake)
         self._file_fetch = ThreadStage(
             name="read", workers=settings.s3.fetch_workers,
-            step=local_fetch_step(self._path_of, max_bytes=max_bytes, on_device=route), next_step=fetched,
+            step=local_fetch_step(self._path_of, max_bytes=max_bytes, read_header=route), next_step=fetched,
             failures=finisher, timeout=fetch_timeout, budget=budget, reserve_bytes=max_bytes, wake=wake,
         )
         self._stages = (self._s3_fetch, self._file_fetch, preprocess, self._batcher, inference)

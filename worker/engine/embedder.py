@@ -21,7 +21,7 @@ from PIL import Image
 
 from worker.config import ModelSettings
 from worker.engine.decode import raise_pillow_limit
-from worker.engine.gpu_decode import decode_batch, device_takes
+from worker.engine.gpu_decode import JpegHeader, decode_batch, device_header
 from worker.engine.loading import VisionTower, forward, load_vision_tower
 from worker.engine.preprocess import PreparedImage, PreprocessMode, Preprocessor
 from worker.errors import DeviceFailed, EmbedError, ImageError, RecordError
@@ -103,9 +103,10 @@ class Embedder:
                     and not s.exif_orientation)
         return decode == "gpu"
 
-    def takes_on_device(self, data: bytes) -> bool:
-        """Whether `prepare_batch` decodes these bytes on the device (else `prepare` on the CPU). Never raises."""
-        return device_takes(data, max_pixels=self.preprocessor.max_pixels)
+    def device_header(self, data: bytes) -> JpegHeader | None:
+        """The header of a JPEG that `prepare_batch` decodes on the device, else None (`prepare` on the CPU
+        takes it). Never raises."""
+        return device_header(data, max_pixels=self.preprocessor.max_pixels)
 
     def prepare(self, data: bytes) -> PreparedImage:
         """Decode and preprocess one image on the CPU. Thread-safe; raises ImageError subclasses."""
@@ -117,16 +118,19 @@ class Embedder:
         except ImageError as exc:
             return exc
 
-    def prepare_batch(self, blobs: Sequence[bytes]) -> PreparedBatch:
+    def prepare_batch(
+        self, blobs: Sequence[bytes], headers: Sequence[JpegHeader | None] | None = None
+    ) -> PreparedBatch:
         """Decode a batch on the device (gpu_decode.py), for the device thread. An image the device path
         does not take, or whose decode fails there, is prepared on the CPU instead, and that verdict is
         the record's: an image nvJPEG refuses but Pillow reads is still embedded, and a bad one gets the
-        CPU path's ImageError. A batch over the device's memory is split in halves, down to one image."""
+        CPU path's ImageError. A batch over the device's memory is split in halves, down to one image.
+        `headers`: each blob's `device_header`, when the caller has read it already."""
         if not blobs:
             return PreparedBatch([], 0)
         try:
             batch = decode_batch(blobs, self.tower.preprocess_cfg, device=self.device,
-                                 max_pixels=self.preprocessor.max_pixels)
+                                 max_pixels=self.preprocessor.max_pixels, headers=headers)
         except torch.OutOfMemoryError:
             batch = None
         except Exception:  # a decoder's bug on hostile bytes must not stop the worker: the CPU path decides
@@ -138,7 +142,8 @@ class Embedder:
             if len(blobs) == 1:
                 return PreparedBatch([self.prepare_or_error(blobs[0])], 1)
             half = len(blobs) // 2
-            first, second = self.prepare_batch(blobs[:half]), self.prepare_batch(blobs[half:])
+            first = self.prepare_batch(blobs[:half], headers[:half] if headers is not None else None)
+            second = self.prepare_batch(blobs[half:], headers[half:] if headers is not None else None)
             return PreparedBatch(first.images + second.images, first.on_cpu + second.on_cpu)
         out: dict[int, PreparedImage | ImageError] = {i: batch.prepared(row) for row, i in enumerate(batch.rows)}
         for index in batch.errors:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -54,6 +54,9 @@ class JpegHeader:
     width: int
     height: int
     components: int
+
+
+ReadHeader = Callable[[bytes], JpegHeader | None]  # device_header, bound to a pixel limit
 
 
 def baseline_header(data: bytes) -> JpegHeader | None:
@@ -96,10 +99,11 @@ def baseline_header(data: bytes) -> JpegHeader | None:
     return None
 
 
-def device_takes(data: bytes, *, max_pixels: int) -> bool:
-    """Whether ``decode_batch`` will try these bytes: a baseline JPEG within the pixel limit. Never raises."""
+def device_header(data: bytes, *, max_pixels: int) -> JpegHeader | None:
+    """The header of a JPEG that ``decode_batch`` will try (a baseline JPEG within the pixel limit), else
+    None. Never raises. The fetch threads read it, and hand it on so that the device thread need not."""
     header = baseline_header(data)
-    return header is not None and header.width * header.height <= max_pixels
+    return header if header is not None and header.width * header.height <= max_pixels else None
 
 
 def _first_marker(data: bytes, start: int) -> int | None:
@@ -131,13 +135,15 @@ class DeviceBatch:
 
 
 def decode_batch(
-    blobs: Sequence[bytes], cfg: PreprocessCfg, *, device: torch.device, max_pixels: int
+    blobs: Sequence[bytes], cfg: PreprocessCfg, *, device: torch.device, max_pixels: int,
+    headers: Sequence[JpegHeader | None] | None = None,
 ) -> DeviceBatch:
-    """Decode, resize and crop a batch of baseline JPEGs (check them with ``baseline_header`` first)."""
+    """Decode, resize and crop a batch of baseline JPEGs. `headers`: each blob's ``baseline_header``,
+    read already (the fetch threads read it: ~0.1 ms per photo that the device thread is spared)."""
     errors: dict[int, ImageError] = {}
     todo: list[int] = []
     for i, data in enumerate(blobs):
-        header = baseline_header(data)
+        header = headers[i] if headers is not None else baseline_header(data)
         if header is None:
             errors[i] = UnsupportedImage("not a baseline JPEG: the caller routes it to the CPU path")
         elif header.width * header.height > max_pixels:

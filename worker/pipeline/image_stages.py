@@ -11,10 +11,10 @@ the benchmarks: fetch and preprocess on threads of this process, or both in deco
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 from worker.config import Settings
 from worker.engine import Embedder
+from worker.engine.gpu_decode import ReadHeader
 from worker.metrics import Metrics
 from worker.pipeline.decoder_stage import DecoderStage
 from worker.pipeline.decoders import DecoderSpec, last_success
@@ -35,7 +35,7 @@ from worker.source import S3Source
 
 class DecodeRouter:
     """Where a fetched record goes while the device decodes JPEGs: one whose bytes the fetch thread found
-    to be a baseline JPEG (Work.on_device) straight to the batcher, as bytes, any other to the preprocess
+    to be a baseline JPEG (Work.jpeg) straight to the batcher, as bytes, any other to the preprocess
     threads. Inline on the main thread: the header was read on the fetch thread, this is one branch."""
 
     name = "route"
@@ -45,7 +45,7 @@ class DecodeRouter:
         self._cpu = cpu
 
     def submit(self, item: Work) -> None:
-        (self._device if item.on_device else self._cpu).submit(item)
+        (self._device if item.jpeg is not None else self._cpu).submit(item)
 
     def poll(self) -> None:
         return None
@@ -59,21 +59,21 @@ def after_fetch(embedder: Embedder, *, preprocess: ThreadStage, batcher: Stage[W
     return DecodeRouter(device=batcher, cpu=preprocess) if embedder.decodes_on_device else preprocess
 
 
-def device_route(embedder: Embedder) -> Callable[[bytes], bool] | None:
-    """For the fetch steps: which bytes go to the device's decoder, while it decodes (else None)."""
-    return embedder.takes_on_device if embedder.decodes_on_device else None
+def device_route(embedder: Embedder) -> ReadHeader | None:
+    """For the fetch steps, while the device decodes: the header of a JPEG that goes to it (else None)."""
+    return embedder.device_header if embedder.decodes_on_device else None
 
 
 def fetch_threads(
     settings: Settings, source: S3Source, *, next_step: Stage[Work], failures: FailureSink, metrics: Metrics,
-    budget: InFlightBytes, wake: Wake, route: Callable[[bytes], bool] | None = None,
+    budget: InFlightBytes, wake: Wake, route: ReadHeader | None = None,
 ) -> ThreadStage:
     """S3 reads on s3.fetch_workers threads, each starting only while the byte budget has room; with
     `route` (device_route), each fetch also says whether the device decodes its image."""
     timeout = settings.pipeline.record_timeout_seconds
     return ThreadStage(
         name="fetch", workers=settings.s3.fetch_workers,
-        step=fetch_step(source, metrics, timeout=timeout, on_device=route),
+        step=fetch_step(source, metrics, timeout=timeout, read_header=route),
         next_step=next_step, failures=failures, timeout=timeout + FETCH_DEADLINE_GRACE_SECONDS,
         seconds=metrics.fetch_seconds, budget=budget, reserve_bytes=settings.s3.max_object_bytes, wake=wake,
     )

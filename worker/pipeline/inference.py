@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from worker.engine import PreparedBatch, PreparedImage
+from worker.engine.gpu_decode import JpegHeader
 from worker.errors import DeviceFailed, EmbedError, ImageError
 from worker.metrics import Metrics
 from worker.pipeline.pool import WorkPool
@@ -31,7 +32,7 @@ from worker.pipeline.wake import Wake
 from worker.pipeline.work import Work
 
 EmbedFn = Callable[[Sequence[PreparedImage]], list[np.ndarray | EmbedError]]
-PrepareBatchFn = Callable[[Sequence[bytes]], PreparedBatch]
+PrepareBatchFn = Callable[[Sequence[bytes], Sequence[JpegHeader | None]], PreparedBatch]
 Outcome = np.ndarray | EmbedError | ImageError
 
 
@@ -46,7 +47,7 @@ class InferenceStage:
         """`encode(work)`, when given, runs on this thread for each embedded record (outputs.py), so
         the main thread receives records ready to produce: one hand-off, no Avro on the main thread.
         `wake` is signalled as each batch finishes: the loop hands the device its next batch at once.
-        `prepare_batch` decodes the records that arrive as bytes (Work.on_device)."""
+        `prepare_batch` decodes the records that arrive as bytes (Work.jpeg, the header the fetch read)."""
         self._embed = embed
         self._prepare_batch = prepare_batch
         self._encode = encode
@@ -93,7 +94,7 @@ class InferenceStage:
             data = batch[i].data
             assert data is not None, "a record that comes as bytes has its bytes"
             blobs.append(data)
-        decoded = self._prepare_batch(blobs)
+        decoded = self._prepare_batch(blobs, [batch[i].jpeg for i in pending])
         self._metrics.device_decoded.inc(len(pending) - decoded.on_cpu)
         self._metrics.device_decode_refused.inc(decoded.on_cpu)
         refused: dict[int, ImageError] = {}

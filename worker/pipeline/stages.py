@@ -21,6 +21,7 @@ from typing import Protocol, TypeVar
 from prometheus_client import Histogram
 
 from worker.engine import PreparedImage
+from worker.engine.gpu_decode import ReadHeader
 from worker.errors import RecordTimeout, SourceError, SourceOutage, UnexpectedError
 from worker.messages import ConfluentDecoder, InputFormat, decode_request
 from worker.metrics import Metrics
@@ -196,11 +197,11 @@ def _record_failure(error: BaseException, stage: str) -> Exception:
 
 
 def fetch_step(
-    source: S3Source, metrics: Metrics, *, timeout: float, on_device: Callable[[bytes], bool] | None = None
+    source: S3Source, metrics: Metrics, *, timeout: float, read_header: ReadHeader | None = None
 ) -> Callable[[Work], None]:
     """Read the image bytes of a decoded request; counts attempts for the dead-letter headers, and
-    takes the bytes' SHA-256 for the output record here, off the main thread. With `on_device`
-    (Embedder.takes_on_device), it also reads the header that says where the image will be decoded."""
+    takes the bytes' SHA-256 for the output record here, off the main thread. With `read_header`
+    (Embedder.device_header), it also reads the header that says where the image will be decoded."""
 
     def step(work: Work) -> None:
         assert work.request is not None, "the fetch stage only takes decoded requests"
@@ -211,8 +212,8 @@ def fetch_step(
             metrics.fetch_retries.inc(max(0, exc.attempts - 1))
             raise
         work.sha256 = hashlib.sha256(work.data).hexdigest()
-        if on_device is not None:
-            work.on_device = on_device(work.data)
+        if read_header is not None:
+            work.jpeg = read_header(work.data)
         metrics.fetched_bytes.inc(len(work.data))
         metrics.fetch_retries.inc(work.fetch_attempts - 1)
 

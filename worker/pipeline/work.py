@@ -9,6 +9,7 @@ import numpy as np
 
 from worker.encoding import Source
 from worker.engine import PreparedImage
+from worker.engine.gpu_decode import JpegHeader
 from worker.messages import ImageRequest
 
 if TYPE_CHECKING:  # produce.py imports this module
@@ -33,7 +34,7 @@ class Work:
     fetch_attempts: int = 0
     reserved: int = 0  # bytes held for a fetch whose size is not known yet
     data: bytes | None = None
-    on_device: bool = False  # a JPEG the device thread decodes (model.decode), past the preprocess stage
+    jpeg: JpegHeader | None = None  # read by the fetch thread: the device thread decodes it (model.decode)
     sha256: str | None = None  # hex digest of the fetched bytes, taken on the fetch thread
     prepared: PreparedImage | None = None
     width: int | None = None  # the image's own size, kept once the prepared tensor is dropped
