@@ -55,6 +55,10 @@ def test_an_invalid_value_fails_naming_its_variable(variable: str, value: str, m
     assert caught.value.setting == variable
 
 
+def test_the_default_settings_let_the_device_decode() -> None:
+    assert load_settings().model.device_decode_serves
+
+
 @pytest.mark.parametrize(
     ("clash", "named"),
     [({"PREPROCESS_MODE": "exact"}, "preprocess_mode=exact"),
@@ -66,6 +70,7 @@ def test_decoding_on_the_gpu_fails_where_it_cannot_serve_and_auto_falls_back(
 ) -> None:
     for name, value in clash.items():
         monkeypatch.setenv(f"CLIP_WORKER_MODEL__{name}", value)
+    assert load_settings().model.device_decode_serves is False  # so auto decodes on the CPU, even on CUDA
     for decode in ("auto", "cpu"):
         monkeypatch.setenv("CLIP_WORKER_MODEL__DECODE", decode)
         assert load_settings().model.decode == decode

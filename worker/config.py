@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, get_origin
 
@@ -27,6 +28,19 @@ ENV_NESTED_DELIMITER = "__"
 
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# The device path gives fast mode's uint8 crops to the device thread of this process, upright as the
+# file stores them: it cannot serve exact mode, decoder processes, or EXIF orientation.
+_DEVICE_DECODE_NEEDS: dict[str, object] = {
+    "preprocess_mode": "fast", "preprocess_in": "threads", "exif_orientation": False,
+}
+
+
+def _device_decode_clashes(values: Mapping[str, object]) -> list[str]:
+    """The settings among `values` that keep the device from decoding JPEGs, as name=value."""
+    return [f"{name}={values[name]}" for name, needed in _DEVICE_DECODE_NEEDS.items()
+            if values.get(name, needed) != needed]
 
 
 class ModelSettings(_Section):
@@ -90,14 +104,15 @@ class ModelSettings(_Section):
     @field_validator("decode")
     @classmethod
     def _device_decode_possible(cls, value: str, info: ValidationInfo) -> str:
-        """The device path gives fast mode's uint8 crops to the device thread of this process, upright as
-        the file stores them: it cannot serve exact mode, decoder processes, or EXIF orientation."""
-        clashes = {"preprocess_mode": "fast", "preprocess_in": "threads", "exif_orientation": False}
-        wrong = [f"{name}={info.data[name]}" for name, needed in clashes.items()
-                 if info.data.get(name, needed) != needed]
+        wrong = _device_decode_clashes(info.data)
         if value == "gpu" and wrong:
             raise ValueError(f"gpu decodes fast mode's crops on the device thread: not with {', '.join(wrong)}")
         return value
+
+    @property
+    def device_decode_serves(self) -> bool:
+        """Whether the other settings let the device decode JPEGs (what decode=auto asks besides CUDA)."""
+        return not _device_decode_clashes({name: getattr(self, name) for name in _DEVICE_DECODE_NEEDS})
 
     @field_validator("device")
     @classmethod

@@ -98,9 +98,7 @@ class Embedder:
         """Whether baseline JPEGs go to `prepare_batch` on the device thread (settings.decode, auto resolved)."""
         decode = self.settings.decode
         if decode == "auto":
-            s = self.settings
-            return (self.device.type == "cuda" and s.preprocess_mode == "fast" and s.preprocess_in == "threads"
-                    and not s.exif_orientation)
+            return self.device.type == "cuda" and self.settings.device_decode_serves
         return decode == "gpu"
 
     def device_header(self, data: bytes) -> JpegHeader | None:
