@@ -16,8 +16,9 @@ Choices worth knowing:
   after a JDK upgrade it is ignored: delete .cache/kafka/libs/broker.jsa).
 - ``proxy_port=``: clients that bootstrap through a proxy on that port (harness/tcp_proxy.py) are told
   to make every later connection through it too; ``bootstrap_servers`` stays direct.
-- Where util-linux ``setpriv`` exists the JVM gets PDEATHSIG=KILL: if the Python process that started it
-  dies (even by SIGKILL), the broker dies too instead of lingering. Start brokers from a long-lived thread.
+- Where util-linux ``setpriv`` exists the JVM gets PDEATHSIG=KILL (harness/children.py, as the benchmarks'
+  S3 servers): if the Python process that started it dies (even by SIGKILL), the broker dies too instead
+  of lingering. Start brokers from a long-lived thread.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +42,8 @@ from types import TracebackType
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # the documented path
+
+from harness.children import free_port, spawn
 
 POM = Path(__file__).with_name("pom.xml")
 CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "kafka"
@@ -114,13 +116,6 @@ def ensure_jars() -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class KafkaBroker:
     """One broker process with a fresh data dir; ``stop``/``kill`` + ``start`` keep its ports and data."""
 
@@ -180,10 +175,10 @@ class KafkaBroker:
     def _prepare(self) -> None:
         """First start only: pick ports, write the configs and format the storage."""
         self._log_dir = Path(tempfile.mkdtemp(prefix="kafka-broker-"))
-        self._port, controller = _free_port(), _free_port()
+        self._port, controller = free_port(), free_port()
         props = _SERVER_PROPERTIES.format(port=self._port, controller=controller, data=self.log_dir / "data")
         if self._proxy_port is not None:
-            self._proxied_port = _free_port()
+            self._proxied_port = free_port()
             props += _PROXIED_LISTENER.format(port=self._port, controller=controller, proxied=self._proxied_port,
                                               proxy=self._proxy_port)
         props += "".join(f"{k}={v}\n" for k, v in self._properties.items())  # later lines win
@@ -209,11 +204,7 @@ class KafkaBroker:
             self._cds_pending = ensure_jars() / f"{_CDS_ARCHIVE}.{uuid.uuid4().hex}.tmp"
             flags = (f"-XX:ArchiveClassesAtExit={self._cds_pending}",)
         cmd = self._java("kafka.Kafka", str(self.log_dir / "server.properties"), extra_flags=flags)
-        if shutil.which("setpriv"):
-            cmd = ["setpriv", "--pdeathsig", "KILL", *cmd]
-        with open(self.log_dir / "jvm.log", "ab") as out:
-            self._process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                             start_new_session=True)  # Ctrl-C goes to Python, which stops it
+        self._process = spawn(cmd, self.log_dir / "jvm.log")  # harness/children.py: tied to this process
         try:
             self._wait_until_serving()
         except BaseException:

@@ -24,7 +24,7 @@ from typing import Any, Self
 
 from botocore.config import Config
 
-from harness.kafka_broker import _free_port
+from harness.children import free_port, spawn
 from harness.s3_server import endpoint_client, endpoint_env
 
 
@@ -57,13 +57,8 @@ class S3Process:
         if self._process is not None:
             raise RuntimeError(f"{self.name} is already running")
         self._dir = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
-        self._port = _free_port()
-        cmd = self.command(self._port, self._dir)
-        if shutil.which("setpriv"):  # dies with the Python process that started it, as the broker does
-            cmd = ["setpriv", "--pdeathsig", "KILL", *cmd]
-        with (self._dir / "server.log").open("ab") as log:
-            self._process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                             start_new_session=True)
+        self._port = free_port()
+        self._process = spawn(self.command(self._port, self._dir), self._dir / "server.log")
         try:
             self._wait_until_answering()
         except BaseException:
