@@ -117,6 +117,8 @@ def wait_until_committed(bootstrap: str, group: str, topic: str, *, timeout: flo
     """Wait until the group has committed the end offset of every partition of `topic` (an empty
     partition, end offset 0, has nothing to commit: no offset counts as its end)."""
     deadline = time.monotonic() + timeout
+    committed: dict[int, int] = {}
+    ends: dict[int, int] = {}
     while True:
         try:
             committed, ends = committed_and_end_offsets(bootstrap, group, topic)

@@ -428,6 +428,20 @@ def test_default_render_loads_as_the_worker_defaults(helm: dict[str, Any], monke
     assert loaded.model_dump(exclude=owned) == defaults.model_dump(exclude=owned)
 
 
+def test_the_device_journal_is_on_an_empty_dir_so_it_outlives_a_restart_of_the_container(
+    helm: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A container's own filesystem is new after a restart; a pod's emptyDir is not. The journal is what
+    # turns a crash of the GPU's JPEG decoder into one restart instead of a loop (device_journal.py).
+    objects = _render(helm)
+    journal = _settings_from_pod(objects, monkeypatch, secrets={}).model.decode_journal_dir
+    pod = _one(objects, "StatefulSet")["spec"]["template"]["spec"]
+    empty_dirs = {volume["name"] for volume in pod["volumes"] if "emptyDir" in volume}
+    mounts = [Path(m["mountPath"]) for m in _worker(_one(objects, "StatefulSet"))["volumeMounts"]
+              if m["name"] in empty_dirs]
+    assert any(journal.is_relative_to(mount) for mount in mounts), (journal, mounts)
+
+
 def test_all_features_render(helm: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     objects = _render(helm, "-f", str(ALL_FEATURES))
     values = yaml.safe_load(ALL_FEATURES.read_text())

@@ -89,6 +89,12 @@ class ModelSettings(_Section):
         "device decoder refuses, on the CPU. Needs preprocess_mode=fast, preprocess_in=threads and "
         "exif_orientation off. auto: gpu where the device is CUDA and those hold, else cpu.",
     )
+    decode_journal_dir: Path = Field(
+        Path("/tmp/clip-worker-device-journal"),
+        description="While JPEGs are decoded on the device: where the worker notes which records the device "
+        "is decoding, so that records that were there when a worker crashed are decoded on the CPU when they "
+        "come again, not crash it again. Must outlive a restart of the worker (the chart's /tmp does).",
+    )
     model_config_dir: Path | None = Field(
         None, description="A folder (or file) of extra OpenCLIP model configs (JSON) to register before loading."
     )

@@ -65,6 +65,11 @@ class Metrics:
             "clip_worker_device_decode_refused_total",
             "Images routed to the device decoder that it could not decode, prepared on the CPU instead.", registry=r,
         )
+        self.device_decode_suspects = Counter(
+            "clip_worker_device_decode_suspects_total",
+            "Baseline JPEGs decoded on the CPU because their records were on the device when a worker stopped "
+            "(the device journal).", registry=r,
+        )
         self.batch_wait_seconds = Histogram(
             "clip_worker_batch_wait_seconds", "Time an image waited in the batcher for its batch to leave.",
             buckets=_FAST, registry=r,

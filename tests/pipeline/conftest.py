@@ -34,12 +34,13 @@ def embedder(tiny_checkpoint: Path) -> Embedder:
 @pytest.fixture
 def make_settings(
     kafka_broker: KafkaBroker, s3_server: S3Server, tiny_checkpoint: Path, topic_factory: Callable[..., str],
-    aws_credentials: Credentials,
+    aws_credentials: Credentials, tmp_path: Path,
 ) -> Callable[..., Settings]:
     """make_settings(bucket, input_partitions=3, kafka=..., pipeline=..., model=...) -> Settings with
     fresh topics and group on the session broker, the tiny model, and the S3 server. The credentials
     are in the environment (aws_credentials), as in a pod: decoder processes read S3 with their own
-    clients, so a client handed to the worker in-process does not reach them."""
+    clients, so a client handed to the worker in-process does not reach them. The device journal is
+    the test's own, as each pod's is."""
 
     def make(
         bucket: str,
@@ -53,7 +54,7 @@ def make_settings(
     ) -> Settings:
         input_topic = topic_factory(partitions=input_partitions)
         return Settings(
-            model=tiny_model_settings(tiny_checkpoint, **(model or {})),
+            model=tiny_model_settings(tiny_checkpoint, decode_journal_dir=tmp_path / "journal", **(model or {})),
             kafka={
                 "bootstrap_servers": bootstrap or kafka_broker.bootstrap_servers,
                 "group_id": f"group-{input_topic}",

@@ -3,15 +3,19 @@
 import io
 import threading
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from tests.pipeline.conftest import Sink
 from worker.encoding import Source
-from worker.engine import Embedder
-from worker.errors import TruncatedImage
+from worker.engine import Embedder, PreparedBatch, PreparedImage
+from worker.engine.gpu_decode import JpegHeader
+from worker.errors import DeviceFailed, TruncatedImage
 from worker.metrics import Metrics
+from worker.pipeline.device_journal import DeviceJournal
 from worker.pipeline.inference import InferenceStage
 from worker.pipeline.wake import Wake
 from worker.pipeline.work import Work
@@ -53,7 +57,7 @@ def test_embedded_records_reach_the_next_step_without_their_pixels_released_off_
 
 
 def test_records_that_come_as_bytes_are_decoded_on_the_device_thread_and_one_no_decoder_reads_fails_alone(
-    embedder: Embedder, small_photos: list[tuple[str, bytes]],
+    embedder: Embedder, small_photos: list[tuple[str, bytes]], tmp_path: Path,
 ) -> None:
     gpu = Embedder(settings=embedder.settings.model_copy(update={"decode": "gpu"}), tower=embedder.tower)
     photos = [data for _, data in small_photos[:3]]
@@ -63,8 +67,15 @@ def test_records_that_come_as_bytes_are_decoded_on_the_device_thread_and_one_no_
     for work, data, whole in zip(batch[1:], (photos[1], photos[2][:-300], photos[2]), (1, 2, 2), strict=True):
         work.data, work.jpeg = data, gpu.device_header(photos[whole])  # routed past them as bytes
     sink, metrics, wake = Sink(), Metrics(), Wake()
+    journal = DeviceJournal.open(tmp_path)
+    held_while_decoding: list[bytes] = []
+
+    def prepare_batch(blobs: Sequence[bytes], headers: Sequence[JpegHeader | None]) -> PreparedBatch:
+        held_while_decoding.append(journal.path.read_bytes())
+        return gpu.prepare_batch(blobs, headers)
+
     stage = InferenceStage(embed=gpu.embed, next_step=sink, failures=sink, metrics=metrics, timeout=60, wake=wake,
-                           prepare_batch=gpu.prepare_batch)
+                           prepare_batch=prepare_batch, journal=journal)
     stage.submit(batch)
     wake.wait(30)
     stage.poll()
@@ -81,3 +92,30 @@ def test_records_that_come_as_bytes_are_decoded_on_the_device_thread_and_one_no_
         assert float(np.dot(cpu, work.embedding)) >= 0.99  # unit vectors: the device path's is fast mode's
     sample = metrics.registry.get_sample_value
     assert (sample("clip_worker_device_decoded_total"), sample("clip_worker_device_decode_refused_total")) == (2, 1)
+    assert held_while_decoding == [b'["t",0,1]\n["t",0,2]\n["t",0,3]\n']  # the records that came as bytes
+    assert journal.path.read_bytes() == b""  # released once the batch was done
+
+
+def test_a_batch_that_fails_on_the_device_stays_in_the_journal_for_the_next_worker(
+    embedder: Embedder, small_photos: list[tuple[str, bytes]], tmp_path: Path,
+) -> None:
+    gpu = Embedder(settings=embedder.settings.model_copy(update={"decode": "gpu"}), tower=embedder.tower)
+    batch = [Work(source=Source("t", 3, n), generation=0, key=None, value=None, headers=[], timestamp_ms=None)
+             for n in range(2)]
+    for work, (_, data) in zip(batch, small_photos, strict=False):
+        work.data, work.jpeg = data, gpu.device_header(data)
+
+    def embed(images: Sequence[PreparedImage]) -> list[np.ndarray]:
+        raise DeviceFailed("an illegal memory access was encountered")
+
+    sink, wake = Sink(), Wake()
+    stage = InferenceStage(embed=embed, next_step=sink, failures=sink, metrics=Metrics(), timeout=60, wake=wake,
+                           prepare_batch=gpu.prepare_batch, journal=DeviceJournal.open(tmp_path))
+    stage.submit(batch)
+    wake.wait(30)
+    stage.poll()
+    stage.close(time.monotonic() + 5)
+    wake.close()
+    [(_, error, _)] = sink.failed  # the worker stops on it
+    assert isinstance(error, DeviceFailed)
+    assert DeviceJournal.open(tmp_path).suspects == {Source("t", 3, 0), Source("t", 3, 1)}

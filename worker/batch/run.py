@@ -39,7 +39,14 @@ from worker.messages import ImageRequest, S3Uri
 from worker.metrics import Metrics
 from worker.pipeline.batching import Batcher
 from worker.pipeline.decoder_stage import DecoderStage
-from worker.pipeline.image_stages import after_fetch, decoder_stage, device_route, fetch_threads, preprocess_threads
+from worker.pipeline.image_stages import (
+    after_fetch,
+    decoder_stage,
+    device_journal,
+    device_route,
+    fetch_threads,
+    preprocess_threads,
+)
 from worker.pipeline.inference import InferenceStage
 from worker.pipeline.memory import InFlightBytes
 from worker.pipeline.runtime import busy_wait
@@ -104,13 +111,14 @@ class BatchRun:
         budget = InFlightBytes(limit=pipeline.max_in_flight_bytes)
         metrics = Metrics()  # the stages count into it; batch mode serves no /metrics
         self._wake = wake = Wake()  # as the stream's loop: a busy turn waits on the stages' signals
+        journal = device_journal(settings, embedder)
         inference = InferenceStage(embed=embedder.embed, next_step=finisher, failures=finisher, metrics=metrics,
-                                   timeout=timeout, wake=wake, prepare_batch=embedder.prepare_batch)
+                                   timeout=timeout, wake=wake, prepare_batch=embedder.prepare_batch, journal=journal)
         self._batcher = Batcher(batch_size=embedder.batch_size, max_wait=pipeline.max_batch_wait_ms / 1000,
                                 next_step=inference)
         preprocess = preprocess_threads(settings, embedder, next_step=self._batcher, failures=finisher,
                                         metrics=metrics)
-        fetched = after_fetch(embedder, preprocess=preprocess, batcher=self._batcher)
+        fetched = after_fetch(journal, preprocess=preprocess, batcher=self._batcher, metrics=metrics)
         route = device_route(embedder)
         fetch_timeout = timeout + FETCH_DEADLINE_GRACE_SECONDS
         max_bytes = settings.s3.max_object_bytes

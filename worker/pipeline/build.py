@@ -46,7 +46,14 @@ from worker.pipeline.commit import Committer, StoredOffsetsCommitter
 from worker.pipeline.deadletter import DeadLetterStage
 from worker.pipeline.decoder_stage import DecoderStage
 from worker.pipeline.failures import FailureRouter
-from worker.pipeline.image_stages import after_fetch, decoder_stage, device_route, fetch_threads, preprocess_threads
+from worker.pipeline.image_stages import (
+    after_fetch,
+    decoder_stage,
+    device_journal,
+    device_route,
+    fetch_threads,
+    preprocess_threads,
+)
 from worker.pipeline.inference import InferenceStage
 from worker.pipeline.memory import InFlightBytes
 from worker.pipeline.offsets import OffsetTracker
@@ -121,9 +128,10 @@ def build_runtime(
     )
     timeout = pipeline.record_timeout_seconds
     wake = Wake()
+    journal = device_journal(settings, embedder)
     inference = InferenceStage(
         embed=embedder.embed, next_step=output, failures=failures, metrics=metrics, timeout=timeout,
-        encode=output.encode, wake=wake, prepare_batch=embedder.prepare_batch,
+        encode=output.encode, wake=wake, prepare_batch=embedder.prepare_batch, journal=journal,
     )
     batcher = Batcher(
         batch_size=embedder.batch_size, max_wait=pipeline.max_batch_wait_ms / 1000, next_step=inference
@@ -136,7 +144,7 @@ def build_runtime(
     else:
         preprocess = preprocess_threads(settings, embedder, next_step=batcher, failures=failures, metrics=metrics)
         source = S3Source(client=s3_client or make_s3_client(settings.s3), settings=settings.s3)
-        fetched = after_fetch(embedder, preprocess=preprocess, batcher=batcher)
+        fetched = after_fetch(journal, preprocess=preprocess, batcher=batcher, metrics=metrics)
         fetch = fetch_threads(settings, source, next_step=fetched, failures=failures, metrics=metrics,
                               budget=budget, wake=wake, route=device_route(embedder))
     decode = DecodeStage(

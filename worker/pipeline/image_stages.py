@@ -5,19 +5,22 @@ the benchmarks: fetch and preprocess on threads of this process, or both in deco
     processes:  decoder_stage (model.preprocess_workers processes, s3.fetch_workers threads among them)
     threads, decoding on the device (model.decode):
                 fetch_threads ─▶ DecodeRouter ─┬─ baseline JPEGs, as bytes ─▶ the batcher (the device thread decodes)
-                                               └─ the rest ─▶ preprocess_threads
+                                               └─ the rest, and the journal's suspects ─▶ preprocess_threads
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
-from worker.config import Settings
+from worker.config import Settings, env_var
 from worker.engine import Embedder
 from worker.engine.gpu_decode import ReadHeader
+from worker.errors import ConfigError
 from worker.metrics import Metrics
 from worker.pipeline.decoder_stage import DecoderStage
 from worker.pipeline.decoders import DecoderSpec, last_success
+from worker.pipeline.device_journal import DeviceJournal
 from worker.pipeline.memory import InFlightBytes
 from worker.pipeline.slots import SharedSlots, SlotLayout
 from worker.pipeline.stages import (
@@ -32,20 +35,34 @@ from worker.pipeline.wake import Wake
 from worker.pipeline.work import Work
 from worker.source import S3Source
 
+logger = logging.getLogger(__name__)
+
 
 class DecodeRouter:
     """Where a fetched record goes while the device decodes JPEGs: one whose bytes the fetch thread found
     to be a baseline JPEG (Work.jpeg) straight to the batcher, as bytes, any other to the preprocess
-    threads. Inline on the main thread: the header was read on the fetch thread, this is one branch."""
+    threads. Inline on the main thread: the header was read on the fetch thread, this is one branch.
+    A record the device journal lists was on the device when a worker stopped: the CPU decodes it."""
 
     name = "route"
 
-    def __init__(self, *, device: Stage[Work], cpu: Stage[Work]) -> None:
+    def __init__(self, *, device: Stage[Work], cpu: Stage[Work], journal: DeviceJournal, metrics: Metrics) -> None:
         self._device = device
         self._cpu = cpu
+        self._journal = journal
+        self._suspects = metrics.device_decode_suspects
 
     def submit(self, item: Work) -> None:
-        (self._device if item.jpeg is not None else self._cpu).submit(item)
+        if item.jpeg is None:
+            self._cpu.submit(item)
+        elif self._journal.is_suspect(item.source):
+            source = item.source
+            logger.warning("%s[%d]@%d was on the device when a worker stopped: decoding it on the CPU",
+                           source.topic, source.partition, source.offset)
+            self._suspects.inc()
+            self._cpu.submit(item)
+        else:
+            self._device.submit(item)
 
     def poll(self) -> None:
         return None
@@ -54,9 +71,25 @@ class DecodeRouter:
         return None
 
 
-def after_fetch(embedder: Embedder, *, preprocess: ThreadStage, batcher: Stage[Work]) -> Stage[Work]:
-    """Where fetched records go: the preprocess threads, or a DecodeRouter while the device decodes JPEGs."""
-    return DecodeRouter(device=batcher, cpu=preprocess) if embedder.decodes_on_device else preprocess
+def device_journal(settings: Settings, embedder: Embedder) -> DeviceJournal | None:
+    """The device thread's journal (device_journal.py) while the device decodes JPEGs, else None."""
+    if not embedder.decodes_on_device:
+        return None
+    try:
+        return DeviceJournal.open(settings.model.decode_journal_dir)
+    except OSError as exc:
+        setting = env_var("model", "decode_journal_dir")
+        raise ConfigError(setting, f"the device journal cannot be kept there: {exc}") from exc
+
+
+def after_fetch(
+    journal: DeviceJournal | None, *, preprocess: ThreadStage, batcher: Stage[Work], metrics: Metrics
+) -> Stage[Work]:
+    """Where fetched records go: the preprocess threads, or a DecodeRouter while the device decodes JPEGs
+    (which is when there is a journal)."""
+    if journal is None:
+        return preprocess
+    return DecodeRouter(device=batcher, cpu=preprocess, journal=journal, metrics=metrics)
 
 
 def device_route(embedder: Embedder) -> ReadHeader | None:

@@ -7,6 +7,8 @@ preprocessing of the next batch overlaps inference of this one without queueing 
 With model.decode on the device, records whose JPEG the fetch found baseline arrive here as bytes:
 this thread decodes them as one batch first (Embedder.prepare_batch), so the decode's kernels queue
 on the device ahead of the forward pass, and an image the device cannot decode is prepared on the CPU.
+Their sources are in the device journal from just before the decode until the batch's embeddings are
+back on the host: if the decoder takes the worker down, the next one decodes them on the CPU.
 
 Per-record failures (EmbedError: a zero or non-finite embedding, an image that breaks the kernel
 alone; the ImageError of an image no decoder could read) are the record's. A device in a bad state
@@ -26,6 +28,7 @@ from worker.engine import PreparedBatch, PreparedImage
 from worker.engine.gpu_decode import JpegHeader
 from worker.errors import DeviceFailed, EmbedError, ImageError
 from worker.metrics import Metrics
+from worker.pipeline.device_journal import DeviceJournal
 from worker.pipeline.pool import WorkPool
 from worker.pipeline.stages import FailureSink, Stage
 from worker.pipeline.wake import Wake
@@ -42,14 +45,16 @@ class InferenceStage:
     def __init__(
         self, *, embed: EmbedFn, next_step: Stage[Work], failures: FailureSink, metrics: Metrics, timeout: float,
         encode: Callable[[Work], None] | None = None, max_batches: int = 2, wake: Wake | None = None,
-        prepare_batch: PrepareBatchFn | None = None,
+        prepare_batch: PrepareBatchFn | None = None, journal: DeviceJournal | None = None,
     ) -> None:
         """`encode(work)`, when given, runs on this thread for each embedded record (outputs.py), so
         the main thread receives records ready to produce: one hand-off, no Avro on the main thread.
         `wake` is signalled as each batch finishes: the loop hands the device its next batch at once.
-        `prepare_batch` decodes the records that arrive as bytes (Work.jpeg, the header the fetch read)."""
+        `prepare_batch` decodes the records that arrive as bytes (Work.jpeg, the header the fetch read),
+        each held in `journal` meanwhile; the stage closes the journal."""
         self._embed = embed
         self._prepare_batch = prepare_batch
+        self._journal = journal
         self._encode = encode
         self._metrics = metrics
         self._pool: WorkPool[list[Work], list[Outcome]] = WorkPool(
@@ -69,7 +74,9 @@ class InferenceStage:
         for work in batch:
             if work.prepared is not None:
                 images.append(work.prepared)
-        embedded = iter(self._embed(images))
+        embedded = iter(self._embed(images))  # back on the host: the device is done with the batch
+        if self._journal is not None:
+            self._journal.release()
         results: list[Outcome] = [refused[i] if i in refused else next(embedded) for i in range(len(batch))]
         self._metrics.inference_seconds.observe(time.perf_counter() - started)
         images.clear()
@@ -88,12 +95,14 @@ class InferenceStage:
         pending = [i for i, work in enumerate(batch) if work.prepared is None]
         if not pending:
             return {}
-        assert self._prepare_batch is not None, "only preprocessed work reaches a device without prepare_batch"
+        assert self._prepare_batch is not None and self._journal is not None, (
+            "only preprocessed work reaches a device that does not decode")
         blobs = []
         for i in pending:
             data = batch[i].data
             assert data is not None, "a record that comes as bytes has its bytes"
             blobs.append(data)
+        self._journal.hold([batch[i].source for i in pending])
         decoded = self._prepare_batch(blobs, [batch[i].jpeg for i in pending])
         self._metrics.device_decoded.inc(len(pending) - decoded.on_cpu)
         self._metrics.device_decode_refused.inc(decoded.on_cpu)
@@ -140,3 +149,5 @@ class InferenceStage:
 
     def close(self, deadline: float) -> None:
         self._pool.close(deadline)
+        if self._journal is not None:
+            self._journal.close()
