@@ -44,8 +44,8 @@ export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 } 2>&1 | tee -a "$LOG"
 
 # Each part's hard limit in seconds: its own budget (gpu_check.py GPU_BUDGET) plus 10-20 s for starting
-# Python, torch and the CUDA context, and for the last step a budget check lets through. Together 485 s.
-LIMITS="models:130 attention:35 compile:75 decode:60 e2e:185"
+# Python, torch and the CUDA context, and for the last step a budget check lets through. Together 493 s.
+LIMITS="models:130 attention:35 compile:75 decode:68 e2e:185"
 for part in ${GPU_CHECK_PARTS:-models attention compile decode e2e}; do
     limit=$(tr ' ' '\n' <<<"$LIMITS" | sed -n "s/^$part://p")
     if [[ -z $limit ]]; then

@@ -11,6 +11,8 @@
 - isolation: a broken JPEG in a batch fails alone, and its batch's good images decode as they do alone.
 - mixed batch: crops the device decoded and crops prepared on the host, collated into one batch (as
   model.decode=gpu feeds the batcher from both), give bitwise the input of the same crops all from the host.
+- hostile JPEGs (hostile.py): whether mutated JPEGs that the device path takes crash the decoder's
+  process or poison its context.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import open_clip
 import torch
 from open_clip.transform import PreprocessCfg
 
+from bench.gpu_parts import hostile
 from bench.gpu_parts.common import Budget, Context, Report, free, rate
 from worker.engine.gpu_decode import baseline_header, decode_batch
 from worker.engine.preprocess import PreparedImage, Preprocessor, preprocess_cfg_from
@@ -152,4 +155,8 @@ def run(ctx: Context, report: Report, budget: Budget) -> None:
         mixed_batch(ctx, report, cfg, blobs)
     else:
         report.note("device decode quality and error isolation skipped: out of time")
+    if budget.enough(0.5 if ctx.smoke else 6.0):
+        hostile.run(ctx, report, budget, cfg, blobs)
+    else:
+        report.note("hostile JPEGs skipped: out of time")
     free(ctx.device)

@@ -4,14 +4,21 @@ broker and minutes)."""
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+
+from bench.gpu_parts import hostile
+from bench.gpu_parts.common import Budget, Context, Report
+from worker.engine import Embedder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,6 +62,10 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path: Path) -> None:
     assert variants["eager"]["img_per_s"] > 0
     assert any(v.startswith("torch.compile") and f["min_cosine_padded_vs_eager"] >= 0.999 for v, f in variants.items())
 
+    [hostile] = figures(parts["decode"], "hostile jpegs")
+    assert hostile["to_device"] > 0 and sum(hostile["outcomes"].values()) == hostile["to_device"]
+    assert len(hostile["by_kind"]) == 6 and (hostile["crashed"], hostile["poisoned"]) == (None, None)
+
     cpu = {(f["mode"], f["processes"]): f["img_per_s"] for f in figures(parts["decode"], "cpu decode")}
     assert cpu.keys() == {("fast", 1), ("fast", 2), ("exact", 1)} and all(v > 0 for v in cpu.values())
     assert [f["batch"] for f in figures(parts["decode"], "device decode") if f["img_per_s"] > 0] == [4, 8]
@@ -65,6 +76,28 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path: Path) -> None:
     assert e2e["decode"] == "gpu" and e2e["jpeg_decode"] == "device", "the smoke run takes the device decode's path"
     assert e2e["pods"] == 2 and e2e["main_us_per_image"] > 0
     assert e2e["main_cores"] <= 1.05 * e2e["pods"], "each pod's loop is one thread: a core at most"
+
+
+def test_the_hostile_jpeg_check_names_the_jpeg_that_took_the_decoder_down(
+    tiny_fast: Embedder, corpus: list[tuple[str, bytes]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    blobs = [data for _, data in corpus]
+    victim = hostile.hostile_jpegs(blobs, per_kind=6)[9]  # the run makes the same, from the same seed
+    decode_jpeg = torch.ops.image.decode_jpeg
+
+    def crashing(data: torch.Tensor, *args: Any) -> Any:  # what nvJPEG did on broken Exif (CUDALibrarySamples#116)
+        if data.numpy().tobytes() == victim[1]:
+            faulthandler.disable()  # pytest's, inherited by the fork: no traceback dump for a crash on purpose
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return decode_jpeg(data, *args)
+
+    monkeypatch.setattr(torch.ops.image, "decode_jpeg", crashing)  # the forked child inherits it
+    report = Report(None)
+    ctx = Context(device=torch.device("cpu"), smoke=True, corpus=corpus, wheels=tmp_path)
+    hostile.run(ctx, report, Budget(60), tiny_fast.tower.preprocess_cfg, blobs)
+    [row] = [r for r in report.rows if r["kind"] == "hostile jpegs"]
+    assert row["crashed"] == {"index": 9, "kind": victim[0], "exit_code": -signal.SIGSEGV}
+    assert sum(row["outcomes"].values()) == 9, "the nine before it were each decoded or refused"
 
 
 def test_preprocess_bench_prints_its_table() -> None:
