@@ -9,6 +9,9 @@
 
 Exit codes: 0 after a clean shutdown (or all checks passed), 1 on a fatal error (or a failed
 check), 2 on an invalid setting.
+
+torch, torchvision and open_clip (~3 s of imports) are imported by the commands that load the model,
+not here: --version, an invalid setting, replay and enqueue answer at once.
 """
 
 from __future__ import annotations
@@ -19,18 +22,18 @@ import os
 import signal
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from worker import __version__, replay
 from worker.batch import commands as batch_commands
-from worker.checks import check_model, format_table, run_checks
 from worker.config import Settings, load_settings
-from worker.engine import Embedder, frozen_heap, share_cores
 from worker.errors import ClientWedged, ConfigError, FatalError
 from worker.health import HealthServer
 from worker.logs import configure_logging
 from worker.metrics import Metrics
-from worker.pipeline.build import build_runtime
-from worker.pipeline.runtime import Runtime
+
+if TYPE_CHECKING:
+    from worker.pipeline.runtime import Runtime
 
 log = logging.getLogger("worker")
 
@@ -72,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(settings: Settings) -> int:
     """Serve health first (the model load can take minutes), then load, wire and run."""
+    from worker.engine import Embedder, frozen_heap, share_cores
+    from worker.pipeline.build import build_runtime
+
     metrics = Metrics()
     runtime: Runtime | None = None
     health = None
@@ -105,6 +111,8 @@ def _run(settings: Settings) -> int:
 
 def _check(settings: Settings) -> int:
     """The table of what answered; the exit code and stderr name what did not."""
+    from worker.checks import check_model, format_table, run_checks
+
     results = [*run_checks(settings), check_model(settings.model)]
     print(format_table(results), flush=True)
     failed = [result.name for result in results if not result.ok]

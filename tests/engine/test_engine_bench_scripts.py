@@ -63,8 +63,11 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path: Path) -> None:
     assert any(v.startswith("torch.compile") and f["min_cosine_padded_vs_eager"] >= 0.999 for v, f in variants.items())
 
     [hostile] = figures(parts["decode"], "hostile jpegs")
-    assert hostile["to_device"] > 0 and sum(hostile["outcomes"].values()) == hostile["to_device"]
-    assert len(hostile["by_kind"]) == 6 and (hostile["crashed"], hostile["poisoned"]) == (None, None)
+    done_with = sum(hostile["outcomes"].values())
+    assert 0 < done_with <= hostile["to_device"] and len(hostile["by_kind"]) == 6
+    out_of_time = any("hostile JPEGs: out of time" in note["note"] for note in parts["decode"]["notes"])
+    assert done_with == hostile["to_device"] or out_of_time
+    assert (hostile["crashed"], hostile["poisoned"]) == (None, None), "libjpeg-turbo on the CPU takes them all"
 
     cpu = {(f["mode"], f["processes"]): f["img_per_s"] for f in figures(parts["decode"], "cpu decode")}
     assert cpu.keys() == {("fast", 1), ("fast", 2), ("exact", 1)} and all(v > 0 for v in cpu.values())

@@ -26,7 +26,7 @@ from tests.pipeline.conftest import ids_of, requests_for
 from worker.config import Settings
 from worker.encoding import EmbeddingEncoder
 
-N_KILL = 2000
+N_KILL = 1500  # above three kill points of up to 450 fresh outputs each
 
 
 def wait_for_outputs(

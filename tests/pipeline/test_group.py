@@ -80,7 +80,7 @@ def test_a_device_slower_than_a_third_of_the_poll_interval_causes_no_rebalance(
         kafka={"consumer_config": {"max.poll.interval.ms": str(poll_interval_ms), "session.timeout.ms": "6000"}},
         model={"inference_batch_size": 8},
     )
-    requests = requests_for(bucket, keys, 40)
+    requests = requests_for(bucket, keys, 24)  # three batches at least: the device's time passes the interval
     produce_requests(kafka_broker.bootstrap_servers, settings.kafka.input_topic, requests)
     slow = SlowDevice(Embedder.load(settings.model), delay=poll_interval_ms / 1000 / 3 + 0.5)
 

@@ -6,7 +6,8 @@ what each runs.
 
 SOURCE is a file, a folder, a manifest (.jsonl) or an s3://bucket/prefix (inputs.py). embed writes one
 JSON line per input to stdout, or parts to DIR (sinks.py), and exits 1 when any input failed;
-enqueue takes S3 sources only. A bad option or source exits 2 before anything is loaded.
+enqueue takes S3 sources only. A bad option or source exits 2 before anything is loaded, torch included
+(the engine and the batch run are imported by `embed` itself).
 """
 
 from __future__ import annotations
@@ -15,19 +16,20 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from worker.batch.enqueue import enqueue
 from worker.batch.formats import FORMATS, FormatName, part_format
 from worker.batch.inputs import InputSource, read_inputs
 from worker.batch.progress import Progress, Tally
-from worker.batch.run import BatchRun
 from worker.batch.sinks import PartSink, RowSink, StdoutSink
 from worker.config import Settings
 from worker.encoding import embedding_schema
-from worker.engine import Embedder, frozen_heap, share_cores
 from worker.errors import ConfigError
 from worker.source import S3Source, make_s3_client
+
+if TYPE_CHECKING:
+    from worker.engine import Embedder
 
 DEFAULT_PART_SIZE = 10_000
 
@@ -73,6 +75,9 @@ def embed(
 ) -> Tally:
     """Embed every input of `options`; rows without an output folder go to `stdout`, the summary line to
     `stderr` (default: the process's). Loads the model (unless given) only once the output has been checked."""
+    from worker.batch.run import BatchRun
+    from worker.engine import Embedder, frozen_heap, share_cores
+
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     sink: RowSink
     written: set[str] = set()

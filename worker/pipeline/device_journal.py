@@ -41,7 +41,7 @@ from worker.encoding import Source
 
 logger = logging.getLogger(__name__)
 
-KEEP = 4096  # suspects carried from earlier crashes, newest first: a few batches' worth
+KEEP = 4096  # suspects carried from earlier crashes (the last read are kept): a few batches' worth
 _SLOT = "slot-{}.journal"
 
 
@@ -54,7 +54,8 @@ class DeviceJournal:
         self.suspects = suspects  # read at open: records to decode on the CPU
         self._fd = fd  # -1 once closed
         self._lock = threading.Lock()  # close() may come from another thread than hold() and release()
-        self._topics: dict[str, str] = {}  # topic -> its JSON string, encoded once
+        self._topics: dict[str, str] = {}  # topic -> its JSON string, encoded once (the input topic; batch
+        # mode's origins, one per source it was given)
         self._carried = self._encode(carried)
         self._held = False
 

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from worker.encoding import Source
-from worker.engine import PreparedImage
-from worker.engine.gpu_decode import JpegHeader
 from worker.messages import ImageRequest
 
-if TYPE_CHECKING:  # produce.py imports this module
+if TYPE_CHECKING:  # produce.py imports this module; the engine brings torch, which replay does not need
+    from worker.engine import PreparedImage
+    from worker.engine.gpu_decode import JpegHeader
     from worker.pipeline.produce import OutRecord
 
 
