@@ -7,12 +7,12 @@ SourceErrors: a missing file is SourceNotFound, an unreadable one SourceAccessDe
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
 from worker.engine.gpu_decode import ReadHeader
 from worker.errors import SourceAccessDenied, SourceError, SourceNotFound, SourceTooLarge
+from worker.pipeline.stages import keep_fetched
 from worker.pipeline.work import Work
 from worker.text import safe_text
 
@@ -39,10 +39,7 @@ def local_fetch_step(
     """The fetch stage's step for local inputs: `path_of(work)` says which file; `read_header` as the S3 step's."""
 
     def step(work: Work) -> None:
-        work.data = read_local(path_of(work), max_bytes=max_bytes)
+        keep_fetched(work, read_local(path_of(work), max_bytes=max_bytes), read_header)
         work.fetch_attempts = 1
-        work.sha256 = hashlib.sha256(work.data).hexdigest()  # for the output record, as the S3 step does
-        if read_header is not None:
-            work.jpeg = read_header(work.data)
 
     return step

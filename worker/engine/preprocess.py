@@ -200,9 +200,9 @@ def gathered(pixels: Sequence[torch.Tensor], device: torch.device) -> torch.Tens
     host = [i for i, p in enumerate(pixels) if p.is_cpu]
     if len(host) == len(pixels):
         return staged(pixels, device).to(device, non_blocking=True)
-    decoded = [i for i, p in enumerate(pixels) if not p.is_cpu]
     if not host:
         return torch.stack(list(pixels))
+    decoded = [i for i, p in enumerate(pixels) if not p.is_cpu]
     batch = torch.empty((len(pixels), *pixels[0].shape), dtype=torch.uint8, device=device)
     batch[host] = staged([pixels[i] for i in host], device).to(device, non_blocking=True)
     batch[decoded] = torch.stack([pixels[i] for i in decoded])

@@ -196,25 +196,31 @@ def _record_failure(error: BaseException, stage: str) -> Exception:
     return error if isinstance(error, Exception) else UnexpectedError(error, stage=stage)
 
 
+def keep_fetched(work: Work, data: bytes, read_header: ReadHeader | None) -> None:
+    """What every fetch step (this module's for S3, batch/local.py's for files) keeps of the bytes it read:
+    the bytes, their SHA-256 for the output record, taken off the main thread, and with `read_header`
+    (Embedder.device_header) the header that says where the image will be decoded."""
+    work.data = data
+    work.sha256 = hashlib.sha256(data).hexdigest()
+    if read_header is not None:
+        work.jpeg = read_header(data)
+
+
 def fetch_step(
     source: S3Source, metrics: Metrics, *, timeout: float, read_header: ReadHeader | None = None
 ) -> Callable[[Work], None]:
-    """Read the image bytes of a decoded request; counts attempts for the dead-letter headers, and
-    takes the bytes' SHA-256 for the output record here, off the main thread. With `read_header`
-    (Embedder.device_header), it also reads the header that says where the image will be decoded."""
+    """Read the image bytes of a decoded request (keep_fetched); counts attempts for the dead-letter headers."""
 
     def step(work: Work) -> None:
         assert work.request is not None, "the fetch stage only takes decoded requests"
         try:
-            work.data, work.fetch_attempts = source.fetch(work.request.uri, deadline=time.monotonic() + timeout)
+            data, work.fetch_attempts = source.fetch(work.request.uri, deadline=time.monotonic() + timeout)
         except (SourceError, SourceOutage) as exc:
             work.fetch_attempts = exc.attempts
             metrics.fetch_retries.inc(max(0, exc.attempts - 1))
             raise
-        work.sha256 = hashlib.sha256(work.data).hexdigest()
-        if read_header is not None:
-            work.jpeg = read_header(work.data)
-        metrics.fetched_bytes.inc(len(work.data))
+        keep_fetched(work, data, read_header)
+        metrics.fetched_bytes.inc(len(data))
         metrics.fetch_retries.inc(work.fetch_attempts - 1)
 
     return step
