@@ -4,7 +4,6 @@ broker and minutes)."""
 
 from __future__ import annotations
 
-import faulthandler
 import json
 import os
 import signal
@@ -18,6 +17,7 @@ import torch
 
 from bench.gpu_parts import hostile
 from bench.gpu_parts.common import Budget, Context, Report
+from harness.nvjpeg_crash.sitecustomize import crashing_decoder
 from worker.engine import Embedder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,15 +86,8 @@ def test_the_hostile_jpeg_check_names_the_jpeg_that_took_the_decoder_down(
 ) -> None:
     blobs = [data for _, data in corpus]
     victim = hostile.hostile_jpegs(blobs, per_kind=6)[9]  # the run makes the same, from the same seed
-    decode_jpeg = torch.ops.image.decode_jpeg
-
-    def crashing(data: torch.Tensor, *args: Any) -> Any:  # what nvJPEG did on broken Exif (CUDALibrarySamples#116)
-        if data.numpy().tobytes() == victim[1]:
-            faulthandler.disable()  # pytest's, inherited by the fork: no traceback dump for a crash on purpose
-            os.kill(os.getpid(), signal.SIGSEGV)
-        return decode_jpeg(data, *args)
-
-    monkeypatch.setattr(torch.ops.image, "decode_jpeg", crashing)  # the forked child inherits it
+    # What nvJPEG did on broken Exif (CUDALibrarySamples#116), on that JPEG; the forked child inherits it.
+    monkeypatch.setattr(torch.ops.image, "decode_jpeg", crashing_decoder(victim[1]))
     report = Report(None)
     ctx = Context(device=torch.device("cpu"), smoke=True, corpus=corpus, wheels=tmp_path)
     hostile.run(ctx, report, Budget(60), tiny_fast.tower.preprocess_cfg, blobs)

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.models import tiny_model_settings
+from tests.pipeline.conftest import Sink
 from worker.config import Settings
 from worker.encoding import Source
 from worker.engine.gpu_decode import JpegHeader
@@ -30,35 +31,31 @@ sources = st.builds(Source, topic=st.text(max_size=40), partition=st.integers(-(
                     offset=st.integers(-(2**63), 2**63 - 1))
 
 
-def _journal(directory: Path) -> DeviceJournal:
-    return DeviceJournal.open(directory)
-
-
 def test_a_batch_held_when_its_worker_stops_is_the_next_workers_suspect_and_a_released_one_is_not(
     tmp_path: Path,
 ) -> None:
-    first = _journal(tmp_path)
+    first = DeviceJournal.open(tmp_path)
     assert first.suspects == frozenset()
     first.hold([Source("in", 0, 1), Source("in", 1, 7)])
     first.release()
     first.hold([Source("in", 2, 9)])
     first.close()  # stopped with the second batch on the device
-    second = _journal(tmp_path)
+    second = DeviceJournal.open(tmp_path)
     assert second.suspects == {Source("in", 2, 9)}
     assert second.is_suspect(Source("in", 2, 9)) and not second.is_suspect(Source("in", 0, 1))
     second.close()
 
 
 def test_suspects_are_written_again_with_every_batch_so_a_second_crash_does_not_forget_them(tmp_path: Path) -> None:
-    first = _journal(tmp_path)
+    first = DeviceJournal.open(tmp_path)
     first.hold([Source("in", 0, 1)])
     first.close()
-    second = _journal(tmp_path)
+    second = DeviceJournal.open(tmp_path)
     second.hold([Source("in", 0, 2)])
     second.release()
     second.hold([Source("in", 0, 3)])
     second.close()  # crashed again, on another batch, before the first suspect came back
-    third = _journal(tmp_path)
+    third = DeviceJournal.open(tmp_path)
     assert third.suspects == {Source("in", 0, 1), Source("in", 0, 3)}
     third.release()
     third.close()
@@ -66,10 +63,10 @@ def test_suspects_are_written_again_with_every_batch_so_a_second_crash_does_not_
 
 def test_only_the_newest_suspects_are_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(device_journal, "KEEP", 3)
-    first = _journal(tmp_path)
+    first = DeviceJournal.open(tmp_path)
     first.hold([Source("in", 0, n) for n in range(5)])
     first.close()
-    second = _journal(tmp_path)
+    second = DeviceJournal.open(tmp_path)
     assert second.suspects == {Source("in", 0, n) for n in (2, 3, 4)}
     second.close()
 
@@ -77,12 +74,12 @@ def test_only_the_newest_suspects_are_kept(tmp_path: Path, monkeypatch: pytest.M
 def test_live_workers_sharing_a_directory_claim_their_own_slots_and_a_restart_reads_every_free_one(
     tmp_path: Path,
 ) -> None:
-    a, b = _journal(tmp_path), _journal(tmp_path)
+    a, b = DeviceJournal.open(tmp_path), DeviceJournal.open(tmp_path)
     assert a.path != b.path
     a.hold([Source("in", 0, 1)])
     b.hold([Source("in", 1, 1)])
     a.close()  # a crashes; b lives on, its batch in its own slot
-    restarted = _journal(tmp_path)
+    restarted = DeviceJournal.open(tmp_path)
     assert restarted.suspects == {Source("in", 0, 1)}
     b.close()
     restarted.close()
@@ -98,14 +95,14 @@ def test_a_worker_killed_while_holding_a_batch_leaves_it_to_the_next(tmp_path: P
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     assert subprocess.run([sys.executable, "-c", script], timeout=60).returncode == -9
-    journal = _journal(tmp_path)
+    journal = DeviceJournal.open(tmp_path)
     assert journal.suspects == {Source("in", 4, 44)}
     assert journal.path.name == "slot-0.journal"  # the dead worker's lock went with it
     journal.close()
 
 
 def test_a_closed_journal_writes_nothing_even_where_its_descriptor_number_is_reused(tmp_path: Path) -> None:
-    journal = _journal(tmp_path)
+    journal = DeviceJournal.open(tmp_path)
     journal.hold([Source("in", 0, 1)])
     journal.close()
     other = tmp_path / "other"
@@ -124,12 +121,12 @@ def test_a_closed_journal_writes_nothing_even_where_its_descriptor_number_is_reu
 def test_any_sources_held_come_back_as_they_were(tmp_path_factory: pytest.TempPathFactory,
                                                  batches: list[list[Source]]) -> None:
     directory = tmp_path_factory.mktemp("journal")
-    journal = _journal(directory)
+    journal = DeviceJournal.open(directory)
     for batch in batches:
         journal.release()
         journal.hold(batch)
     journal.close()
-    again = _journal(directory)
+    again = DeviceJournal.open(directory)
     assert again.suspects == set(batches[-1])
     again.close()
 
@@ -145,25 +142,11 @@ def test_whatever_a_slot_file_holds_a_worker_starts_and_keeps_only_what_parses_a
 ) -> None:
     directory = tmp_path_factory.mktemp("journal")
     (directory / "slot-0.journal").write_bytes(garbage)
-    journal = _journal(directory)
+    journal = DeviceJournal.open(directory)
     assert journal.suspects <= {Source("t", 1, 2)}
     if b'\n["t",1,2]\n' in b"\n" + garbage + b"\n":
         assert journal.suspects == {Source("t", 1, 2)}
     journal.close()
-
-
-class _Stage:
-    def __init__(self) -> None:
-        self.got: list[Work] = []
-
-    def submit(self, item: Work) -> None:
-        self.got.append(item)
-
-    def poll(self) -> None:
-        return None
-
-    def close(self, deadline: float) -> None:
-        return None
 
 
 def _work(offset: int, *, jpeg: bool) -> Work:
@@ -173,15 +156,15 @@ def _work(offset: int, *, jpeg: bool) -> Work:
 
 
 def test_the_router_sends_a_suspect_jpeg_to_the_cpu_and_counts_it(tmp_path: Path) -> None:
-    first = _journal(tmp_path)
+    first = DeviceJournal.open(tmp_path)
     first.hold([Source("in", 0, 1)])
     first.close()
-    journal, metrics, device, cpu = _journal(tmp_path), Metrics(), _Stage(), _Stage()
+    journal, metrics, device, cpu = DeviceJournal.open(tmp_path), Metrics(), Sink(), Sink()
     router = DecodeRouter(device=device, cpu=cpu, journal=journal, metrics=metrics)
     suspect, good, not_jpeg = _work(1, jpeg=True), _work(2, jpeg=True), _work(3, jpeg=False)
     for work in (suspect, good, not_jpeg):
         router.submit(work)
-    assert (device.got, cpu.got) == ([good], [suspect, not_jpeg])
+    assert (device.done, cpu.done) == ([good], [suspect, not_jpeg])
     assert metrics.device_decode_suspects._value.get() == 1
     journal.close()
 
