@@ -16,12 +16,19 @@ threads then processes, one worker then two, and the whole round repeats; figure
 the rounds. The last column says how many cores 1.8x the one-worker rate would take at the two-worker
 run's CPU per image: over the box's cores, no stage could show 1.8x here.
 
-    .venv/bin/python bench/decoder_bench.py --records 600 --rounds 3 [--s3 s3proxy]
+With `--source memory` the decode workers run alone, as threads (the default `preprocess_in`): each
+record goes in as the fetch step leaves it (bytes and SHA-256 in hand, made before the clock starts),
+and no S3 server or GET shares the box. That separates what the decode workers do when a second one
+is added from what the box can spare beside them: with S3 on the same two cores, 1.8x needs more
+than two cores whatever the workers do. Processes fetch inside the decoder, so they need `--source s3`.
+
+    .venv/bin/python bench/decoder_bench.py --records 600 --rounds 3 [--s3 s3proxy] [--source memory]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -45,6 +52,7 @@ from worker.metrics import Metrics
 from worker.pipeline.image_stages import decoder_stage, fetch_threads, preprocess_threads
 from worker.pipeline.memory import InFlightBytes
 from worker.pipeline.runtime import busy_wait
+from worker.pipeline.stages import keep_fetched
 from worker.pipeline.wake import Wake
 from worker.pipeline.work import Work
 from worker.source import S3Source, make_s3_client
@@ -65,9 +73,12 @@ class Drop:
 
 
 def stages_for(mode: str, workers: int, settings: Settings, embedder: Embedder, sink: Drop, wake: Wake) -> list[Any]:
-    """The stage(s) the worker wires for `mode` (image_stages.py), ending in `sink`, signalling `wake`."""
+    """The stage(s) the worker wires for `mode` (image_stages.py), ending in `sink`, signalling `wake`;
+    "memory": the preprocess threads alone."""
     budget, metrics = InFlightBytes(limit=settings.pipeline.max_in_flight_bytes), Metrics()
     sized = settings.model_copy(update={"model": settings.model.model_copy(update={"preprocess_workers": workers})})
+    if mode == "memory":
+        return [preprocess_threads(sized, embedder, next_step=sink, failures=sink, metrics=metrics)]
     if mode == "processes":
         return [decoder_stage(sized, embedder, next_step=sink, failures=sink, metrics=metrics, budget=budget,
                               wake=wake)]
@@ -78,15 +89,27 @@ def stages_for(mode: str, workers: int, settings: Settings, embedder: Embedder, 
     return [fetch, preprocess]
 
 
-def run(stages: list[Any], wake: Wake, sink: Drop, keys: list[str], count: int) -> tuple[float, float]:
-    """Push `count` records through; (seconds, CPU seconds of this process tree)."""
+def records(photos: list[tuple[str, bytes]], count: int, *, fetched: bool) -> list[Work]:
+    """`count` decoded requests for the photos in turn; with `fetched`, as the fetch step leaves them."""
+    works = []
+    for i in range(count):
+        key, data = photos[i % len(photos)]
+        work = Work(source=Source("bench", 0, i), generation=1, key=None, value=None, headers=[], timestamp_ms=None)
+        work.request = ImageRequest(id=f"r{i}", uri=S3Uri("bench", key))
+        if fetched:
+            keep_fetched(work, data, None)
+        works.append(work)
+    return works
+
+
+def run(stages: list[Any], wake: Wake, sink: Drop, works: list[Work]) -> tuple[float, float]:
+    """Push the records through; (seconds, CPU seconds of this process tree)."""
     pid = os.getpid()
     began, cpu = time.perf_counter(), tree_cpu(pid)
-    target = sink.done + len(sink.failed) + count
-    for i in range(count):
-        work = Work(source=Source("bench", 0, i), generation=1, key=None, value=None, headers=[], timestamp_ms=None)
-        work.request = ImageRequest(id=f"r{i}", uri=S3Uri("bench", keys[i % len(keys)]))
+    target = sink.done + len(sink.failed) + len(works)
+    for work in works:
         stages[0].submit(work)
+    works.clear()  # the byte budget holds a fetch's bytes until its record is let go (memory.py)
     while sink.done + len(sink.failed) < target:
         for stage in stages:
             stage.poll()
@@ -100,29 +123,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=600)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--s3", choices=tuple(S3_SERVERS), default="gofakes3", help="the S3 server")
+    parser.add_argument("--source", choices=("s3", "memory"), default="s3",
+                        help="memory: the decode threads alone, fed the fetched bytes (no S3 server running)")
     args = parser.parse_args(argv)
     register_model_configs()
     photos = photo_corpus(long_sides=(1024,))
     load_start = os.getloadavg()[0]
     rates: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
-    with tempfile.TemporaryDirectory() as tmp, S3_SERVERS[args.s3]() as server:
-        os.environ.update(server.env())  # decoder processes read S3 with the environment's credentials
-        fill_bucket(server, "bench", photos)
+    modes = ("memory",) if args.source == "memory" else ("threads", "processes")
+    server = S3_SERVERS[args.s3]() if args.source == "s3" else None
+    with tempfile.TemporaryDirectory() as tmp, server or contextlib.nullcontext():
+        if server is not None:
+            os.environ.update(server.env())  # decoder processes read S3 with the environment's credentials
+            fill_bucket(server, "bench", photos)
         checkpoint = write_random_checkpoint(TINY_MODEL_NAME, Path(tmp) / "tiny.pt", seed=0)
         model = tiny_model_settings(checkpoint, preprocess_mode="fast")
-        settings = Settings(model=model, s3={"allowed_sources": ("bench",), "endpoint_url": server.endpoint_url})
+        endpoint = {"endpoint_url": server.endpoint_url} if server is not None else {}
+        settings = Settings(model=model, s3={"allowed_sources": ("bench",), **endpoint})
         embedder = Embedder.load(model)
-        keys = [name for name, _ in photos]
-        assert server.pid is not None
+        fetched = args.source == "memory"
         for _ in range(args.rounds):
-            for mode in ("threads", "processes"):
+            for mode in modes:
                 for workers in (1, 2):
                     sink, wake = Drop(), Wake()
                     stages = stages_for(mode, workers, settings, embedder, sink, wake)
-                    run(stages, wake, sink, keys, max(1, args.records // 10))  # warm-up: connections, first decodes
-                    server_cpu = tree_cpu(server.pid)
-                    seconds, cpu = run(stages, wake, sink, keys, args.records)
-                    server_cpu = tree_cpu(server.pid) - server_cpu
+                    # warm-up: connections, first decodes
+                    run(stages, wake, sink, records(photos, max(1, args.records // 10), fetched=fetched))
+                    measured = records(photos, args.records, fetched=fetched)
+                    server_cpu = tree_cpu(server.pid) if server is not None and server.pid else 0.0
+                    seconds, cpu = run(stages, wake, sink, measured)
+                    server_cpu = tree_cpu(server.pid) - server_cpu if server is not None and server.pid else 0.0
                     cpu -= server_cpu  # the server is this process's child: its CPU is not the stage's
                     for stage in stages:
                         stage.close(time.monotonic() + 10)
@@ -132,13 +162,16 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"# {mode} x{workers}: {args.records / seconds:.0f} img/s", file=sys.stderr, flush=True)
     median = {key: tuple(statistics.median(v[i] for v in values) for i in range(3)) for key, values in rates.items()}
     print("\n".join(run_header("decoder_bench.py", (load_start, os.getloadavg()[0]))))
-    print(f"| preprocess in | workers | img/s | stage CPU ms/img | {args.s3} CPU ms/img | two / one "
+    served = args.s3 if server is not None else "no"
+    print(f"| preprocess in | workers | img/s | stage CPU ms/img | S3 server ({served}) CPU ms/img | two / one "
           "| cores 1.8x would need |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    labels = {"memory": "threads, the bytes in memory"}
     for (mode, workers), (rate, cpu, server_cpu) in median.items():
         one = median[(mode, 1)][0]
         scaling, needed = (f"{rate / one:.2f}x", f"{1.8 * one * (cpu + server_cpu):.2f}") if workers == 2 else ("", "")
-        print(f"| {mode} | {workers} | {rate:.1f} | {cpu * 1e3:.2f} | {server_cpu * 1e3:.2f} | {scaling} | {needed} |")
+        print(f"| {labels.get(mode, mode)} | {workers} | {rate:.1f} | {cpu * 1e3:.2f} | {server_cpu * 1e3:.2f} "
+              f"| {scaling} | {needed} |")
     print(f"\nCores 1.8x would need: 1.8 times the one-worker rate at the two-worker CPU per image (stage and "
           f"server); this box has {os.cpu_count()}.")
     return 0
