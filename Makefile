@@ -47,6 +47,7 @@ bench: $(INSTALLED)
 	$(PY) bench/fetch_bench.py
 	$(PY) bench/pipeline_bench.py
 	$(PY) bench/decoder_bench.py
+	$(PY) bench/decoder_bench.py --source memory
 	$(PY) bench/cpu_bench.py
 
 bench-cpu: bench
