@@ -2,7 +2,7 @@
 
 Why not botocore's signer, which signed these GETs until the tenth pass of issue 8: an ``AWSRequest``
 and ``S3SigV4Auth.add_auth`` cost 40 µs of pure Python per GET alone and 67 µs in the fetch loop (cold
-caches), all of it under the GIL, where the whole GET's other Python is ~50 µs. It parses the URL
+caches), all of it under the GIL, where curl's whole transfer of a 190 kB photo takes ~100. It parses the URL
 three times, keeps headers in an ``email.message``, and derives the signing key (four HMACs) for every
 request. At B-32's 10,000 img/s that is 0.4-0.67 s of the one GIL every second. Here the key is
 derived once a day (it depends on the secret, the day and the region only), and the canonical
