@@ -118,6 +118,11 @@ def run(stages: list[Any], wake: Wake, sink: Drop, works: list[Work]) -> tuple[f
     return time.perf_counter() - began, tree_cpu(pid) - cpu
 
 
+def server_cpu_now(server: Any) -> float:
+    """CPU seconds the S3 server's process tree has used so far; 0 without a server (`--source memory`)."""
+    return tree_cpu(server.pid) if server is not None and server.pid else 0.0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=600)
@@ -150,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                     # warm-up: connections, first decodes
                     run(stages, wake, sink, records(photos, max(1, args.records // 10), fetched=fetched))
                     measured = records(photos, args.records, fetched=fetched)
-                    server_cpu = tree_cpu(server.pid) if server is not None and server.pid else 0.0
+                    server_before = server_cpu_now(server)
                     seconds, cpu = run(stages, wake, sink, measured)
-                    server_cpu = tree_cpu(server.pid) - server_cpu if server is not None and server.pid else 0.0
+                    server_cpu = server_cpu_now(server) - server_before
                     cpu -= server_cpu  # the server is this process's child: its CPU is not the stage's
                     for stage in stages:
                         stage.close(time.monotonic() + 10)

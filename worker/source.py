@@ -4,10 +4,9 @@ listing a prefix, for the batch commands.
 boto3's client holds the configuration and credentials, so the same code runs against AWS S3, MinIO,
 Ceph RGW, R2 or moto; a GET is signed as botocore signs it (worker.s3_sign) and sent by libcurl
 (worker.s3_get: botocore's get_object costs about a millisecond of the GIL per object), listing stays
-on boto3. botocore's and
-libcurl's errors are translated here, once, into worker.errors: a transient failure (throttling,
-5xx, timeout, reset) is retried with exponential backoff and full jitter; after the last attempt it
-becomes RetriesExhausted. Credentials come from the standard AWS chain and are never logged.
+on boto3. botocore's and libcurl's errors are translated here, once, into worker.errors: a transient
+failure (throttling, 5xx, timeout, reset) is retried with exponential backoff and full jitter; after
+the last attempt it becomes RetriesExhausted. Credentials come from the standard AWS chain and are never logged.
 """
 
 from __future__ import annotations
