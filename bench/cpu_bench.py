@@ -63,10 +63,10 @@ from harness.s3_server import fill_bucket
 from harness.s3proxy import S3Proxy
 from harness.workers import WorkerProcess, settings_env
 from worker.config import ModelSettings, Settings
-from worker.encoding import EmbeddingEncoder
 from worker.engine import Embedder
 from worker.engine.preprocess import Preprocessor
-from worker.messages import ImageRequest, S3Uri
+from worker.formats.encoding import EmbeddingEncoder
+from worker.formats.messages import ImageRequest, S3Uri
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SAMPLE_SECONDS = 0.05

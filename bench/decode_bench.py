@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, w
 
 from bench.encode_bench import cpu_per_call
 from bench.header import run_header
-from worker.messages import ImageRequest, S3Uri, decode_request, encode_request_json
+from worker.formats.messages import ImageRequest, S3Uri, decode_request, encode_request_json
 
 MESSAGES = {
     "plain": ImageRequest(id="m123456", uri=S3Uri("bench", "photos/photo-1024.jpg"), metadata={}),

@@ -45,17 +45,17 @@ from harness.models import TINY_MODEL_NAME, register_model_configs, tiny_model_s
 from harness.photos import photo_corpus
 from harness.s3_server import fill_bucket
 from worker.config import Settings
-from worker.encoding import Source
 from worker.engine import Embedder
-from worker.messages import ImageRequest, S3Uri
+from worker.formats.messages import ImageRequest, S3Uri
+from worker.formats.positions import KafkaPosition
+from worker.images.budget import InFlightBytes
+from worker.images.path import decoder_stage, fetch_threads, preprocess_threads
+from worker.images.stages import keep_fetched
+from worker.images.wake import Wake
+from worker.images.work import Work
 from worker.metrics import Metrics
-from worker.pipeline.image_stages import decoder_stage, fetch_threads, preprocess_threads
-from worker.pipeline.memory import InFlightBytes
-from worker.pipeline.runtime import busy_wait
-from worker.pipeline.stages import keep_fetched
-from worker.pipeline.wake import Wake
-from worker.pipeline.work import Work
-from worker.source import S3Source, make_s3_client
+from worker.s3.source import S3Source, make_s3_client
+from worker.stream.loop import busy_wait
 
 
 class Drop:
@@ -94,7 +94,7 @@ def records(photos: list[tuple[str, bytes]], count: int, *, fetched: bool) -> li
     works = []
     for i in range(count):
         key, data = photos[i % len(photos)]
-        work = Work(source=Source("bench", 0, i), generation=1, key=None, value=None, headers=[], timestamp_ms=None)
+        work = Work(position=KafkaPosition("bench", 0, i))
         work.request = ImageRequest(id=f"r{i}", uri=S3Uri("bench", key))
         if fetched:
             keep_fetched(work, data, None)

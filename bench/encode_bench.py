@@ -22,12 +22,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run as a script
 
 from bench.header import run_header
-from worker.encoding import EmbeddingEncoder, Source, embedding_schema
-from worker.messages import ImageRequest, S3Uri
+from worker.formats.encoding import EmbeddingEncoder, embedding_schema
+from worker.formats.messages import ImageRequest, S3Uri
+from worker.formats.positions import KafkaPosition
 
 FIELD = "image_clip_emb_bench"
 REQUEST = ImageRequest(id="m123456", uri=S3Uri("bench", "photos/photo-1024.jpg"), metadata={"camera": "7"})
-SOURCE = Source("images", 3, 1_234_567)
+POSITION = KafkaPosition("images", 3, 1_234_567)
 
 
 def cpu_per_call(fn: Callable[[], object], *, calls: int, repeats: int) -> float:
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for dim in (int(d) for d in args.dims.split(",")):
         vector = np.random.default_rng(dim).standard_normal(dim).astype(np.float32)
-        kwargs = {"request": REQUEST, "embedding": vector, "source": SOURCE, "sha256": "ab" * 32,
+        kwargs = {"request": REQUEST, "embedding": vector, "position": POSITION, "sha256": "ab" * 32,
                   "width": 1024, "height": 768}
 
         def fastavro_whole(kwargs: dict[str, object] = kwargs) -> bytes:

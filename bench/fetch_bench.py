@@ -1,4 +1,4 @@
-"""CPU per S3 GET and GET/s: boto3's get_object next to the worker's signed GET (worker/s3_get.py), in one run.
+"""CPU per S3 GET and GET/s: boto3's get_object next to the worker's signed GET (worker/s3/get.py), in one run.
 
 Issue 8, direction 3: the fetch threads cost ~0.5-1 ms of pure Python per object under the GIL, most of
 it botocore's. Both paths fetch the same photos (harness.photos at 1024 px, ~190 KB each) from s3proxy
@@ -40,8 +40,8 @@ from harness.s3_process import S3Process
 from harness.s3_server import REGION, fill_bucket
 from harness.s3proxy import S3Proxy
 from worker.config import S3Settings
-from worker.messages import S3Uri
-from worker.source import S3Source, make_s3_client
+from worker.formats.messages import S3Uri
+from worker.s3.source import S3Source, make_s3_client
 
 BUCKET = "fetch-bench"
 LONG_SIDE = 1024

@@ -29,9 +29,9 @@ from harness.photos import photo_corpus
 from harness.s3_server import S3Server, fill_bucket
 from harness.workers import settings_env
 from worker.config import ModelSettings, Settings
-from worker.encoding import EmbeddingEncoder
 from worker.engine import Embedder
-from worker.messages import ImageRequest, S3Uri
+from worker.formats.encoding import EmbeddingEncoder
+from worker.formats.messages import ImageRequest, S3Uri
 
 WARMUP_SHARE = 0.1
 

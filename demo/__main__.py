@@ -25,8 +25,8 @@ from harness.kafka_io import produce, produce_requests, read_all, wait_until_com
 from harness.photos import photo_corpus
 from harness.s3_server import S3Server, fill_bucket
 from worker.config import ModelSettings
-from worker.encoding import EmbeddingEncoder
-from worker.messages import ImageRequest, S3Uri
+from worker.formats.encoding import EmbeddingEncoder
+from worker.formats.messages import ImageRequest, S3Uri
 
 BUCKET = "demo-photos"
 INPUT, OUTPUT, DLQ, GROUP = "images", "image-embeddings", "images-dlq", "clip-demo"

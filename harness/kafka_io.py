@@ -16,7 +16,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
-from worker.messages import ImageRequest, encode_request_json
+from worker.formats.messages import ImageRequest, encode_request_json
 
 _LOG = logging.getLogger("harness.librdkafka")
 

@@ -21,8 +21,8 @@ from typing import Any
 from worker.config import Settings, env_var
 from worker.engine import Embedder
 from worker.metrics import Metrics
-from worker.pipeline.build import build_runtime
-from worker.pipeline.runtime import Runtime
+from worker.stream.build import build_runtime
+from worker.stream.loop import Runtime
 
 
 class InProcessWorker:

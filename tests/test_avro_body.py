@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from worker.encoding import EmbeddingEncoder, Source, avro_float_array, embedding_schema
-from worker.messages import ImageRequest, S3Uri
+from worker.formats.encoding import EmbeddingEncoder, avro_float_array, embedding_schema
+from worker.formats.messages import ImageRequest, S3Uri
+from worker.formats.positions import KafkaPosition
 
 FIELD = "image_clip_emb_vit_l_14"
 ENCODER = EmbeddingEncoder(field_name=FIELD, model_name="ViT-L-14", pretrained="openai", normalized=True)
@@ -40,9 +41,9 @@ def test_the_body_is_byte_for_byte_fastavros_whole_record(
     sha256: str | None, width: int | None, height: int | None,
 ) -> None:
     fields = {"request": ImageRequest(id=request_id, uri=S3Uri("bucket", key), metadata=metadata),
-              "embedding": embedding, "source": Source("images", partition, offset), "sha256": sha256,
+              "embedding": embedding, "position": KafkaPosition("images", partition, offset), "sha256": sha256,
               "width": width, "height": height}
-    with mock.patch("worker.encoding.time.time", return_value=1_764_460_800.123):
+    with mock.patch("worker.formats.encoding.time.time", return_value=1_764_460_800.123):
         assert ENCODER.encode(topic="out", **fields) == whole_record_bytes(**fields)  # type: ignore[arg-type]
 
 

@@ -7,7 +7,7 @@ from pydantic import SecretStr
 
 from worker.config import Settings, env_var, load_settings
 from worker.errors import ConfigError
-from worker.kafka_config import consumer_config, is_cooperative, producer_config
+from worker.kafka.config import consumer_config, is_cooperative, producer_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

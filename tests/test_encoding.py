@@ -11,8 +11,9 @@ from typing import Any
 import fastavro
 import numpy as np
 
-from worker.encoding import EmbeddingEncoder, Source, embedding_schema
-from worker.messages import ImageRequest, S3Uri
+from worker.formats.encoding import EmbeddingEncoder, embedding_schema
+from worker.formats.messages import ImageRequest, S3Uri
+from worker.formats.positions import KafkaPosition
 
 FIELD = "image_clip_emb_vit_b_32"
 # schemas/image-embedding.avsc before sha256, width and height were added (its docs left out).
@@ -46,7 +47,7 @@ def read(value: bytes, *, writer: dict[str, Any], reader: dict[str, Any]) -> dic
 
 
 def test_a_record_written_with_the_new_schema_is_read_by_a_consumer_of_the_previous_one() -> None:
-    value = ENCODER.encode(request=REQUEST, embedding=VECTOR, source=Source("in", 2, 9), topic="out",
+    value = ENCODER.encode(request=REQUEST, embedding=VECTOR, position=KafkaPosition("in", 2, 9), topic="out",
                            sha256="ab" * 32, width=640, height=480)
     old = read(value, writer=embedding_schema(FIELD), reader=PREVIOUS)
     new = read(value, writer=embedding_schema(FIELD), reader=embedding_schema(FIELD))
@@ -56,7 +57,7 @@ def test_a_record_written_with_the_new_schema_is_read_by_a_consumer_of_the_previ
 
 
 def test_a_record_written_with_the_previous_schema_reads_with_the_new_one_and_null_for_the_added_fields() -> None:
-    record = ENCODER.record(request=REQUEST, embedding=VECTOR, source=Source("in", 2, 9))
+    record = ENCODER.record(request=REQUEST, embedding=VECTOR, position=KafkaPosition("in", 2, 9))
     old_record = {name: value for name, value in record.items() if name not in ADDED}
     buffer = io.BytesIO()
     fastavro.schemaless_writer(buffer, fastavro.parse_schema(PREVIOUS), old_record)

@@ -21,9 +21,9 @@ from harness.s3_server import S3Server
 from harness.workers import InProcessWorker
 from tests.conftest import Credentials
 from worker.config import Settings
-from worker.encoding import EmbeddingEncoder
 from worker.engine import Embedder
-from worker.messages import ImageRequest, S3Uri
+from worker.formats.encoding import EmbeddingEncoder
+from worker.formats.messages import ImageRequest, S3Uri
 
 N_MESSAGES = 60
 

@@ -14,9 +14,9 @@ import pytest
 from confluent_kafka import Consumer
 
 from worker.config import KafkaSettings, LogSettings, PipelineSettings, load_settings
-from worker.encoding import Source
 from worker.errors import ConfigError
-from worker.kafka_config import consumer_config
+from worker.formats.positions import KafkaPosition
+from worker.kafka.config import consumer_config
 from worker.logs import LIBRDKAFKA_LOGGER, configure_logging, record_context
 
 log = logging.getLogger("worker.test")
@@ -42,7 +42,7 @@ def configured() -> Iterator[Configure]:
 
 def test_json_lines_carry_time_level_logger_message_and_the_records_context(configured: Configure) -> None:
     stream = configured(format="json")
-    log.warning("fetch failed: %s", "SlowDown", extra=record_context(Source("images", 2, 41), "img-7"))
+    log.warning("fetch failed: %s", "SlowDown", extra=record_context(KafkaPosition("images", 2, 41), "img-7"))
     line = json.loads(stream.getvalue())
     assert {k: line[k] for k in ("level", "logger", "message")} == {
         "level": "WARNING", "logger": "worker.test", "message": "fetch failed: SlowDown"}
@@ -76,7 +76,7 @@ def test_the_level_setting_drops_less_severe_lines(configured: Configure) -> Non
 
 def test_a_text_line_ends_with_the_records_coordinates_and_id(configured: Configure) -> None:
     stream = configured()
-    log.info("dead-lettered", extra=record_context(Source("images", 0, 7), "a b"))
+    log.info("dead-lettered", extra=record_context(KafkaPosition("images", 0, 7), "a b"))
     expected = "INFO worker.test: dead-lettered [topic=images partition=0 offset=7 id=a b]"
     assert stream.getvalue().rstrip("\n").endswith(expected)
 
@@ -84,7 +84,7 @@ def test_a_text_line_ends_with_the_records_coordinates_and_id(configured: Config
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_input_text_that_utf8_cannot_hold_still_makes_a_writable_line(configured: Configure, log_format: str) -> None:
     stream = configured(format=log_format)
-    log.warning("bad id %s", "x\ud800y", extra=record_context(Source("images", 0, 1), "\udcff" * 5000))
+    log.warning("bad id %s", "x\ud800y", extra=record_context(KafkaPosition("images", 0, 1), "\udcff" * 5000))
     text = stream.getvalue()
     message = json.loads(text)["message"] if log_format == "json" else text
     message.encode("utf-8")  # raises if a lone surrogate got through

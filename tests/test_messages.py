@@ -3,7 +3,7 @@ import json
 import pytest
 
 from worker.errors import BadMessage
-from worker.messages import ImageRequest, S3Uri, decode_request, encode_request_avro, encode_request_json
+from worker.formats.messages import ImageRequest, S3Uri, decode_request, encode_request_avro, encode_request_json
 
 REQUEST = ImageRequest(id="img-1", uri=S3Uri("photos", "2026/a b/c.jpg"), metadata={"source": "cam-3"})
 

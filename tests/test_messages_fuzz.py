@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.errors import BadMessage, RetryableError
-from worker.messages import (
+from worker.formats.messages import (
     ImageRequest,
     InputFormat,
     S3Uri,

@@ -17,10 +17,11 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from worker import registry
-from worker.encoding import EmbeddingEncoder, Source, embedding_schema
 from worker.errors import RegistryUnavailable
-from worker.messages import ImageRequest, S3Uri, decode_request
+from worker.formats import registry
+from worker.formats.encoding import EmbeddingEncoder, embedding_schema
+from worker.formats.messages import ImageRequest, S3Uri, decode_request
+from worker.formats.positions import KafkaPosition
 from worker.schemas import load_schema
 
 REQUEST = ImageRequest(id="img-1", uri=S3Uri("photos", "a.jpg"), metadata={"k": "v"})
@@ -38,7 +39,7 @@ def test_outputs_are_confluent_framed_avro_with_the_registered_schema_id() -> No
         registry_serializer=registry.output_serializer(client, schema, auto_register=True),
     )
     vector = np.linspace(-1, 1, 512, dtype=np.float32)
-    value = encoder.encode(request=REQUEST, embedding=vector, source=Source("in", 2, 7), topic="embeddings")
+    value = encoder.encode(request=REQUEST, embedding=vector, position=KafkaPosition("in", 2, 7), topic="embeddings")
 
     magic, schema_id = struct.unpack(">bI", value[:5])
     registered = client.get_latest_version("embeddings-value")
@@ -73,4 +74,5 @@ def test_a_registry_that_cannot_be_reached_is_an_outage_not_the_records_fault() 
         registry_serializer=registry.output_serializer(client, embedding_schema(field), auto_register=True),
     )
     with pytest.raises(RegistryUnavailable):
-        encoder.encode(request=REQUEST, embedding=np.ones(4, np.float32), source=Source("images", 0, 1), topic="out")
+        encoder.encode(request=REQUEST, embedding=np.ones(4, np.float32), position=KafkaPosition("images", 0, 1),
+                       topic="out")

@@ -30,12 +30,13 @@ from harness.s3_server import S3Server
 from harness.workers import InProcessWorker, settings_env
 from tests.conftest import Credentials
 from worker.config import Settings
-from worker.encoding import Source
 from worker.engine import Embedder
 from worker.errors import SourceNotFound
-from worker.pipeline.deadletter import dead_letter_record
-from worker.pipeline.work import Work
-from worker.replay import ReplayOptions, instant, replay, restore
+from worker.formats.positions import KafkaPosition
+from worker.formats.records import PolledRecord
+from worker.images.work import Work
+from worker.stream.deadletter import dead_letter_record
+from worker.stream.replay import ReplayOptions, instant, replay, restore
 
 DEAD_LETTER_PREFIXES = ("__connect.errors.", "clip_worker.")
 CUT_HEADERS = ("clip_worker.value.truncated", "clip_worker.original.key.size", "clip_worker.original.headers.dropped")
@@ -75,8 +76,8 @@ plain_names = st.text(alphabet=st.characters(codec="utf-8"), max_size=30).filter
 def test_a_dead_letter_restores_to_the_record_it_was_made_from(
     key: bytes | None, value: bytes | None, headers: list[tuple[str, str | bytes | None]], timestamp: int | None
 ) -> None:
-    original = Work(source=Source("in", 1, 7), generation=1, key=key, value=value, headers=headers,
-                    timestamp_ms=timestamp)
+    original = Work(position=KafkaPosition("in", 1, 7),
+                polled=PolledRecord(generation=1, key=key, value=value, headers=headers, timestamp_ms=timestamp))
     record = dead_letter_record(original, SourceNotFound("gone"), stage="fetch", topic="dlq", max_bytes=100_000,
                                 worker_id="clip-worker-0")
     letter = restore(record.key, record.value, record.headers, record.timestamp_ms)

@@ -1,4 +1,4 @@
-"""The signed GET through libcurl (worker/s3_get.py) through S3Source, against a scripted S3 on a real socket.
+"""The signed GET through libcurl (worker/s3/get.py) through S3Source, against a scripted S3 on a real socket.
 
 The server below writes whatever bytes a test gives it: statuses, headers and bodies no well-behaved
 S3 would send, bodies cut short, a body a byte at a time. Whatever comes back, a fetch ends as bytes
@@ -34,8 +34,8 @@ from worker.errors import (
     SourceOutage,
     SourceTooLarge,
 )
-from worker.messages import S3Uri
-from worker.source import S3Source, make_s3_client
+from worker.formats.messages import S3Uri
+from worker.s3.source import S3Source, make_s3_client
 
 BUCKET = "scripted"
 

@@ -1,4 +1,4 @@
-"""The fetch threads' SigV4 (worker/s3_sign.py): botocore's signature for every GET, and a server that
+"""The fetch threads' SigV4 (worker/s3/sign.py): botocore's signature for every GET, and a server that
 checks signatures takes it.
 
 botocore's S3SigV4Auth is the definition: for any credentials (session tokens included), region,
@@ -29,9 +29,9 @@ from harness.s3_server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, fill_buc
 from harness.s3proxy import S3Proxy
 from worker.config import S3Settings
 from worker.errors import CredentialsUnavailable
-from worker.messages import S3Uri
-from worker.s3_sign import GetSigner, host_of
-from worker.source import S3Source
+from worker.formats.messages import S3Uri
+from worker.s3.sign import GetSigner, host_of
+from worker.s3.source import S3Source
 
 BUCKET = "signed"
 ODD_KEYS = ("plain.jpg", "odd/a b+c%d~e.jpg", "odd/ünï cödé/(1)!*'.jpg", "odd/x=y&z;@$,.jpg", "odd/?#[]{}^`|\\.jpg")

@@ -21,8 +21,8 @@ from worker.errors import (
     SourceTooLarge,
     SourceUnavailable,
 )
-from worker.messages import S3Uri
-from worker.source import Allowlist, S3Source, make_s3_client
+from worker.formats.messages import S3Uri
+from worker.s3.source import Allowlist, S3Source, make_s3_client
 
 
 def source_for(client: Any, **settings: Any) -> S3Source:

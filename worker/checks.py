@@ -30,9 +30,9 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from worker.config import KafkaSettings, ModelSettings, PipelineSettings, S3Settings, Settings, env_var
 from worker.engine import Embedder
 from worker.errors import ConfigError
-from worker.kafka_boundary import kafka_call
-from worker.kafka_config import admin_config
-from worker.source import Allowlist, make_s3_client
+from worker.kafka.boundary import kafka_call
+from worker.kafka.config import admin_config
+from worker.s3.source import Allowlist, make_s3_client
 from worker.text import safe_text
 
 CHECK_TIMEOUT_SECONDS = 5.0

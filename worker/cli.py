@@ -5,7 +5,7 @@
     clip-worker embed SOURCE...      embed files, folders, manifests or s3:// prefixes (worker/batch/commands.py)
     clip-worker enqueue SOURCE...    produce an s3:// prefix or a manifest into the input topic
     clip-worker replay [--stage S] [--exception CLASS] [--since T] [--until T] [--to TOPIC] [--dry-run]
-                                     dead letters back to the input, once their cause is fixed (worker/replay.py)
+                                     dead letters back to the input, once their cause is fixed (worker/stream/replay.py)
 
 Exit codes: 0 after a clean shutdown (or all checks passed), 1 on a fatal error (or a failed
 check), 2 on an invalid setting.
@@ -24,16 +24,17 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from worker import __version__, replay
+from worker import __version__
 from worker.batch import commands as batch_commands
 from worker.config import Settings, load_settings
 from worker.errors import ClientWedged, ConfigError, FatalError
 from worker.health import HealthServer
 from worker.logs import configure_logging
 from worker.metrics import Metrics
+from worker.stream import replay
 
 if TYPE_CHECKING:
-    from worker.pipeline.runtime import Runtime
+    from worker.stream.loop import Runtime
 
 log = logging.getLogger("worker")
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(settings: Settings) -> int:
     """Serve health first (the model load can take minutes), then load, wire and run."""
     from worker.engine import Embedder, frozen_heap, share_cores
-    from worker.pipeline.build import build_runtime
+    from worker.stream.build import build_runtime
 
     metrics = Metrics()
     runtime: Runtime | None = None

@@ -7,10 +7,10 @@ it); every module then logs through ``logging.getLogger(__name__)`` as usual. Se
 A line about one input record says which record, so that it can be found again: pass
 ``record_context`` as ``extra``::
 
-    log.warning("fetch failed: %s", error, extra=record_context(work.source, request.id))
+    log.warning("record failed: %s", error, extra=record_context(work.position, request.id))
 
-``source`` is anything with ``.topic``, ``.partition`` and ``.offset`` (worker.encoding.Source);
-the id is optional. JSON lines then carry ``topic``, ``partition``, ``offset`` and ``id`` fields;
+The position is anything with ``coordinates()`` (worker/formats/positions.py); the id is optional.
+JSON lines then carry ``topic``, ``partition``, ``offset`` and ``id`` fields;
 text lines end with ``[topic=... partition=... offset=... id=...]``.
 
 Every line can be written whatever the input held: the message, the id and any traceback go
@@ -42,15 +42,10 @@ _MESSAGE_LIMIT = 10_000
 _TRACEBACK_LIMIT = 50_000
 
 
-class RecordSource(Protocol):
-    """Where an input record came from (worker.encoding.Source is one)."""
+class RecordPosition(Protocol):
+    """Where an input came from (worker.formats.positions: a Kafka position or a batch one)."""
 
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
+    def coordinates(self) -> tuple[str, int, int]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +64,11 @@ class RecordContext:
         return fields
 
 
-def record_context(source: RecordSource, record_id: object = None) -> dict[str, RecordContext]:
+def record_context(position: RecordPosition, record_id: object = None) -> dict[str, RecordContext]:
     """``extra=`` for a log call about one record; the id (input text) is made safe here."""
     safe_id = None if record_id is None else safe_text(record_id, limit=200)
-    return {_CONTEXT_KEY: RecordContext(safe_text(source.topic), source.partition, source.offset, safe_id)}
+    topic, partition, offset = position.coordinates()
+    return {_CONTEXT_KEY: RecordContext(safe_text(topic), partition, offset, safe_id)}
 
 
 def configure_logging(settings: LogSettings, *, stream: IO[str] | None = None) -> logging.Handler:

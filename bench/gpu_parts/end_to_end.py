@@ -35,7 +35,7 @@ from bench.gpu_parts.standins import BUCKET, LOG, GpuSampler, mock_kafka, s3_ser
 from harness.kafka_io import produce_requests
 from harness.workers import settings_env
 from worker.config import Settings
-from worker.messages import ImageRequest, S3Uri
+from worker.formats.messages import ImageRequest, S3Uri
 
 ROOT = Path(__file__).resolve().parents[2]
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",

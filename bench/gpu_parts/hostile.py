@@ -1,7 +1,7 @@
 """Part of "decode": what the device's JPEG decoder does with hostile JPEGs, the ones the worker hands it.
 
 Why: nvJPEG runs inside the worker's CUDA context, where a crash cannot be contained. The device
-journal (worker/pipeline/device_journal.py) turns such a crash into one restart. Whether hostile JPEGs
+journal (worker/images/device/journal.py) turns such a crash into one restart. Whether hostile JPEGs
 crash nvJPEG on this driver and torchvision at all decides whether decode=auto can be the default.
 Failures known from elsewhere: a SIGSEGV in its Exif parser (NVIDIA/CUDALibrarySamples#116), and an
 illegal address that poisons the context for every later call (NVIDIA/nvImageCodec#25).

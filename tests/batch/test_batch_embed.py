@@ -29,9 +29,9 @@ from worker.batch.formats import FormatName
 from worker.batch.inputs import InputSource
 from worker.batch.progress import Tally
 from worker.config import Settings
-from worker.encoding import embedding_schema
 from worker.engine import Embedder
 from worker.errors import FatalError
+from worker.formats.encoding import embedding_schema
 
 Row = dict[str, Any]
 

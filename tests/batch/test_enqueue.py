@@ -23,9 +23,9 @@ from tests.pipeline.conftest import ids_of
 from worker.batch.commands import EmbedOptions, embed, enqueue_command
 from worker.batch.inputs import InputSource
 from worker.config import Settings
-from worker.encoding import EmbeddingEncoder
 from worker.engine import Embedder
-from worker.messages import ImageRequest, S3Uri, decode_request
+from worker.formats.encoding import EmbeddingEncoder
+from worker.formats.messages import ImageRequest, S3Uri, decode_request
 
 
 def enqueue(settings: Settings, *sources: str, dry_run: bool = False) -> int:

@@ -11,8 +11,8 @@ import pytest
 from worker.batch.inputs import BatchInput, InputError, InputSource, read_inputs
 from worker.config import S3Settings
 from worker.errors import BadMessage, ConfigError, FatalError
-from worker.messages import S3Uri
-from worker.source import S3Source
+from worker.formats.messages import S3Uri
+from worker.s3.source import S3Source
 
 NO_S3 = S3Source(client=None, settings=S3Settings())
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from worker.batch.manifest import MAX_LINE_BYTES, ManifestEntry, parse_line, read_manifest
 from worker.errors import BadMessage
-from worker.messages import S3Uri
+from worker.formats.messages import S3Uri
 
 FOLDER = Path("/data/manifests")
 

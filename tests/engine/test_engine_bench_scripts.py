@@ -165,14 +165,14 @@ def test_the_loop_probe_counts_the_loops_steps_where_asked_and_cpu_bench_tabulat
     anywhere else."""
     from bench.cpu_bench import LOOP_PROBE, RunFigures, _loop_rows, loop_steps
 
-    script = ("from worker.pipeline.runtime import Runtime\nfrom worker.pipeline.wake import Wake\n"
+    script = ("from worker.stream.loop import Runtime\nfrom worker.images.wake import Wake\n"
               "wake = Wake()\nwake.signal()\nwake.wait(1.0)\nwake.close()\n"
               "try:\n    Runtime.step(None)\nexcept AttributeError:\n    pass\nimport gc\ngc.collect()\n")
     probe = {"PYTHONPATH": str(LOOP_PROBE)}
     written, unasked = tmp_path / "loop.json", tmp_path / "unasked.json"
     subprocess.run([sys.executable, "-c", script], cwd=ROOT,
                    env=os.environ | probe | {"CLIP_LOOP_PROFILE": str(written)}, check=True, timeout=120)
-    subprocess.run([sys.executable, "-c", "import worker.pipeline.wake"], cwd=ROOT,
+    subprocess.run([sys.executable, "-c", "import worker.images.wake"], cwd=ROOT,
                    env=os.environ | probe | {"CLIP_LOOP_PROFILE": str(unasked)}, check=True, timeout=120)
     assert not unasked.exists(), "a process that never ran the loop writes nothing"
     steps = loop_steps(written, records=2)

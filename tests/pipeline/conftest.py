@@ -16,10 +16,10 @@ from harness.models import tiny_model_settings
 from harness.s3_server import S3Server
 from tests.conftest import Credentials
 from worker.config import Settings
-from worker.encoding import Source
 from worker.engine import Embedder, EmbedResult, PreparedImage
-from worker.messages import ImageRequest, S3Uri
-from worker.pipeline.work import Work
+from worker.formats.messages import ImageRequest, S3Uri
+from worker.formats.positions import KafkaPosition
+from worker.images.work import Work
 
 # The tiny model in fast mode, in batches of 8, on two preprocessing threads: the streaming tests'
 # worker settings (model=FAST_TINY) and the `embedder` fixture are built from this one dict, so they agree.
@@ -99,7 +99,7 @@ class SlowDevice:
 
 def bare_work(offset: int) -> Work:
     """A record at `offset` of partition 0 of "t", with no message: for stages that never read one."""
-    return Work(source=Source("t", 0, offset), generation=0, key=None, value=None, headers=[], timestamp_ms=None)
+    return Work(position=KafkaPosition("t", 0, offset))
 
 
 class Sink:

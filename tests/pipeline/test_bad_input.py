@@ -34,9 +34,9 @@ from tests.conftest import Credentials
 from tests.pipeline.conftest import FAST_TINY
 from worker import __version__
 from worker.config import Settings
-from worker.encoding import EmbeddingEncoder
 from worker.engine import Embedder
 from worker.errors import FatalError
+from worker.formats.encoding import EmbeddingEncoder
 
 MAX_ATTEMPTS = 4
 FIELD = "image_clip_emb_tiny_vit"
@@ -162,7 +162,7 @@ class Bad:
     attempts: int | None  # None: not pinned here (see test_the_fetch_attempts_header_counts_the_requests_made)
     reason: str  # a part of __connect.errors.exception.message
     # Out of attempts with no success seen before the last one began, an object gets one more once S3
-    # serves the last good object (worker/source.py): whether it does depends on the other fetches' timing.
+    # serves the last good object (worker/s3/source.py): whether it does depends on the other fetches' timing.
     or_one_more: bool = False
 
 
@@ -352,7 +352,7 @@ def test_the_fetch_attempts_header_counts_the_requests_made(
     assert set(letters) == {b"revoked", b"foreign"}
     assert letters[b"revoked"]["__connect.errors.exception.class.name"] == b"SourceAccessDenied"
     assert proxy.faults_served == 2, "one SlowDown, then one 403 (not retried)"
-    # KNOWN WORKER BUG (worker/pipeline/stages.py, fetch_step): a permanent SourceError after one or more
+    # KNOWN WORKER BUG (worker/images/stages.py, fetch_step): a permanent SourceError after one or more
     # transient ones is reported as attempts=max(0, 1)=1, losing the retries; see the report.
     assert letters[b"revoked"]["clip_worker.fetch.attempts"] == b"2", "a SlowDown then a 403 is 2 requests made"
     # Same root cause: the allowlist refuses before any request, yet clip_worker.fetch.attempts says 1.

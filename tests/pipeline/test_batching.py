@@ -1,10 +1,10 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.encoding import Source
-from worker.pipeline.batching import Batcher
-from worker.pipeline.runtime import busy_wait
-from worker.pipeline.work import Work
+from worker.formats.positions import KafkaPosition
+from worker.images.batching import Batcher
+from worker.images.work import Work
+from worker.stream.loop import busy_wait
 
 
 class Clock:
@@ -28,7 +28,7 @@ class Device:
 
 
 def work(offset: int) -> Work:
-    return Work(source=Source("t", 0, offset), generation=1, key=None, value=None, headers=[], timestamp_ms=None)
+    return Work(position=KafkaPosition("t", 0, offset))
 
 
 def test_a_full_batch_goes_at_once() -> None:
@@ -52,7 +52,7 @@ def test_a_partial_batch_waits_until_its_oldest_image_is_due() -> None:
     assert batcher.seconds_to_deadline() == 0.25
     clock.now += 0.25
     batcher.poll()
-    assert [[w.source.offset for w in b] for b in device.batches] == [[0, 1]]
+    assert [[w.position.offset for w in b] for b in device.batches] == [[0, 1]]
     assert batcher.seconds_to_deadline() is None
 
 
@@ -66,7 +66,7 @@ def test_images_queue_while_the_device_is_full_and_leave_in_full_batches() -> No
     device.room = 10
     batcher.poll()
     assert [len(b) for b in device.batches] == [3, 3, 1]
-    assert [w.source.offset for b in device.batches for w in b] == list(range(7))
+    assert [w.position.offset for b in device.batches for w in b] == list(range(7))
 
 
 def test_flush_sends_a_partial_batch_without_waiting() -> None:

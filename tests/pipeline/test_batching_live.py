@@ -22,9 +22,9 @@ from harness.models import TINY_MODEL_NAME
 from harness.workers import InProcessWorker
 from tests.pipeline.conftest import SlowDevice, requests_for
 from worker.config import Settings
-from worker.encoding import EmbeddingEncoder
 from worker.engine import Embedder
-from worker.messages import encode_request_json
+from worker.formats.encoding import EmbeddingEncoder
+from worker.formats.messages import encode_request_json
 
 FIELD = "image_clip_emb_tiny_vit"
 

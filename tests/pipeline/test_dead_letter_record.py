@@ -8,11 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker import __version__
-from worker.encoding import Source
 from worker.errors import BadMessage, UnexpectedError
-from worker.pipeline.deadletter import dead_letter_record
-from worker.pipeline.produce import OutRecord
-from worker.pipeline.work import Work
+from worker.formats.positions import KafkaPosition
+from worker.formats.records import PolledRecord
+from worker.images.work import Work
+from worker.stream.deadletter import dead_letter_record
+from worker.stream.produce import OutRecord
 
 MAX_BYTES = 20_000
 STACKTRACE = "__connect.errors.exception.stacktrace"
@@ -23,8 +24,9 @@ headers = st.lists(st.tuples(any_text, header_values), max_size=50)
 
 
 def work(key: bytes | None, value: bytes | None, header_list: list[tuple[str, str | bytes | None]]) -> Work:
-    return Work(source=Source("in", 3, 42), generation=1, key=key, value=value, headers=header_list,
-                timestamp_ms=1_700_000_000_000)
+    return Work(position=KafkaPosition("in", 3, 42),
+                polled=PolledRecord(generation=1, key=key, value=value, headers=header_list,
+                                    timestamp_ms=1_700_000_000_000))
 
 
 def letter(original: Work, error: Exception, *, stage: str = "decode-message", minimal: bool = False) -> OutRecord:

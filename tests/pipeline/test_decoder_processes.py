@@ -23,23 +23,23 @@ from harness.s3_server import S3Server
 from tests.conftest import Credentials
 from tests.pipeline.conftest import Sink
 from worker.config import LogSettings, S3Settings
-from worker.encoding import Source
 from worker.engine import Embedder
 from worker.errors import DecoderCrashed, FatalError, RecordTimeout, SourceNotFound, UnexpectedError
-from worker.messages import ImageRequest, S3Uri
+from worker.formats.messages import ImageRequest, S3Uri
+from worker.formats.positions import KafkaPosition
+from worker.images.budget import InFlightBytes
+from worker.images.processes import decoders
+from worker.images.processes.decoders import DecoderSpec
+from worker.images.processes.slots import SharedSlots, SlotLayout
+from worker.images.processes.stage import DecoderStage
+from worker.images.work import Work
 from worker.metrics import Metrics
-from worker.pipeline import decoders
-from worker.pipeline.decoder_stage import DecoderStage
-from worker.pipeline.decoders import DecoderSpec
-from worker.pipeline.memory import InFlightBytes
-from worker.pipeline.slots import SharedSlots, SlotLayout
-from worker.pipeline.work import Work
 
 MiB = 1024 * 1024
 
 
 def work_for(bucket: str, key: str, number: int) -> Work:
-    work = Work(source=Source("in", 0, number), generation=1, key=None, value=None, headers=[], timestamp_ms=None)
+    work = Work(position=KafkaPosition("in", 0, number))
     work.request = ImageRequest(id=key, uri=S3Uri(bucket, key))
     return work
 
@@ -173,9 +173,9 @@ def test_a_record_that_kills_two_decoders_fails_as_decoder_crashed_and_the_rest_
     stage, _slots, sink = make_stage(s3_bucket, target=serve_with_faults, slots=16)
     submit_fault_then_photos(stage, s3_bucket, "crash.jpg", name, photos=8)
     run_until(stage, sink, 9)
-    assert [(type(e), w.source.offset, s) for w, e, s in sink.failed] == [(DecoderCrashed, 0, "preprocess")]
+    assert [(type(e), w.position.offset, s) for w, e, s in sink.failed] == [(DecoderCrashed, 0, "preprocess")]
     assert "died 2 times" in str(sink.failed[0][1])
-    assert sorted(w.source.offset for w in sink.done) == list(range(1, 9))
+    assert sorted(w.position.offset for w in sink.done) == list(range(1, 9))
     stage.submit(work_for(s3_bucket, name, 9))  # the replacements work
     run_until(stage, sink, 10)
     assert len(sink.done) == 9
@@ -190,9 +190,9 @@ def test_a_record_stuck_in_a_decoder_times_out_and_its_decoder_is_replaced(
     submit_fault_then_photos(stage, s3_bucket, "hang.jpg", name, photos=4)
     started = time.monotonic()
     run_until(stage, sink, 5)
-    assert [(type(e), w.source.offset) for w, e, _ in sink.failed] == [(RecordTimeout, 0)]
+    assert [(type(e), w.position.offset) for w, e, _ in sink.failed] == [(RecordTimeout, 0)]
     assert time.monotonic() - started < 15
-    assert sorted(w.source.offset for w in sink.done) == [1, 2, 3, 4]
+    assert sorted(w.position.offset for w in sink.done) == [1, 2, 3, 4]
 
 
 def test_decoders_that_keep_dying_before_finishing_anything_stop_the_worker(

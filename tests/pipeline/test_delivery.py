@@ -24,7 +24,7 @@ from harness.s3_server import S3Server
 from harness.workers import WorkerProcess, settings_env
 from tests.pipeline.conftest import ids_of, requests_for
 from worker.config import Settings
-from worker.encoding import EmbeddingEncoder
+from worker.formats.encoding import EmbeddingEncoder
 
 N_KILL = 1500  # above three kill points of up to 450 fresh outputs each
 

@@ -23,7 +23,7 @@ from harness.s3_server import S3Server
 from harness.workers import WorkerProcess, settings_env
 from tests.pipeline.conftest import FAST_TINY, ids_of, requests_for
 from worker.config import Settings
-from worker.messages import ImageRequest, S3Uri
+from worker.formats.messages import ImageRequest, S3Uri
 
 MARK = "crash-the-device-decoder"
 CRASHER = Path(__file__).resolve().parents[2] / "harness" / "nvjpeg_crash"

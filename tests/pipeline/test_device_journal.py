@@ -1,4 +1,4 @@
-"""The device journal (worker/pipeline/device_journal.py): the records on the device when a worker dies
+"""The device journal (worker/images/device/journal.py): the records on the device when a worker dies
 are the next worker's suspects, wherever in a shared directory its slot was, and whatever the file holds."""
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ from hypothesis import strategies as st
 from harness.models import tiny_model_settings
 from tests.pipeline.conftest import Sink
 from worker.config import Settings
-from worker.encoding import Source
 from worker.engine.gpu_decode import JpegHeader
 from worker.errors import ConfigError
+from worker.formats.positions import KafkaPosition
+from worker.images.device import journal as device_journal
+from worker.images.device.journal import DeviceJournal
+from worker.images.path import DecodeRouter
+from worker.images.path import device_journal as open_device_journal
+from worker.images.work import Work
 from worker.metrics import Metrics
-from worker.pipeline import device_journal
-from worker.pipeline.device_journal import DeviceJournal
-from worker.pipeline.image_stages import DecodeRouter
-from worker.pipeline.image_stages import device_journal as open_device_journal
-from worker.pipeline.work import Work
 
-sources = st.builds(Source, topic=st.text(max_size=40), partition=st.integers(-(2**31), 2**31 - 1),
+sources = st.builds(KafkaPosition, topic=st.text(max_size=40), partition=st.integers(-(2**31), 2**31 - 1),
                     offset=st.integers(-(2**63), 2**63 - 1))
 
 
@@ -36,27 +36,27 @@ def test_a_batch_held_when_its_worker_stops_is_the_next_workers_suspect_and_a_re
 ) -> None:
     first = DeviceJournal.open(tmp_path)
     assert first.suspects == frozenset()
-    first.hold([Source("in", 0, 1), Source("in", 1, 7)])
+    first.hold([KafkaPosition("in", 0, 1), KafkaPosition("in", 1, 7)])
     first.release()
-    first.hold([Source("in", 2, 9)])
+    first.hold([KafkaPosition("in", 2, 9)])
     first.close()  # stopped with the second batch on the device
     second = DeviceJournal.open(tmp_path)
-    assert second.suspects == {Source("in", 2, 9)}
-    assert second.is_suspect(Source("in", 2, 9)) and not second.is_suspect(Source("in", 0, 1))
+    assert second.suspects == {KafkaPosition("in", 2, 9)}
+    assert second.is_suspect(KafkaPosition("in", 2, 9)) and not second.is_suspect(KafkaPosition("in", 0, 1))
     second.close()
 
 
 def test_suspects_are_written_again_with_every_batch_so_a_second_crash_does_not_forget_them(tmp_path: Path) -> None:
     first = DeviceJournal.open(tmp_path)
-    first.hold([Source("in", 0, 1)])
+    first.hold([KafkaPosition("in", 0, 1)])
     first.close()
     second = DeviceJournal.open(tmp_path)
-    second.hold([Source("in", 0, 2)])
+    second.hold([KafkaPosition("in", 0, 2)])
     second.release()
-    second.hold([Source("in", 0, 3)])
+    second.hold([KafkaPosition("in", 0, 3)])
     second.close()  # crashed again, on another batch, before the first suspect came back
     third = DeviceJournal.open(tmp_path)
-    assert third.suspects == {Source("in", 0, 1), Source("in", 0, 3)}
+    assert third.suspects == {KafkaPosition("in", 0, 1), KafkaPosition("in", 0, 3)}
     third.release()
     third.close()
 
@@ -64,10 +64,10 @@ def test_suspects_are_written_again_with_every_batch_so_a_second_crash_does_not_
 def test_only_the_newest_suspects_are_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(device_journal, "KEEP", 3)
     first = DeviceJournal.open(tmp_path)
-    first.hold([Source("in", 0, n) for n in range(5)])
+    first.hold([KafkaPosition("in", 0, n) for n in range(5)])
     first.close()
     second = DeviceJournal.open(tmp_path)
-    assert second.suspects == {Source("in", 0, n) for n in (2, 3, 4)}
+    assert second.suspects == {KafkaPosition("in", 0, n) for n in (2, 3, 4)}
     second.close()
 
 
@@ -76,11 +76,11 @@ def test_live_workers_sharing_a_directory_claim_their_own_slots_and_a_restart_re
 ) -> None:
     a, b = DeviceJournal.open(tmp_path), DeviceJournal.open(tmp_path)
     assert a.path != b.path
-    a.hold([Source("in", 0, 1)])
-    b.hold([Source("in", 1, 1)])
+    a.hold([KafkaPosition("in", 0, 1)])
+    b.hold([KafkaPosition("in", 1, 1)])
     a.close()  # a crashes; b lives on, its batch in its own slot
     restarted = DeviceJournal.open(tmp_path)
-    assert restarted.suspects == {Source("in", 0, 1)}
+    assert restarted.suspects == {KafkaPosition("in", 0, 1)}
     b.close()
     restarted.close()
 
@@ -89,28 +89,28 @@ def test_a_worker_killed_while_holding_a_batch_leaves_it_to_the_next(tmp_path: P
     script = textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
-        from worker.encoding import Source
-        from worker.pipeline.device_journal import DeviceJournal
-        DeviceJournal.open(Path({str(tmp_path)!r})).hold([Source("in", 4, 44)])
+        from worker.formats.positions import KafkaPosition
+        from worker.images.device.journal import DeviceJournal
+        DeviceJournal.open(Path({str(tmp_path)!r})).hold([KafkaPosition("in", 4, 44)])
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     assert subprocess.run([sys.executable, "-c", script], timeout=60).returncode == -9
     journal = DeviceJournal.open(tmp_path)
-    assert journal.suspects == {Source("in", 4, 44)}
+    assert journal.suspects == {KafkaPosition("in", 4, 44)}
     assert journal.path.name == "slot-0.journal"  # the dead worker's lock went with it
     journal.close()
 
 
 def test_a_closed_journal_writes_nothing_even_where_its_descriptor_number_is_reused(tmp_path: Path) -> None:
     journal = DeviceJournal.open(tmp_path)
-    journal.hold([Source("in", 0, 1)])
+    journal.hold([KafkaPosition("in", 0, 1)])
     journal.close()
     other = tmp_path / "other"
     other.write_bytes(b"someone else's")
     fd = os.open(other, os.O_RDWR)  # most likely the journal's old number
     try:
         journal.release()
-        journal.hold([Source("in", 0, 2)])
+        journal.hold([KafkaPosition("in", 0, 2)])
     finally:
         os.close(fd)
     assert other.read_bytes() == b"someone else's"
@@ -119,7 +119,7 @@ def test_a_closed_journal_writes_nothing_even_where_its_descriptor_number_is_reu
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batches=st.lists(st.lists(sources, max_size=6), min_size=1, max_size=4))
 def test_any_sources_held_come_back_as_they_were(tmp_path_factory: pytest.TempPathFactory,
-                                                 batches: list[list[Source]]) -> None:
+                                                 batches: list[list[KafkaPosition]]) -> None:
     directory = tmp_path_factory.mktemp("journal")
     journal = DeviceJournal.open(directory)
     for batch in batches:
@@ -143,21 +143,21 @@ def test_whatever_a_slot_file_holds_a_worker_starts_and_keeps_only_what_parses_a
     directory = tmp_path_factory.mktemp("journal")
     (directory / "slot-0.journal").write_bytes(garbage)
     journal = DeviceJournal.open(directory)
-    assert journal.suspects <= {Source("t", 1, 2)}
+    assert journal.suspects <= {KafkaPosition("t", 1, 2)}
     if b'\n["t",1,2]\n' in b"\n" + garbage + b"\n":
-        assert journal.suspects == {Source("t", 1, 2)}
+        assert journal.suspects == {KafkaPosition("t", 1, 2)}
     journal.close()
 
 
 def _work(offset: int, *, jpeg: bool) -> Work:
-    work = Work(source=Source("in", 0, offset), generation=0, key=None, value=None, headers=[], timestamp_ms=None)
+    work = Work(position=KafkaPosition("in", 0, offset))
     work.jpeg = JpegHeader(64, 48, 3) if jpeg else None
     return work
 
 
 def test_the_router_sends_a_suspect_jpeg_to_the_cpu_and_counts_it(tmp_path: Path) -> None:
     first = DeviceJournal.open(tmp_path)
-    first.hold([Source("in", 0, 1)])
+    first.hold([KafkaPosition("in", 0, 1)])
     first.close()
     journal, metrics, device, cpu = DeviceJournal.open(tmp_path), Metrics(), Sink(), Sink()
     router = DecodeRouter(device=device, cpu=cpu, journal=journal, metrics=metrics)

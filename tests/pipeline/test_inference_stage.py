@@ -10,15 +10,15 @@ import numpy as np
 from PIL import Image
 
 from tests.pipeline.conftest import Sink
-from worker.encoding import Source
 from worker.engine import Embedder, PreparedBatch, PreparedImage
 from worker.engine.gpu_decode import JpegHeader
 from worker.errors import DeviceFailed, TruncatedImage
+from worker.formats.positions import KafkaPosition
+from worker.images.device.journal import DeviceJournal
+from worker.images.inference import InferenceStage
+from worker.images.wake import Wake
+from worker.images.work import Work
 from worker.metrics import Metrics
-from worker.pipeline.device_journal import DeviceJournal
-from worker.pipeline.inference import InferenceStage
-from worker.pipeline.wake import Wake
-from worker.pipeline.work import Work
 
 
 def test_embedded_records_reach_the_next_step_without_their_pixels_released_off_the_main_thread(
@@ -36,7 +36,7 @@ def test_embedded_records_reach_the_next_step_without_their_pixels_released_off_
 
     batch = []
     for n, (_, data) in enumerate(small_photos[:4]):
-        work = Noted(source=Source("t", 0, n), generation=0, key=None, value=None, headers=[], timestamp_ms=None)
+        work = Noted(position=KafkaPosition("t", 0, n))
         work.prepared = embedder.prepare(data)
         batch.append(work)
     released_on.clear()  # the constructor's own None
@@ -61,7 +61,7 @@ def test_records_that_come_as_bytes_are_decoded_on_the_device_thread_and_one_no_
 ) -> None:
     gpu = Embedder(settings=embedder.settings.model_copy(update={"decode": "gpu"}), tower=embedder.tower)
     photos = [data for _, data in small_photos[:3]]
-    batch = [Work(source=Source("t", 0, n), generation=0, key=None, value=None, headers=[], timestamp_ms=None)
+    batch = [Work(position=KafkaPosition("t", 0, n))
              for n in range(4)]
     batch[0].prepared = embedder.prepare(photos[0])  # from the preprocess threads
     for work, data, whole in zip(batch[1:], (photos[1], photos[2][:-300], photos[2]), (1, 2, 2), strict=True):
@@ -100,7 +100,7 @@ def test_a_batch_that_fails_on_the_device_stays_in_the_journal_for_the_next_work
     embedder: Embedder, small_photos: list[tuple[str, bytes]], tmp_path: Path,
 ) -> None:
     gpu = Embedder(settings=embedder.settings.model_copy(update={"decode": "gpu"}), tower=embedder.tower)
-    batch = [Work(source=Source("t", 3, n), generation=0, key=None, value=None, headers=[], timestamp_ms=None)
+    batch = [Work(position=KafkaPosition("t", 3, n))
              for n in range(2)]
     for work, (_, data) in zip(batch, small_photos, strict=False):
         work.data, work.jpeg = data, gpu.device_header(data)
@@ -118,4 +118,4 @@ def test_a_batch_that_fails_on_the_device_stays_in_the_journal_for_the_next_work
     wake.close()
     [(_, error, _)] = sink.failed  # the worker stops on it
     assert isinstance(error, DeviceFailed)
-    assert DeviceJournal.open(tmp_path).suspects == {Source("t", 3, 0), Source("t", 3, 1)}
+    assert DeviceJournal.open(tmp_path).suspects == {KafkaPosition("t", 3, 0), KafkaPosition("t", 3, 1)}

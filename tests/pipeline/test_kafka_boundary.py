@@ -16,13 +16,13 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from worker.errors import ClientFatal, ClientWedged, FatalError, KafkaUnavailable, OutputTooLarge, TransactionAborted
-from worker.kafka_boundary import kafka_call, translate
+from worker.kafka.boundary import kafka_call, translate
 from worker.metrics import Metrics
-from worker.pipeline.offsets import OffsetTracker
-from worker.pipeline.outage import OutageGate
-from worker.pipeline.produce import AckedEmitter, Outbox
-from worker.pipeline.rebalance import Rebalancer
-from worker.pipeline.transactions import TransactionalCommitter
+from worker.stream.delivery.transactional import TransactionalCommitter
+from worker.stream.offsets import OffsetTracker
+from worker.stream.outage import OutageGate
+from worker.stream.produce import AckedEmitter, Outbox
+from worker.stream.rebalance import Rebalancer
 
 TP = ("in", 0)
 

@@ -3,9 +3,9 @@
 import time
 
 from tests.pipeline.conftest import Sink, bare_work
-from worker.pipeline.memory import InFlightBytes
-from worker.pipeline.stages import ThreadStage
-from worker.pipeline.work import Work
+from worker.images.budget import InFlightBytes
+from worker.images.stages import ThreadStage
+from worker.images.work import Work
 
 
 class Frozen:

@@ -30,8 +30,8 @@ from harness.s3_server import S3Server
 from harness.workers import InProcessWorker
 from worker import __version__
 from worker.config import Settings
-from worker.encoding import EmbeddingEncoder
 from worker.engine import Embedder
+from worker.formats.encoding import EmbeddingEncoder
 from worker.metrics import Metrics
 
 RECORDS = 6

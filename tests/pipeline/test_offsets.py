@@ -1,7 +1,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.pipeline.offsets import OffsetTracker
+from worker.stream.offsets import OffsetTracker
 
 TP = ("images", 0)
 

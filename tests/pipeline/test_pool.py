@@ -4,7 +4,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from worker.pipeline.pool import WorkPool
+from worker.images.pool import WorkPool
 
 R = TypeVar("R")
 

@@ -23,8 +23,8 @@ from worker.config import Settings
 from worker.engine import Embedder
 from worker.errors import ClientWedged
 from worker.metrics import Metrics
-from worker.pipeline import runtime as runtime_module
-from worker.pipeline.build import build_runtime
+from worker.stream import loop as runtime_module
+from worker.stream.build import build_runtime
 
 MODEL: dict[str, Any] = {"preprocess_mode": "fast", "inference_batch_size": 64, "preprocess_workers": 2}
 

@@ -5,10 +5,10 @@ import threading
 import time
 
 from tests.pipeline.conftest import Sink, bare_work
-from worker.pipeline.memory import InFlightBytes
-from worker.pipeline.stages import ThreadStage
-from worker.pipeline.wake import Wake
-from worker.pipeline.work import Work
+from worker.images.budget import InFlightBytes
+from worker.images.stages import ThreadStage
+from worker.images.wake import Wake
+from worker.images.work import Work
 
 
 def test_a_wait_ends_on_a_signal_sent_before_or_during_it_and_otherwise_on_its_timeout() -> None:
@@ -57,7 +57,7 @@ def test_a_fetch_thread_gets_a_record_queued_behind_its_running_one_and_wakes_th
     budget = InFlightBytes(limit=1 << 30)
 
     def fetched(work: Work) -> None:
-        gates[work.source.offset].wait(10)
+        gates[work.position.offset].wait(10)
 
     fetch = ThreadStage(name="fetch", workers=1, step=fetched, next_step=sink, failures=sink, timeout=60,
                         budget=budget, reserve_bytes=1, wake=wake)
@@ -69,11 +69,11 @@ def test_a_fetch_thread_gets_a_record_queued_behind_its_running_one_and_wakes_th
     gates[0].set()
     assert took(wake, 5) < 2, "a record done while another waits here: the loop is woken to queue it"
     fetch.poll()  # hands on the first, queues the third behind the second
-    assert [work.source.offset for work in sink.done] == [0]
+    assert [work.position.offset for work in sink.done] == [0]
     gates[1].set()
     gates[2].set()
     assert took(wake, 0.3) > 0.25, "they finish with nothing waiting here: no wake, the busy poll will do"
     fetch.poll()
     fetch.close(time.monotonic() + 5)
     wake.close()
-    assert ([work.source.offset for work in sink.done], sink.failed) == ([0, 1, 2], [])
+    assert ([work.position.offset for work in sink.done], sink.failed) == ([0, 1, 2], [])

@@ -24,9 +24,9 @@ from worker.batch.inputs import InputSource, read_inputs
 from worker.batch.progress import Progress, Tally
 from worker.batch.sinks import PartSink, RowSink, StdoutSink
 from worker.config import Settings
-from worker.encoding import embedding_schema
 from worker.errors import ConfigError
-from worker.source import S3Source, make_s3_client
+from worker.formats.encoding import embedding_schema
+from worker.s3.source import S3Source, make_s3_client
 
 if TYPE_CHECKING:
     from worker.engine import Embedder

@@ -18,9 +18,9 @@ from confluent_kafka import KafkaError, Message, Producer
 from worker.batch.inputs import BatchInput, InputError
 from worker.config import KafkaSettings
 from worker.errors import FatalError, WorkerError
-from worker.kafka_boundary import kafka_call, translate
-from worker.kafka_config import tool_producer_config
-from worker.messages import ImageRequest, S3Uri, encode_request_json
+from worker.formats.messages import ImageRequest, S3Uri, encode_request_json
+from worker.kafka.boundary import kafka_call, translate
+from worker.kafka.config import tool_producer_config
 from worker.text import safe_text
 
 _FLUSH_SECONDS = 60.0

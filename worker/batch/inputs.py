@@ -27,8 +27,8 @@ from typing import Literal
 
 from worker.batch.manifest import read_manifest
 from worker.errors import BadMessage, ConfigError, FatalError, Outage, RecordError, SourceError
-from worker.messages import S3Uri, parse_s3_prefix
-from worker.source import S3Source
+from worker.formats.messages import S3Uri, parse_s3_prefix
+from worker.s3.source import S3Source
 from worker.text import safe_text
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif"})

@@ -1,6 +1,6 @@
 """Reading image bytes from local files: the fetch step of a local input, next to the S3 one (stages.py).
 
-The local twin of worker/source.py: the same byte limit (s3.max_object_bytes, so that the in-flight
+The local twin of worker/s3/source.py: the same byte limit (s3.max_object_bytes, so that the in-flight
 byte budget means the same), and the OS's errors translated once, here, into the fetch stage's
 SourceErrors: a missing file is SourceNotFound, an unreadable one SourceAccessDenied.
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 
 from worker.engine.gpu_decode import ReadHeader
 from worker.errors import SourceAccessDenied, SourceError, SourceNotFound, SourceTooLarge
-from worker.pipeline.stages import keep_fetched
-from worker.pipeline.work import Work
+from worker.images.stages import keep_fetched
+from worker.images.work import Work
 from worker.text import safe_text
 
 

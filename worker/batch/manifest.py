@@ -1,6 +1,6 @@
 """Manifests: JSON lines of ``{"id", "uri", "metadata"}``, each line one input or that line's error.
 
-A manifest line is the stream's input message (worker/messages.py checks its fields the same way),
+A manifest line is the stream's input message (worker/formats/messages.py checks its fields the same way),
 except that its uri may also be a local path; a relative path is read from the manifest's folder.
 Whatever the bytes, a line gives an entry or a BadMessage saying why, never a crash: one bad line
 costs one error row, not the run. Blank lines are skipped; a line over 1 MiB is refused unread.
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from worker.errors import BadMessage
-from worker.messages import S3Uri, decode_reference_json, parse_s3_uri
+from worker.formats.messages import S3Uri, decode_reference_json, parse_s3_uri
 from worker.text import safe_text
 
 MAX_LINE_BYTES = 1 << 20

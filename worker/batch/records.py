@@ -20,9 +20,9 @@ import time
 from typing import Any
 
 from worker.batch.inputs import BatchInput, InputError
-from worker.encoding import EmbeddingEncoder
-from worker.messages import ImageRequest, S3Uri
-from worker.pipeline.work import Work
+from worker.formats.encoding import EmbeddingEncoder
+from worker.formats.messages import ImageRequest, S3Uri
+from worker.images.work import Work
 
 Row = dict[str, Any]
 # record() writes str(request.uri) as source_uri; a local file has no S3 URI, so every row's
@@ -38,8 +38,8 @@ class RowMaker:
         """The output record of an input whose work was embedded."""
         assert work.embedding is not None, "only embedded work has a record"
         request = ImageRequest(id=item.id, uri=_NO_S3_URI, metadata=item.metadata)
-        row = self._encoder.record(request=request, embedding=work.embedding, source=work.source, sha256=work.sha256,
-                                   width=work.width, height=work.height)
+        row = self._encoder.record(request=request, embedding=work.embedding, position=work.position,
+                                   sha256=work.sha256, width=work.width, height=work.height)
         row["source_uri"] = item.uri
         return row
 

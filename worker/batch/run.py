@@ -32,14 +32,15 @@ from worker.batch.progress import Progress
 from worker.batch.records import RowMaker
 from worker.batch.sinks import RowSink
 from worker.config import Settings
-from worker.encoding import EmbeddingEncoder, Source
 from worker.engine import Embedder
 from worker.errors import FatalError, Outage, RecordError, UnexpectedError
-from worker.messages import ImageRequest, S3Uri
-from worker.metrics import Metrics
-from worker.pipeline.batching import Batcher
-from worker.pipeline.decoder_stage import DecoderStage
-from worker.pipeline.image_stages import (
+from worker.formats.encoding import EmbeddingEncoder
+from worker.formats.messages import ImageRequest, S3Uri
+from worker.formats.positions import BatchPosition
+from worker.images.batching import Batcher
+from worker.images.budget import InFlightBytes
+from worker.images.inference import InferenceStage
+from worker.images.path import (
     after_fetch,
     decoder_stage,
     device_journal,
@@ -47,13 +48,13 @@ from worker.pipeline.image_stages import (
     fetch_threads,
     preprocess_threads,
 )
-from worker.pipeline.inference import InferenceStage
-from worker.pipeline.memory import InFlightBytes
-from worker.pipeline.runtime import busy_wait
-from worker.pipeline.stages import FETCH_DEADLINE_GRACE_SECONDS, ThreadStage
-from worker.pipeline.wake import Wake
-from worker.pipeline.work import Work
-from worker.source import S3Source
+from worker.images.processes.stage import DecoderStage
+from worker.images.stages import FETCH_DEADLINE_GRACE_SECONDS, ThreadStage
+from worker.images.wake import Wake
+from worker.images.work import Work
+from worker.metrics import Metrics
+from worker.s3.source import S3Source
+from worker.stream.loop import busy_wait
 
 _MAX_TAKE = 500  # inputs taken per turn, so that finished work is collected often
 
@@ -165,8 +166,7 @@ class BatchRun:
         elif isinstance(item, InputError):
             self._finisher.fail_input(item)
         else:
-            work = Work(source=Source(topic=item.origin, partition=0, offset=item.position), generation=0,
-                        key=None, value=None, headers=[], timestamp_ms=None)
+            work = Work(position=BatchPosition(input=item.origin, index=item.position))
             self._finisher.pending[work] = item
             if isinstance(item.location, S3Uri):
                 work.request = ImageRequest(id=item.id, uri=item.location, metadata=item.metadata)

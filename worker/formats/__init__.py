@@ -1,0 +1,1 @@
+"""What crosses the wire: input messages, the output Avro record, Schema Registry framing, record positions."""

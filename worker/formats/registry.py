@@ -1,0 +1,71 @@
+"""Confluent Schema Registry framing, for inputs and outputs that use it (byte 0 = 0x00, 4-byte
+schema id, Avro body). Production registers the output schema up front; auto-registration is a
+setting for development.
+
+The registry client's errors are translated here, once: a registry that cannot be reached, or
+answers 5xx / 429 / 408, is an outage (RegistryUnavailable: records wait, they are not dead-lettered);
+any other answer (an unknown schema id, an incompatible schema) is the record's own problem.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+
+# The HTTP library the registry client itself uses (httpx2, or httpx): its transport errors are outages.
+from confluent_kafka.schema_registry.common._httpx_compat import httpx as registry_http
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from worker.errors import RegistryUnavailable
+from worker.formats.encoding import RegistrySerializer
+from worker.formats.messages import ConfluentDecoder
+from worker.text import safe_text
+
+T = TypeVar("T")
+_UNAVAILABLE_STATUS = frozenset({408, 429})
+
+
+def registry_client(url: str) -> SchemaRegistryClient:
+    return SchemaRegistryClient({"url": url})
+
+
+@contextmanager
+def _outages() -> Iterator[None]:
+    try:
+        yield
+    except SchemaRegistryError as exc:
+        if exc.http_status_code >= 500 or exc.http_status_code in _UNAVAILABLE_STATUS:
+            raise RegistryUnavailable(f"schema registry answered {exc.http_status_code}") from exc
+        raise
+    except (registry_http.TransportError, OSError) as exc:
+        raise RegistryUnavailable(f"schema registry unreachable: {type(exc).__name__}: {safe_text(exc)}") from exc
+
+
+def output_serializer(client: Any, schema: dict[str, Any], *, auto_register: bool) -> RegistrySerializer:
+    serializer = AvroSerializer(client, json.dumps(schema), conf={"auto.register.schemas": auto_register})
+
+    def serialize(record: dict[str, Any], topic: str) -> bytes:
+        value: bytes = _checked(lambda: serializer(record, SerializationContext(topic, MessageField.VALUE)))
+        return value
+
+    return serialize
+
+
+def input_decoder(client: Any, topic: str) -> ConfluentDecoder:
+    deserializer = AvroDeserializer(client)
+
+    def decode(value: bytes) -> dict[str, Any]:
+        return _checked(lambda: deserializer(value, SerializationContext(topic, MessageField.VALUE)))
+
+    return decode
+
+
+def _checked(call: Callable[[], T]) -> T:
+    with _outages():
+        return call()

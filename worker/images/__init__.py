@@ -1,0 +1,1 @@
+"""The image path both drivers share: fetch -> route -> preprocess -> batcher -> device (path.py builds it)."""

@@ -1,0 +1,190 @@
+"""One function wires the whole data path.
+
+    Kafka input topic
+        │  poll (main thread)                               ┌──────────────────────────────┐
+        ▼                                                   │ dead letters (any stage):     │
+    decode message ──────────── bad ──────────────────────▶ │ DLQ topic, or skip, or stop   │
+        │                                                   └──────────────┬───────────────┘
+        │      outage (S3 down, credentials, registry): parked, input paused, retried later
+        ▼                                                                  │
+    fetch from S3          (fetch_workers threads, retries,
+        │                   starts while max_in_flight_bytes has room) ── fails ──▶│
+        ▼                                                                  │
+    decode + preprocess    (preprocess_workers threads;     ── fails ──────▶│
+        │                   model.decode: baseline JPEGs skip it, as bytes) │
+        ▼                                                                  │
+    batcher                (inference_batch_size or max_batch_wait_ms)     │
+        ▼                                                                  │
+    [decode JPEGs on the device, as one batch (model.decode)] ─ fails ────▶│
+    embed on the device    (one thread, <= 2 batches outstanding) ─ fails ─▶│   device broken: exit
+        ▼                                                                  ▼
+    Avro encode ─▶ emitter ─▶ output topic             emitter ─▶ DLQ topic
+        │  broker ack (at-least-once) or transaction (exactly-once)
+        ▼
+    offset tracker: watermark per partition ─▶ committer: store_offsets | transaction
+
+Every stage takes submit/poll/close (stages.py); every failure goes through failures.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from confluent_kafka import Consumer, Producer
+
+from worker import __version__
+from worker.config import Settings
+from worker.engine import Embedder
+from worker.errors import ConfigError
+from worker.formats import registry
+from worker.formats.encoding import EmbeddingEncoder, embedding_schema
+from worker.images.batching import Batcher
+from worker.images.budget import InFlightBytes
+from worker.images.inference import InferenceStage
+from worker.images.path import (
+    after_fetch,
+    decoder_stage,
+    device_journal,
+    device_route,
+    fetch_threads,
+    preprocess_threads,
+)
+from worker.images.processes.stage import DecoderStage
+from worker.images.stages import ThreadStage
+from worker.images.wake import Wake
+from worker.kafka.config import consumer_config, is_cooperative, producer_config
+from worker.metrics import Metrics, record_lag
+from worker.s3.source import S3Source, make_s3_client
+from worker.stream.backpressure import Backpressure
+from worker.stream.deadletter import DeadLetterStage
+from worker.stream.decode import MessageDecoder
+from worker.stream.delivery.acked import Committer, StoredOffsetsCommitter
+from worker.stream.delivery.transactional import TransactionalCommitter
+from worker.stream.failures import FailureRouter
+from worker.stream.loop import Pipeline, Runtime
+from worker.stream.offsets import OffsetTracker
+from worker.stream.outage import OutageGate
+from worker.stream.output import OutputStage
+from worker.stream.produce import AckedEmitter, Emitter, InOrderEmitter, Outbox
+from worker.stream.rebalance import Rebalancer
+
+_DEFAULT_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes
+
+
+def build_runtime(
+    settings: Settings, *, embedder: Embedder, metrics: Metrics, s3_client: Any | None = None
+) -> Runtime:
+    kafka, pipeline, model = settings.kafka, settings.pipeline, settings.model
+    if not settings.s3.allowed_sources:
+        raise ConfigError("CLIP_WORKER_S3__ALLOWED_SOURCES", "empty: name the buckets the worker may read")
+    _describe(metrics, settings, embedder)
+    consumer_conf = consumer_config(kafka, pipeline)
+    consumer = Consumer(consumer_conf | {"stats_cb": lambda s: record_lag(metrics, s)})
+    producer_conf = producer_config(kafka, pipeline)
+    producer = Producer(producer_conf)
+    outbox = Outbox(
+        producer, max_message_bytes=int(producer_conf.get("message.max.bytes", _DEFAULT_MESSAGE_MAX_BYTES))
+    )
+    tracker = OffsetTracker()
+    budget = InFlightBytes(limit=pipeline.max_in_flight_bytes)
+    exactly_once = pipeline.delivery == "exactly-once"
+    emitter: Emitter = (InOrderEmitter if exactly_once else AckedEmitter)(outbox=outbox, tracker=tracker)
+
+    registry_client = None
+    if pipeline.output_format == "confluent" or pipeline.schema_registry_url:
+        if not pipeline.schema_registry_url:
+            raise ConfigError("CLIP_WORKER_PIPELINE__SCHEMA_REGISTRY_URL", "confluent output needs a registry")
+        registry_client = registry.registry_client(pipeline.schema_registry_url)
+    serializer = None
+    if pipeline.output_format == "confluent":
+        serializer = registry.output_serializer(
+            registry_client,
+            embedding_schema(embedder.field_name),
+            auto_register=pipeline.schema_registry_auto_register,
+        )
+    encoder = EmbeddingEncoder(
+        field_name=embedder.field_name,
+        model_name=model.model_name,
+        pretrained=model.pretrained,
+        normalized=model.normalize,
+        registry_serializer=serializer,
+    )
+
+    dead_letters = DeadLetterStage(
+        emitter=emitter, topic=kafka.dead_letter_topic, policy=pipeline.on_error,
+        max_consecutive=pipeline.max_consecutive_failures, max_bytes=outbox.max_record_bytes,
+        worker_id=str(consumer_conf["client.id"]), metrics=metrics,
+    )
+    outages = OutageGate(
+        initial_wait=pipeline.outage_retry_initial_seconds, max_wait=pipeline.outage_retry_max_seconds,
+        metrics=metrics,
+    )
+    failures = FailureRouter(dead_letters=dead_letters, outages=outages)
+    output = OutputStage(
+        emitter=emitter, outbox=outbox, encoder=encoder, topic=kafka.output_topic, failures=failures,
+        dead_letters=dead_letters, outages=outages, metrics=metrics, forward_headers=pipeline.forward_headers,
+    )
+    timeout = pipeline.record_timeout_seconds
+    wake = Wake()
+    journal = device_journal(settings, embedder)
+    inference = InferenceStage(
+        embed=embedder.embed, next_step=output, failures=failures, metrics=metrics, timeout=timeout,
+        encode=output.encode, wake=wake, prepare_batch=embedder.prepare_batch, journal=journal,
+    )
+    batcher = Batcher(
+        batch_size=embedder.batch_size, max_wait=pipeline.max_batch_wait_ms / 1000, next_step=inference
+    )
+    fetch: ThreadStage | DecoderStage
+    preprocess: ThreadStage | None = None
+    if model.preprocess_in == "processes":
+        fetch = decoder_stage(settings, embedder, next_step=batcher, failures=failures, metrics=metrics,
+                              budget=budget, wake=wake)
+    else:
+        preprocess = preprocess_threads(settings, embedder, next_step=batcher, failures=failures, metrics=metrics)
+        source = S3Source(client=s3_client or make_s3_client(settings.s3), settings=settings.s3)
+        fetched = after_fetch(journal, preprocess=preprocess, batcher=batcher, metrics=metrics)
+        fetch = fetch_threads(settings, source, next_step=fetched, failures=failures, metrics=metrics,
+                              budget=budget, wake=wake, route=device_route(embedder))
+    decode = MessageDecoder(
+        input_format=pipeline.input_format,
+        confluent=registry.input_decoder(registry_client, kafka.input_topic) if registry_client else None,
+        next_step=fetch,
+        failures=failures,
+    )
+    for stage in (decode, fetch, output):
+        outages.route(stage.name, stage)
+
+    floors = dead_letters.floors
+    committer: Committer = (
+        TransactionalCommitter(producer=producer, consumer=consumer, outbox=outbox, tracker=tracker, floors=floors,
+                               metrics=metrics, call_seconds=settings.kafka.transaction_call_seconds)
+        if exactly_once
+        else StoredOffsetsCommitter(consumer=consumer, tracker=tracker, floors=floors)
+    )
+    backpressure = Backpressure(
+        consumer=consumer, max_in_flight=pipeline.max_in_flight, max_bytes=pipeline.max_in_flight_bytes,
+        metrics=metrics,
+    )
+    rebalancer = Rebalancer(
+        consumer=consumer, outbox=outbox, tracker=tracker, emitter=emitter, committer=committer,
+        backpressure=backpressure, outages=outages, metrics=metrics, cooperative=is_cooperative(consumer_conf),
+        flush_seconds=pipeline.shutdown_grace_seconds,
+    )
+    return Runtime(
+        consumer=consumer, outbox=outbox, tracker=tracker, budget=budget, committer=committer,
+        rebalancer=rebalancer, backpressure=backpressure,
+        pipeline=Pipeline(decode=decode, images=(fetch,) if preprocess is None else (fetch, preprocess),
+                          batcher=batcher, inference=inference,
+                          failures=failures, dead_letters=dead_letters, outages=outages, wake=wake),
+        input_topic=kafka.input_topic, settings=pipeline, metrics=metrics,
+    )
+
+
+def _describe(metrics: Metrics, settings: Settings, embedder: Embedder) -> None:
+    device = embedder.device
+    metrics.describe(
+        version=__version__, model=settings.model.model_name, pretrained=settings.model.pretrained,
+        device=str(device), dtype=str(embedder.dtype).removeprefix("torch."),
+        device_memory=(lambda: torch.cuda.memory_allocated(device)) if device.type == "cuda" else None,
+    )

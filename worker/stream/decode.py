@@ -1,0 +1,41 @@
+"""The stream's first step: the polled message's value decoded into an ImageRequest."""
+
+from __future__ import annotations
+
+from worker.formats.messages import ConfluentDecoder, InputFormat, decode_request
+from worker.images.stages import FailureSink, Stage
+from worker.images.work import Work
+from worker.stream.inputs import polled
+
+
+class MessageDecoder:
+    """Decodes the message value into an ImageRequest, inline on the main thread (microseconds)."""
+
+    name = "decode-message"
+
+    def __init__(
+        self,
+        *,
+        input_format: InputFormat,
+        confluent: ConfluentDecoder | None,
+        next_step: Stage[Work],
+        failures: FailureSink,
+    ) -> None:
+        self._format = input_format
+        self._confluent = confluent
+        self._next = next_step
+        self._failures = failures
+
+    def submit(self, item: Work) -> None:
+        try:
+            item.request = decode_request(polled(item).value, input_format=self._format, confluent=self._confluent)
+        except Exception as exc:  # BadMessage, a registry outage, or anything decode_request missed
+            self._failures.fail(item, exc, stage=self.name)
+            return
+        self._next.submit(item)
+
+    def poll(self) -> None:
+        return None
+
+    def close(self, deadline: float) -> None:
+        return None

@@ -1,0 +1,101 @@
+"""Exactly-once commits: outputs and input offsets in one Kafka transaction per turn of the loop.
+
+Commit order, as numbered steps (each under a deadline, kafka_boundary.py):
+1. send_offsets_to_transaction(offsets just past the outputs written, capped at the streak floors);
+2. commit_transaction();
+3. only now count the offsets as committed (OffsetTracker.confirm), and begin the next transaction.
+
+A step that times out is retried as the same call: librdkafka keeps a timed-out commit_transaction
+(or send_offsets) as the current, resumable call, and calling anything else fails at once with a
+conflict (the bug this replaced: a timed-out commit followed by send_offsets again, nine times,
+and the worker exited). An abortable error aborts the transaction; the runtime then rewinds to the
+committed offsets and redoes the work. A fenced producer is fatal: a newer instance owns the id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, Producer
+
+from worker.errors import FatalError, KafkaUnavailable, TransactionAborted, WorkerError
+from worker.formats.positions import Partition
+from worker.kafka.boundary import kafka_call
+from worker.metrics import Metrics
+from worker.stream.delivery.acked import Floors, as_topic_partitions
+from worker.stream.offsets import OffsetTracker
+from worker.stream.produce import Outbox
+
+log = logging.getLogger(__name__)
+_ATTEMPTS = 10  # timeouts of one commit before giving up (the process restarts and fences)
+_INIT_SECONDS = 30.0
+
+
+class TransactionalCommitter:
+    def __init__(
+        self, *, producer: Producer, consumer: Consumer, outbox: Outbox, tracker: OffsetTracker, floors: Floors,
+        metrics: Metrics, call_seconds: float, init_seconds: float = _INIT_SECONDS,
+        deadline_margin: float | None = None,
+    ) -> None:
+        """`call_seconds`: what librdkafka is asked to wait in each call (kafka.transaction_call_seconds);
+        a call that has not returned `deadline_margin` (by default as long again) past that counts as wedged."""
+        self._producer = producer
+        self._consumer = consumer
+        self._outbox = outbox
+        self._tracker = tracker
+        self._floors = floors
+        self._metrics = metrics
+        self._committed_produced = 0  # outbox.produced at the last commit
+        self._call_seconds = call_seconds
+        self._init_seconds = init_seconds
+        self._margin = call_seconds if deadline_margin is None else deadline_margin
+
+    def start(self) -> None:
+        init = self._init_seconds
+        self._call(lambda: self._producer.init_transactions(init), "init_transactions", init)
+        self._call(self._producer.begin_transaction, "begin_transaction")
+
+    def commit(self, *, force: bool = False) -> bool:
+        offsets = self._tracker.committable(self._floors)
+        if not offsets and self._outbox.produced == self._committed_produced and not force:
+            return True
+        committed = self._commit(offsets)
+        if committed:
+            self._tracker.confirm(offsets)
+        self._committed_produced = self._outbox.produced
+        self._call(self._producer.begin_transaction, "begin_transaction")
+        return committed
+
+    def _commit(self, offsets: dict[Partition, int]) -> bool:
+        producer, seconds = self._producer, self._call_seconds
+        offsets_sent = not offsets
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                if not offsets_sent:  # step 1
+                    self._call(lambda: producer.send_offsets_to_transaction(
+                        as_topic_partitions(offsets), self._consumer.consumer_group_metadata(), seconds),
+                        "send_offsets_to_transaction")
+                    offsets_sent = True
+                self._call(lambda: producer.commit_transaction(seconds), "commit_transaction")  # step 2
+                self._metrics.transactions.labels(outcome="committed").inc()
+                return True
+            except KafkaUnavailable as exc:  # resumable: the same call again
+                log.warning("transaction commit attempt %d timed out, resuming it: %s", attempt, exc)
+            except TransactionAborted as exc:
+                log.warning("transaction aborted, rewinding to the committed offsets: %s", exc)
+                self._call(lambda: producer.abort_transaction(seconds), "abort_transaction")
+                self._metrics.transactions.labels(outcome="aborted").inc()
+                return False
+        raise FatalError(f"transaction did not commit in {_ATTEMPTS} attempts of {seconds:.0f} s")
+
+    def close(self) -> None:
+        """At shutdown: abort the transaction begun after the last commit. A fenced or broken client
+        cannot, and the error that stopped the worker is the one to report: log this one."""
+        try:
+            self._call(lambda: self._producer.abort_transaction(self._call_seconds), "abort_transaction")
+        except WorkerError as exc:
+            log.warning("could not abort the open transaction (its successor will fence it): %s", exc)
+
+    def _call(self, fn: Callable[[], object], what: str, seconds: float | None = None) -> None:
+        kafka_call(fn, what=what, deadline=(self._call_seconds if seconds is None else seconds) + self._margin)

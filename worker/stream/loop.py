@@ -1,0 +1,285 @@
+"""The main loop: poll, hand records down the stages, commit what finished, repeat; and shutdown.
+
+Only this thread talks to the consumer, and it never waits on S3 or the device for longer than a
+busy poll (a turn with records in flight waits for a stage's signal, 20 ms at most), so consume()
+runs many times a second and max.poll.interval.ms is never at risk
+(backpressure.py pauses the input when the rest falls behind). No record can stop this loop: every
+stage turns what goes wrong with one record into that record's failure (failures.py); only
+FatalError - a fenced or wedged client, a broken device, the stop policy, the failure streak - ends
+it, and then nothing more is committed than what finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, Message
+
+from worker.config import PipelineSettings
+from worker.errors import ClientFatal, ClientWedged, WorkerError
+from worker.formats.positions import KafkaPosition, Partition
+from worker.formats.records import Headers, PolledRecord
+from worker.images.batching import Batcher
+from worker.images.budget import InFlightBytes
+from worker.images.inference import InferenceStage
+from worker.images.stages import Stage
+from worker.images.wake import Wake
+from worker.images.work import Work
+from worker.kafka.boundary import is_code, kafka_call, read_headers, translate
+from worker.metrics import Metrics
+from worker.stream.backpressure import Backpressure
+from worker.stream.deadletter import DeadLetterStage
+from worker.stream.decode import MessageDecoder
+from worker.stream.delivery.acked import Committer
+from worker.stream.failures import FailureRouter
+from worker.stream.offsets import OffsetTracker
+from worker.stream.outage import OutageGate
+from worker.stream.produce import Outbox
+from worker.stream.rebalance import Rebalancer
+
+log = logging.getLogger(__name__)
+# The longest a busy turn waits. The stages signal what moves the pipeline (wake.py): the device's
+# batches, fetch threads falling idle, decoders' results; and a due batch bounds the wait. What cannot
+# signal waits for this timeout at most: new input and the producer's acks, and the preprocess
+# threads' results while no fetch signals come (input slower than the worker: latency, not
+# throughput). It was 5 ms; at 20 ms the main thread spent 7-14 µs less per record, img/s unchanged
+# (cpu_bench, BENCHMARKS.md, issue 8), since three busy turns in four ended on the timeout.
+_BUSY_POLL_SECONDS = 0.020
+_IDLE_POLL_SECONDS = 0.1
+_CLOSE_SECONDS = 30.0  # the consumer's close: leaving the group takes a round trip or two
+_MAX_CONSUME = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """The stages in data-path order (build.py draws the diagram), and where failures go."""
+
+    decode: MessageDecoder
+    images: tuple[Stage[Work], ...]  # fetch and preprocess threads, or the decoder processes doing both
+    batcher: Batcher
+    inference: InferenceStage
+    failures: FailureRouter
+    dead_letters: DeadLetterStage
+    outages: OutageGate
+    wake: Wake  # what a busy turn waits on: the device, fetch threads falling idle, decoder results
+
+
+class Runtime:
+    def __init__(
+        self, *, consumer: Consumer, outbox: Outbox, tracker: OffsetTracker, budget: InFlightBytes,
+        committer: Committer, rebalancer: Rebalancer, backpressure: Backpressure, pipeline: Pipeline,
+        input_topic: str, settings: PipelineSettings, metrics: Metrics, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._consumer = consumer
+        self._outbox = outbox
+        self._tracker = tracker
+        self._budget = budget
+        self._committer = committer
+        self._rebalancer = rebalancer
+        self._backpressure = backpressure
+        self._pipeline = pipeline
+        self._input_topic = input_topic
+        self._settings = settings
+        self._metrics = metrics
+        self._clock = clock
+        self._stop_deadline: float | None = None
+        self._draining = False
+        self._more_input = False  # the last consume filled its count: more may be waiting
+        self._idle_at = clock()
+        self.last_loop_at = clock()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop taking work; drain within the grace period (called from a signal handler)."""
+        if self._stop_deadline is None:
+            self._stop_deadline = self._clock() + self._settings.shutdown_grace_seconds
+
+    def run(self) -> None:
+        rebalancer = self._rebalancer
+        self._consumer.subscribe(
+            [self._input_topic], on_assign=rebalancer.on_assign, on_revoke=rebalancer.on_revoke,
+            on_lost=rebalancer.on_lost,
+        )
+        self._committer.start()
+        error: BaseException | None = None
+        try:
+            while not self._finished_stopping():
+                self.step()
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._close(error)
+
+    def step(self) -> None:
+        """One turn of the loop; never blocks for longer than a poll timeout."""
+        now = self.last_loop_at = self._clock()
+        stopping = self._stop_deadline is not None
+        if stopping and not self._draining:  # once: stop the input, send partial batches now
+            self._draining = True
+            if not self._backpressure.paused:
+                self._backpressure.pause()
+            self._pipeline.batcher.flush()
+        in_flight = self._tracker.in_flight()
+        if in_flight == 0:
+            self._idle_at = now
+        elif not self._more_input:
+            # Busy, the turn waits on what moves the pipeline: the device finishing a batch, fetch
+            # threads or decoders to give records to (wake.py), or the next batch falling due; then
+            # it takes what Kafka has without waiting on it as well.
+            batcher = self._pipeline.batcher
+            self._pipeline.wake.wait(busy_wait(batcher.seconds_to_deadline(), held=batcher.held()))
+        wanted = max(1, min(self._settings.max_in_flight - in_flight, _MAX_CONSUME))
+        timeout = _IDLE_POLL_SECONDS if in_flight == 0 else 0.0
+        messages = kafka_call(lambda: self._consumer.consume(wanted, timeout), what="consume") or []
+        self._more_input = len(messages) == wanted  # more may be waiting: the next turn does not wait
+        for message in messages:
+            self._take(message)
+        self._advance()
+        if self._tracker.in_flight() == 0:
+            self._pipeline.dead_letters.settle()
+        if not self._committer.commit():
+            self._rebalancer.rewind()
+        if not stopping:
+            self._backpressure.update(
+                self._tracker.in_flight(), self._bytes_in_flight(), hold=self._pipeline.outages.active
+            )
+
+    @property
+    def assigned(self) -> set[Partition]:
+        """The partitions this worker holds now."""
+        return self._rebalancer.assigned
+
+    def stalled_seconds(self) -> float:
+        """How long records have been in flight with no offset finished; 0 when idle or in an outage
+        (waiting out an outage is not a stall)."""
+        if self._tracker.in_flight() == 0 or self._pipeline.outages.active:
+            return 0.0
+        return self._clock() - max(self._tracker.progressed_at, self._idle_at)
+
+    # -- the data path ---------------------------------------------------------------------------
+
+    def _take(self, message: Message) -> None:
+        error = message.error()
+        if error is not None:
+            translated = translate(error, what="consume")
+            if isinstance(translated, ClientFatal):
+                # e.g. a static member fenced after its session timed out during a broker outage:
+                # this client instance is done; a restarted process rejoins and resumes at the commit.
+                raise translated
+            if not is_code(error, "_PARTITION_EOF"):
+                log.warning("consumer error: %s", translated)
+            return
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        assert topic is not None and partition is not None and offset is not None
+        if (topic, partition) not in self._rebalancer.assigned:
+            self._metrics.unassigned.inc()  # fetched just before a revoke: the next owner reads it
+            return
+        self._metrics.consumed.inc()
+        timestamp_type, timestamp = message.timestamp()
+        work = Work(
+            position=KafkaPosition(topic=topic, partition=partition, offset=offset),
+            polled=PolledRecord(
+                generation=self._tracker.add(Partition(topic, partition), offset),
+                key=message.key(),
+                value=message.value(),
+                headers=_headers(message),
+                timestamp_ms=timestamp if timestamp_type else None,
+            ),
+        )
+        self._pipeline.decode.submit(work)
+
+    def _advance(self) -> None:
+        pipeline = self._pipeline
+        for stage in pipeline.images:
+            stage.poll()
+        pipeline.batcher.poll()
+        pipeline.inference.poll()
+        pipeline.outages.poll()
+        self._outbox.poll()
+        fatal = pipeline.failures.fatal or pipeline.dead_letters.fatal
+        if fatal is not None:
+            raise fatal
+        self._metrics.in_flight.set(self._tracker.in_flight())
+
+    def _bytes_in_flight(self) -> int:
+        held = self._budget.held()
+        self._metrics.in_flight_bytes.set(held)
+        return held
+
+    # -- shutdown --------------------------------------------------------------------------------
+
+    def _finished_stopping(self) -> bool:
+        if self._stop_deadline is None:
+            return False
+        if self._tracker.in_flight() == 0:
+            return True
+        if self._clock() >= self._stop_deadline:
+            log.warning("grace period over with %d records unfinished; they will be redone", self._tracker.in_flight())
+            return True
+        return False
+
+    def _close(self, error: BaseException | None) -> None:
+        """1. stop the stages (waiting no later than the deadline), 2. flush outputs, 3. commit
+        offsets, 4. leave the group, 5. end the transaction, 6. close the producer: in that order."""
+        deadline = self._stop_deadline or self._clock() + self._settings.shutdown_grace_seconds
+        pipeline = self._pipeline
+        stages: tuple[Stage[Any], ...] = (*pipeline.images, pipeline.inference)
+        for stage in stages:
+            stage.close(deadline)
+        pipeline.wake.close()
+        if isinstance(error, ClientWedged):
+            return  # nothing can be flushed or committed through a wedged client; the successor fences it
+        try:
+            self._outbox.flush(max(1.0, deadline - self._clock()))
+            self._committer.commit(force=True)
+        except WorkerError as exc:  # a fenced or failed client: what was not committed is redone
+            log.warning("final commit failed: %s", exc)
+        finally:
+            self._rebalancer.closing = True
+            self._close_clients()
+
+    def _close_clients(self) -> None:
+        """Close the consumer, the committer and the producer. The consumer's close has a deadline: a
+        consumer fenced by a fatal error can hang in it for good (confluent-kafka-go #1588), and once
+        in CI one sat there after a broker restart, committing nothing for minutes. Past it the
+        process exits (ClientWedged) to be restarted, as for a wedged transaction."""
+        wedged: ClientWedged | None = None
+        try:
+            kafka_call(self._consumer.close, what="consumer close", deadline=_CLOSE_SECONDS)
+        except ClientWedged as exc:
+            wedged = exc
+        except WorkerError as exc:
+            log.warning("close failed: %s", exc)
+        for close in (self._committer.close, self._outbox.close):
+            try:
+                kafka_call(close, what="close")
+            except WorkerError as exc:
+                log.warning("close failed: %s", exc)
+        if wedged is not None:
+            raise wedged
+
+
+def busy_wait(seconds_to_deadline: float | None, *, held: bool) -> float:
+    """How long a busy turn may wait: a busy poll at most, and no later than the next batch is due,
+    unless that batch is held for device room (only the device can move it then). Waiting on the
+    stages' signals (wake.py), not in consume(), a turn neither spins before a batch is due (a
+    consume timeout under a millisecond was truncated to zero: ~200 empty turns per partial batch)
+    nor sleeps past a batch the device has finished or threads that have run out of records."""
+    if held or seconds_to_deadline is None:
+        return _BUSY_POLL_SECONDS
+    return min(_BUSY_POLL_SECONDS, seconds_to_deadline)
+
+
+def _headers(message: Message) -> Headers:
+    """The record's headers; none when the client cannot decode them (e.g. a name that is not UTF-8)."""
+    headers = read_headers(message)
+    if headers is None:
+        log.warning("headers of %s [%s] @%s unreadable", message.topic(), message.partition(), message.offset())
+        return []
+    return headers
