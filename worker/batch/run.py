@@ -33,12 +33,13 @@ from worker.batch.records import RowMaker
 from worker.batch.sinks import RowSink
 from worker.config import Settings
 from worker.engine import Embedder
-from worker.errors import FatalError, Outage, RecordError, UnexpectedError
+from worker.errors import FatalError, Outage
 from worker.formats.encoding import EmbeddingEncoder
 from worker.formats.messages import ImageRequest, S3Uri
 from worker.formats.positions import BatchPosition
 from worker.images.batching import Batcher
 from worker.images.budget import InFlightBytes
+from worker.images.failures import classify
 from worker.images.inference import InferenceStage
 from worker.images.path import (
     after_fetch,
@@ -76,11 +77,11 @@ class Finisher:
         self._progress.embedded()
 
     def fail(self, work: Work, error: Exception, *, stage: str) -> None:
-        if isinstance(error, Outage | FatalError):
+        record_error = classify(error, stage=stage)
+        if isinstance(record_error, Outage | FatalError):
             self.fatal = self.fatal or FatalError(f"{stage}: {type(error).__name__}: {error}")
             return
         batch_input = self.pending.pop(work)
-        record_error = error if isinstance(error, RecordError) else UnexpectedError(error, stage=stage)
         self.fail_input(InputError(id=batch_input.id, source_uri=batch_input.uri, origin=batch_input.origin,
                                    position=batch_input.position, error=record_error))
 
