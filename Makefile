@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 HELM := .cache/bin/helm
 HELM_VERSION := v3.22.0
 
-.PHONY: test demo lint typecheck pytest bench bench-cpu gpu-wheels image clean
+.PHONY: test demo lint typecheck imports pytest bench bench-cpu gpu-wheels image clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,13 +18,17 @@ $(INSTALLED): pyproject.toml
 	$(PY) -c "import harness.kafka_broker as k; k.ensure_jars()"
 	touch $@
 
-test: $(INSTALLED) lint typecheck pytest
+test: $(INSTALLED) lint typecheck imports pytest
 
 lint: $(INSTALLED)
 	$(PY) -m ruff check worker harness tests bench demo
 
 typecheck: $(INSTALLED)
 	$(PY) -m mypy
+
+# The layers of pyproject.toml's [tool.importlinter]: no module imports from a layer above its own.
+imports: $(INSTALLED)
+	$(VENV)/bin/lint-imports
 
 pytest: $(INSTALLED) $(HELM)
 	$(PY) -m pytest
