@@ -56,6 +56,7 @@ EXPOSE 9400
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/livez' % os.environ.get('CLIP_WORKER_PIPELINE__METRICS_PORT', '9400'), timeout=4)"]
 
-# `clip-worker` runs the worker (it handles SIGTERM itself, so it can be PID 1); `check` and
-# `embed FILE...` are its other commands.
+# `clip-worker` with no arguments runs the worker, as `clip-worker run` does (it handles SIGTERM itself,
+# so it can be PID 1); arguments after the image name pick another command, e.g. `check` or
+# `embed FILE...`, and `--help` lists them.
 ENTRYPOINT ["clip-worker"]

@@ -1,16 +1,172 @@
-"""The console entry point, as a process: settings errors, check (against the real broker and S3), and
-the batch embed mode."""
+"""The console entry point: its commands, each with its own options and help, in-process; and as a
+process, settings errors, check (against the real broker and S3), and the batch embed mode."""
 
 import json
+import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from harness.kafka_broker import KafkaBroker
 from harness.models import model_config_dir
 from harness.photos import photo_corpus
 from harness.s3_server import S3Server
+from worker import __version__, cli
+from worker.cli import run as run_command
+from worker.config import Settings
+
+# Each command's own options, and no other command's.
+OPTIONS = {
+    "run": set(),
+    "check": set(),
+    "embed": {"--output", "--format", "--part-size", "--overwrite"},
+    "enqueue": {"--dry-run"},
+    "replay": {"--stage", "--exception", "--since", "--until", "--to", "--dry-run"},
+}
+
+
+@pytest.fixture(autouse=True)
+def _settings_from_a_clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """main() in-process reads the settings from the environment and sets up logging on stderr: keep the
+    caller's CLIP_WORKER_* out, and the root logger as it was (capsys's stderr is gone after the test)."""
+    import os
+
+    for name in [name for name in os.environ if name.startswith("CLIP_WORKER_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(cli, "configure_logging", lambda settings: None)
+    yield
+
+
+def exits(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[Any, str, str]:
+    """main(argv)'s exit code where argparse exits (--help, --version, a refused option), and its output."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    out, err = capsys.readouterr()
+    return exited.value.code, out, err
+
+
+def options_listed(help_text: str) -> set[str]:
+    return set(re.findall(r"^  (--[a-z-]+)", help_text, re.MULTILINE)) - {"--help"}
+
+
+def test_the_commands_are_run_check_embed_enqueue_and_replay() -> None:
+    assert [command.NAME for command in cli.COMMANDS] == list(OPTIONS)
+
+
+def test_embed_help_shows_embeds_options_and_an_example_and_no_other_commands_options(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = exits(["embed", "--help"], capsys)
+    assert code == 0
+    assert out.startswith("usage: clip-worker embed ")
+    assert options_listed(out) == {"--output", "--format", "--part-size", "--overwrite"}
+    for other in ("--stage", "--exception", "--since", "--to", "--dry-run"):
+        assert other not in out
+    assert "\nexample:\n  clip-worker embed photos/ " in out
+
+
+@pytest.mark.parametrize("command", list(OPTIONS))
+def test_each_commands_help_exits_0_listing_its_own_options_and_one_example(
+    command: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = exits([command, "--help"], capsys)
+    assert code == 0
+    assert out.startswith(f"usage: clip-worker {command} ")
+    assert options_listed(out) == OPTIONS[command]
+    example = out.split("\nexample:\n", 1)[1].strip().splitlines()
+    assert len(example) == 1 and re.search(rf"(^|\s)clip-worker {command}(\s|$)", example[0]), out
+
+
+@pytest.mark.parametrize(("argv", "refused"), [
+    (["replay", "--format", "parquet"], "--format parquet"),
+    (["run", "--output", "x"], "--output x"),
+    (["enqueue", "--overwrite", "s3://bucket/in"], "--overwrite"),
+    (["check", "--dry-run"], "--dry-run"),
+    (["embed", "photos", "--stage", "fetch"], "--stage fetch"),
+    (["--overwrite"], "--overwrite"),
+])
+def test_another_commands_option_exits_2_with_argparses_message_and_the_commands_usage(
+    argv: list[str], refused: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = exits(argv, capsys)
+    command = " ".join(argv[:1]) if not argv[0].startswith("-") else ""
+    prog = f"clip-worker {command}".strip()
+    assert code == 2 and out == ""
+    assert err.startswith(f"usage: {prog} ")
+    assert err.splitlines()[-1] == f"{prog}: error: unrecognized arguments: {refused}"
+
+
+def test_an_unknown_command_exits_2_naming_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = exits(["serve"], capsys)
+    assert code == 2
+    assert "invalid choice: 'serve' (choose from 'run', 'check', 'embed', 'enqueue', 'replay')" in err
+
+
+def test_options_may_come_between_a_commands_sources() -> None:
+    args = cli.build_parser().parse_args(["embed", "a.jpg", "--format", "avro", "b/", "--output", "out", "c.jsonl"])
+    assert (args.command, args.sources, args.format, str(args.output)) == (
+        "embed", ["a.jpg", "b/", "c.jsonl"], "avro", "out")
+    args = cli.build_parser().parse_args(["enqueue", "s3://b/1", "--dry-run", "s3://b/2"])
+    assert (args.sources, args.dry_run) == (["s3://b/1", "s3://b/2"], True)
+
+
+def test_replay_options_become_its_filters() -> None:
+    args = cli.build_parser().parse_args(["replay", "--stage", "fetch", "--stage", "decode", "--exception",
+                                          "SourceNotFound", "--since", "1970-01-01T00:00:01", "--to", "again"])
+    options = cli.replay.options(args)
+    assert (options.stages, options.exceptions, options.since_ms, options.until_ms, options.to_topic,
+            options.dry_run) == (frozenset({"fetch", "decode"}), frozenset({"SourceNotFound"}), 1000, None, "again",
+                                 False)
+
+
+def test_a_time_that_is_not_iso_8601_exits_2_naming_the_option(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = exits(["replay", "--since", "yesterday"], capsys)
+    assert code == 2
+    assert "argument --since: not an ISO 8601 time: 'yesterday'" in err
+
+
+@pytest.mark.parametrize("argv", [[], ["run"]])
+def test_clip_worker_alone_runs_the_worker_as_run_does(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ran: list[Settings] = []
+    monkeypatch.setattr(run_command, "run", lambda settings: ran.append(settings) or 0)
+    assert cli.main(argv) == 0
+    assert len(ran) == 1 and ran[0].kafka.input_topic
+
+
+@pytest.mark.parametrize("argv", [[], ["run"]])
+def test_clip_worker_alone_exits_2_on_an_invalid_setting_naming_the_variable_as_run_does(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("CLIP_WORKER_MODEL__INFERENCE_BATCH_SIZE", "0")
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err.startswith("clip-worker: invalid setting CLIP_WORKER_MODEL__INFERENCE_BATCH_SIZE: ")
+
+
+def test_version_prints_the_version(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = exits(["--version"], capsys)
+    assert code == 0
+    assert out.strip() == __version__
+
+
+def test_help_lists_the_commands_and_says_none_runs_the_worker(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = exits(["--help"], capsys)
+    assert code == 0
+    assert re.findall(r"^    ([a-z-]+) ", out, re.MULTILINE) == list(OPTIONS)
+    assert "With no command, clip-worker runs the worker." in out
+
+
+def test_an_option_the_command_checks_itself_exits_2_before_the_model_loads(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:
+    monkeypatch.setattr("worker.cli.embed.embed", lambda *a, **k: pytest.fail("embed ran"))
+    assert cli.main(["embed", str(tmp_path), "--part-size", "0", "--output", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == "clip-worker: invalid setting --part-size: must be at least 1"
 
 
 def clip_worker(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -36,7 +192,9 @@ def test_an_invalid_setting_exits_2_naming_the_variable(tiny_checkpoint: Path) -
 
 def test_the_commands_that_need_no_model_do_not_import_torch() -> None:
     # ~3 s of imports on the dev box: --version, a bad setting, replay and enqueue answer without them.
-    probe = ("import sys, worker.cli, worker.stream.replay, worker.batch.commands; "
+    modules = ", ".join(f"worker.cli.{name}" for name in OPTIONS)
+    probe = (f"import sys, worker.cli, {modules}, worker.stream.replay, worker.batch.commands; "
+             "worker.cli.build_parser(); "
              "print(sorted({'torch', 'torchvision', 'open_clip'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]"

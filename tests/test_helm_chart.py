@@ -589,7 +589,7 @@ def test_gpu_count_zero_requests_no_gpu(helm: dict[str, Any]) -> None:
 
 
 def test_startup_probe_passes_only_once_the_model_is_loaded_and_polling(helm: dict[str, Any]) -> None:
-    # /livez is 200 while the model loads (worker/cli.py `_run` serves health before loading), so a startup
+    # /livez is 200 while the model loads (worker/cli/run.py serves health before loading), so a startup
     # probe on it would pass at once and a hung download or load would never be restarted. /readyz is 200
     # only once the model is loaded and the poll loop turns.
     container = _worker(_render(helm)[("StatefulSet", FULLNAME)])

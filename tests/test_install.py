@@ -271,7 +271,9 @@ def test_wheel_ships_the_package_its_schemas_and_its_entry_point_and_nothing_els
         shipped = {name.removeprefix("worker/schemas/") for name in names if name.startswith("worker/schemas/")}
         expected = {path.name for path in (ROOT / "schemas").iterdir() if path.suffix in {".avsc", ".json"}}
         assert expected and expected <= shipped, f"schemas missing from the wheel: {sorted(expected - shipped)}"
-        assert "worker/cli.py" in names and "worker/engine/__init__.py" in names
+        assert "worker/engine/__init__.py" in names
+        assert {f"worker/cli/{name}.py" for name in ("__init__", "run", "check", "embed", "enqueue", "replay")} <= set(
+            names), "the command line package, each command's module with it"
         entry_points = archive.read(f"{dist_info}/entry_points.txt").decode()
         assert re.search(r"^clip-worker = worker\.cli:main$", entry_points, re.MULTILINE), entry_points
         # The image installs the wheel with its dependencies: they must be the pinned ones.

@@ -20,8 +20,9 @@ from harness.workers import InProcessWorker
 from tests.batch.conftest import FIELD, MODEL, cosine
 from tests.conftest import Credentials
 from tests.pipeline.conftest import ids_of
-from worker.batch.commands import EmbedOptions, embed, enqueue_command
+from worker.batch.commands import EmbedOptions, embed
 from worker.batch.inputs import InputSource
+from worker.cli import enqueue as enqueue_command
 from worker.config import Settings
 from worker.engine import Embedder
 from worker.formats.encoding import EmbeddingEncoder
@@ -29,7 +30,10 @@ from worker.formats.messages import ImageRequest, S3Uri, decode_request
 
 
 def enqueue(settings: Settings, *sources: str, dry_run: bool = False) -> int:
-    return enqueue_command(settings, argparse.Namespace(sources=list(sources), dry_run=dry_run))
+    """`clip-worker enqueue SOURCE... [--dry-run]` with these settings, through the command's own options."""
+    parser = argparse.ArgumentParser()
+    enqueue_command.add_arguments(parser)
+    return enqueue_command.handle(settings, parser.parse_intermixed_args([*sources, *["--dry-run"] * dry_run]))
 
 
 def test_an_enqueued_prefix_is_embedded_once_per_object_by_two_exactly_once_workers(

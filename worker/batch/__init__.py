@@ -7,5 +7,5 @@
     formats.py, sinks.py     jsonl, Avro or Parquet parts written whole, and resuming from them
     progress.py              the progress bar and the summary line
     enqueue.py               the other way round: a listing or a manifest into the input topic
-    commands.py              `clip-worker embed` and `clip-worker enqueue`
+    commands.py              what `clip-worker embed` runs (its options: worker/cli/embed.py)
 """

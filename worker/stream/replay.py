@@ -89,11 +89,6 @@ class ReplayOptions:
     until_ms: int | None = None  # exclusive
     dry_run: bool = False
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> ReplayOptions:
-        return cls(to_topic=args.to, stages=frozenset(args.stage), exceptions=frozenset(args.exception),
-                   since_ms=args.since, until_ms=args.until, dry_run=args.dry_run)
-
     def matches(self, letter: DeadLetter) -> bool:
         ts = letter.timestamp_ms
         return (
@@ -104,19 +99,9 @@ class ReplayOptions:
         )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """replay's options, on the command line's one parser (cli.py); --dry-run is shared with enqueue."""
-    parser.add_argument("--to", metavar="TOPIC", help="replay: produce here instead of the input topic")
-    parser.add_argument("--stage", action="append", default=[], help="replay: only this stage (repeatable)")
-    parser.add_argument("--exception", action="append", default=[], metavar="CLASS",
-                        help="replay: only this exception class, e.g. SourceNotFound (repeatable)")
-    parser.add_argument("--since", type=instant, metavar="TIME",
-                        help="replay: original timestamp at or after this ISO 8601 time (UTC unless it has a zone)")
-    parser.add_argument("--until", type=instant, metavar="TIME", help="replay: original timestamp before this time")
-
-
 def instant(text: str) -> int:
-    """An ISO 8601 time as milliseconds since the epoch, exactly; UTC unless it names a zone."""
+    """An ISO 8601 time as milliseconds since the epoch, exactly; UTC unless it names a zone. The type of
+    the command line's --since and --until (worker/cli/replay.py)."""
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:

@@ -1,0 +1,79 @@
+"""`clip-worker run` (or `clip-worker` alone): the streaming worker.
+
+It consumes the input topic, embeds each referenced image and produces the embeddings, until SIGTERM
+or SIGINT asks it to stop; everything it needs comes from CLIP_WORKER_* settings, so it takes no
+options. Health is served before the model loads, since loading can take minutes and the probes must
+see a live process meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import time
+from typing import TYPE_CHECKING
+
+from worker import __version__
+from worker.config import Settings
+from worker.health import HealthServer
+from worker.metrics import Metrics
+
+if TYPE_CHECKING:
+    from worker.stream.loop import Runtime
+
+NAME = "run"
+SUMMARY = "run the Kafka worker (the default)"
+DESCRIPTION = """\
+Run the streaming worker: consume the input topic, embed each image it references, produce the
+embeddings to the output topic and failures to the dead-letter topic, until SIGTERM or SIGINT.
+
+Every setting comes from CLIP_WORKER_* environment variables; the command takes no options.
+Exit code 0 after a clean shutdown, 1 on a fatal error, 2 on an invalid setting."""
+EXAMPLE = "CLIP_WORKER_KAFKA__BOOTSTRAP_SERVERS=kafka:9092 clip-worker run"
+
+log = logging.getLogger("worker")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """None: the worker is configured by its environment only, as in a container."""
+
+
+def handle(settings: Settings, args: argparse.Namespace) -> int:
+    return run(settings)
+
+
+def run(settings: Settings) -> int:
+    """Serve health first (the model load can take minutes), then load, wire and run."""
+    from worker.engine import Embedder, frozen_heap, share_cores
+    from worker.stream.build import build_runtime
+
+    metrics = Metrics()
+    runtime: Runtime | None = None
+    health = None
+    if settings.pipeline.metrics_port is not None:
+        # Live while loading, then while the loop turns; ready once the model is loaded and the loop
+        # runs. Not "holds partitions": pods beyond the partition count must not block a rollout.
+        health = HealthServer(
+            port=settings.pipeline.metrics_port,
+            registry=metrics.registry,
+            last_loop_at=lambda: runtime.last_loop_at if runtime else time.monotonic(),
+            stalled_seconds=lambda: runtime.stalled_seconds() if runtime else 0.0,
+            ready=lambda: runtime is not None and time.monotonic() - runtime.last_loop_at < 5.0,
+            stall_seconds=settings.pipeline.liveness_stall_seconds,
+        )
+        health.start()
+    try:
+        embedder = Embedder.load(settings.model)
+        share_cores(embedder.device, preprocess_workers=settings.model.preprocess_workers)
+        runtime = build_runtime(settings, embedder=embedder, metrics=metrics)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: runtime.request_stop() if runtime else None)
+        log.info("clip-embedding-worker %s consuming %s", __version__, settings.kafka.input_topic)
+        with frozen_heap():
+            runtime.run()
+    finally:
+        if health is not None:
+            health.stop()
+    log.info("stopped cleanly")
+    return 0
