@@ -11,8 +11,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from prometheus_client.metrics import MetricWrapperBase
+
 from worker import config_reference
 from worker.config import Settings, env_var
+from worker.metrics import Metrics
+from worker.pipeline import deadletter
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -72,3 +76,75 @@ def test_make_docs_writes_the_configuration_reference(tmp_path: Path) -> None:
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^docs:.*\n\t.*worker\.config_reference --write docs/configuration\.md$", makefile, re.M)
     assert re.search(r"^\.PHONY:.*\bdocs\b", makefile, re.M)
+
+
+# -- the metrics table ------------------------------------------------------------------------------
+
+
+def _registered_metrics() -> dict[str, tuple[str, ...]]:
+    """Every metric the worker registers, by its exposed name (counters with _total), with its label names."""
+    metrics = Metrics()
+    found = {}
+    for collector in vars(metrics).values():
+        if isinstance(collector, MetricWrapperBase):
+            name = collector._name + ("_total" if collector._type == "counter" else "")
+            found[name] = tuple(collector._labelnames)
+    exposed = {family.name + ("_total" if family.type == "counter" else "") for family in metrics.registry.collect()}
+    assert found.keys() == exposed, "the Metrics attributes and its registry disagree: the scan is broken"
+    return found
+
+
+def _metrics_table() -> dict[str, str]:
+    """The metrics table of docs/operations.md: metric name -> its labels cell."""
+    text = (DOCS / "operations.md").read_text()
+    rows = {}
+    for line in text[text.index("## Metrics"):].splitlines():
+        match = re.match(r"\| `(clip_worker_[a-z_]+)` \|\s*([^|]*?)\s*\|", line)
+        if match:
+            rows[match.group(1)] = match.group(2)
+    assert rows, "no metrics table in docs/operations.md"
+    return rows
+
+
+def test_every_metric_the_worker_registers_is_documented_with_its_labels() -> None:
+    documented = _metrics_table()
+    registered = _registered_metrics()
+    missing = sorted(registered.keys() - documented.keys())
+    assert not missing, f"metrics registered in worker/metrics.py but not in docs/operations.md: {missing}"
+    # The labels cell names each label in backticks; what follows in parentheses are example values.
+    wrong = {
+        name: {"registered": sorted(labels), "documented": documented[name]}
+        for name, labels in registered.items()
+        if set(re.findall(r"`([a-z_]+)`", re.sub(r"\([^)]*\)", "", documented[name]))) != set(labels)
+    }
+    assert not wrong, f"label names differ between worker/metrics.py and docs/operations.md: {wrong}"
+
+
+def test_every_documented_metric_exists() -> None:
+    unknown = sorted(_metrics_table().keys() - _registered_metrics().keys())
+    assert not unknown, f"docs/operations.md documents metrics that worker/metrics.py does not register: {unknown}"
+
+
+# -- the dead-letter headers table ----------------------------------------------------------------
+
+
+def _headers_written() -> set[str]:
+    """Every header name the dead-letter code writes: its module's constants under its own prefixes."""
+    names = {
+        value for name, value in vars(deadletter).items()
+        if name.isupper() and isinstance(value, str) and value.startswith(deadletter.PREFIXES)
+    }
+    assert len(names) > 10, "the header constants were not found: the scan is broken"
+    return names
+
+
+def test_every_dead_letter_header_the_worker_writes_is_documented() -> None:
+    documented = set(_table_first_column(DOCS / "delivery.md", "### Dead-letter headers"))
+    missing = sorted(_headers_written() - documented)
+    assert not missing, f"headers written by the dead-letter code but not in docs/delivery.md: {missing}"
+
+
+def test_every_documented_dead_letter_header_is_written_by_the_worker() -> None:
+    documented = set(_table_first_column(DOCS / "delivery.md", "### Dead-letter headers"))
+    unknown = sorted(documented - _headers_written())
+    assert not unknown, f"docs/delivery.md documents headers the worker does not write: {unknown}"
