@@ -35,7 +35,7 @@ def test_an_invalid_setting_exits_2_naming_the_variable(tiny_checkpoint: Path) -
 
 
 def test_the_commands_that_need_no_model_do_not_import_torch() -> None:
-    # ~3 s of imports on the dev box: --version, a bad setting, replay and enqueue answer without them.
+    # ~3 s of imports on a 2-core machine: --version, a bad setting, replay and enqueue answer without them.
     probe = ("import sys, worker.cli, worker.replay, worker.batch.commands; "
              "print(sorted({'torch', 'torchvision', 'open_clip'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)

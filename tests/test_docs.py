@@ -148,3 +148,44 @@ def test_every_documented_dead_letter_header_is_written_by_the_worker() -> None:
     documented = set(_table_first_column(DOCS / "delivery.md", "### Dead-letter headers"))
     unknown = sorted(documented - _headers_written())
     assert not unknown, f"docs/delivery.md documents headers the worker does not write: {unknown}"
+
+
+# -- the pages as a whole -------------------------------------------------------------------------
+
+
+def _pages() -> list[Path]:
+    return [ROOT / "README.md", ROOT / "BENCHMARKS.md", ROOT / "CHANGELOG.md", *sorted(DOCS.glob("*.md"))]
+
+
+def test_every_relative_link_in_the_readme_and_docs_points_at_a_file_that_exists() -> None:
+    broken = []
+    for page in _pages():
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert not broken, f"links to files that do not exist: {broken}"
+
+
+DEVELOPMENT_SPEAK = re.compile(r"issue [0-9]+|\.\./shared|not drawn|device tool|this task|pass(es)? of issue", re.I)
+
+
+def test_the_repository_speaks_of_the_product_not_of_how_it_was_developed() -> None:
+    files = [
+        *_pages(), ROOT / "Makefile", *sorted((ROOT / "bench").glob("*.sh")), *sorted((ROOT / "bench").glob("*.py")),
+        *sorted((ROOT / "harness").glob("*.py")), *sorted((ROOT / "tests").glob("*.py")),
+        *sorted(path for path in (ROOT / "helm").rglob("*") if path.is_file()),
+    ]
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in files if path != Path(__file__).resolve()
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if DEVELOPMENT_SPEAK.search(line)
+    ]
+    assert not found, "development history in user-facing files (git keeps the history):\n" + "\n".join(found)
+
+
+def test_the_readme_stays_short_and_links_each_docs_page() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    for page in sorted(DOCS.glob("*.md")):
+        assert f"docs/{page.name}" in readme, f"README.md does not link docs/{page.name}"
