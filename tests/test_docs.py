@@ -166,7 +166,10 @@ def test_every_relative_link_in_the_readme_and_docs_points_at_a_file_that_exists
     assert not broken, f"links to files that do not exist: {broken}"
 
 
-DEVELOPMENT_SPEAK = re.compile(r"issue [0-9]+|\.\./shared|not drawn|device tool|this task|pass(es)? of issue", re.I)
+# Written with [ ] so that the pattern does not find itself in this file.
+DEVELOPMENT_SPEAK = re.compile(
+    r"issue[ ][0-9]+|\.\./shared|not[ ]drawn|device[ ]tool|this[ ]task|pass(es)?[ ]of[ ]issue", re.I
+)
 
 
 def test_the_repository_speaks_of_the_product_not_of_how_it_was_developed() -> None:
@@ -177,7 +180,7 @@ def test_the_repository_speaks_of_the_product_not_of_how_it_was_developed() -> N
     ]
     found = [
         f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
-        for path in files if path != Path(__file__).resolve()
+        for path in files
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if DEVELOPMENT_SPEAK.search(line)
     ]
