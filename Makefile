@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 HELM := .cache/bin/helm
 HELM_VERSION := v3.22.0
 
-.PHONY: test demo lint typecheck imports pytest bench bench-cpu gpu-wheels image clean
+.PHONY: test demo docs lint typecheck imports pytest bench bench-cpu gpu-wheels image clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,11 +39,15 @@ $(HELM):
 demo: $(INSTALLED)
 	$(PY) -m demo
 
+# docs/configuration.md, rendered from the settings model in worker/config.py (tests/test_docs.py
+# fails when the committed page differs).
+docs: $(INSTALLED)
+	$(PY) -m worker.config_reference --write docs/configuration.md
+
 # The CPU benchmarks (BENCHMARKS.md): preprocessing alone, the output's Avro encoding and the input's
 # decode, the S3 GET (boto3's and the worker's, against s3proxy, and what each benchmark S3 server
 # costs), the worker end to end next to model-only, the fetch + decode stage with one decode worker
-# and two, and where one worker's CPU goes (issue 8's ratios; a real broker and gofakes3, a few
-# minutes in all).
+# and two, and where one worker's CPU goes (a real broker and gofakes3, a few minutes in all).
 bench: $(INSTALLED)
 	$(PY) bench/preprocess_bench.py
 	$(PY) bench/encode_bench.py
@@ -55,6 +59,12 @@ bench: $(INSTALLED)
 	$(PY) bench/cpu_bench.py
 
 bench-cpu: bench
+
+# What bench/gpu_check.sh needs on a CUDA host without network (wheels, an S3 server binary, the photo
+# corpus) into .cache/gpu-wheels; run it where PyPI and the Go module proxy are reachable, then copy
+# that folder to the GPU machine. Needs Go.
+gpu-wheels: $(INSTALLED)
+	bash bench/fetch_gpu_wheels.sh
 
 # The worker image (Dockerfile), tagged with the package version: the Helm chart's default image
 # is clip-embedding-worker:<appVersion>. Needs Docker with BuildKit; nothing else here does.

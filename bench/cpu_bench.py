@@ -1,6 +1,6 @@
 """Where one worker's CPU goes: its CPU per record next to a bare reduced-DCT decode + resize, in one run.
 
-Issue 8's targets, all measured here on the same machine in the same run:
+The worker's CPU targets, all measured here on the same machine in the same run:
 - the worker's CPU per record (every thread and child process, tiny model, 1024-px photos) <= 1.3x a
   bare Pillow reduced-DCT decode + resize of the same photos (single thread, CPU time per image);
 - two preprocess workers give >= 1.8x the img/s of one;
@@ -425,7 +425,7 @@ def medians(runs: list[RunFigures]) -> list[RunFigures]:
 def _verdicts(mode: str, runs: list[RunFigures], bare_s: float, cores: int) -> list[str]:
     by_workers = {r.preprocess_workers: r for r in runs}
     head = by_workers.get(DEFAULT_WORKERS, runs[-1])
-    lines = ["", f"Against issue 8, preprocessing in {mode} ({head.preprocess_workers} workers unless said):",
+    lines = ["", f"Against the targets, preprocessing in {mode} ({head.preprocess_workers} workers unless said):",
              f"- worker CPU per record / bare decode: {head.worker_cpu_s / bare_s:.2f}x "
              f"(target <= {TARGET_RATIO}x): {'met' if head.worker_cpu_s / bare_s <= TARGET_RATIO else 'NOT met'}",
              f"- main thread: {head.main_cpu_s * 1e6:.0f} µs per record (target <= {TARGET_MAIN_US:.0f} µs): "

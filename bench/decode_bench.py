@@ -1,4 +1,4 @@
-"""The input message's decode on the main thread: what a faster JSON parser could save (issue 8, direction 5).
+"""The input message's decode on the main thread: what a faster JSON parser could save.
 
 ``decode_request`` (JSON parse, field checks, the S3 URI) runs once per record on the main thread, whose
 target is 50 µs per record. This measures it on typical requests, and next to it the JSON parse inside it

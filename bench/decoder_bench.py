@@ -1,6 +1,6 @@
 """The fetch + decode stage alone: one decode worker against two, as threads and as processes, in one run.
 
-Issue 8 asks that two decode workers give >= 1.8x one. End to end on a 2-core box that cannot show
+The target is that two decode workers give >= 1.8x one. End to end on a 2-core box that cannot show
 (cpu_bench.py: the broker, the S3 server and the model need cores too), so this measures the stage the
 workers make up, as build.py wires it, and nothing else: records go in as decoded requests, each
 comes out as a prepared image (shared-memory slot or tensor) and is dropped. Objects come from
@@ -10,8 +10,8 @@ the decoders: with s3proxy one decoder left the box ~1.7 cores busy, so two coul
 whatever the stage did. For each setting the stage runs over `--records` after a warm-up of a
 tenth as many; img/s is wall time, CPU per image is the process tree's (decoder processes included;
 the server, a child of this process too, is taken out and reported apart). Between turns the loop
-waits as the worker's busy turn does (runtime.busy_wait: on the stages' signals, 20 ms at most); it
-polled every millisecond until the seventh pass, ~5% of a core of its own. The settings take turns,
+waits as the worker's busy turn does (runtime.busy_wait: on the stages' signals, 20 ms at most);
+an earlier version polled every millisecond, ~5% of a core of its own. The settings take turns,
 threads then processes, one worker then two, and the whole round repeats; figures are medians over
 the rounds. The last column says how many cores 1.8x the one-worker rate would take at the two-worker
 run's CPU per image: over the box's cores, no stage could show 1.8x here.

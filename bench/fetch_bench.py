@@ -1,6 +1,6 @@
 """CPU per S3 GET and GET/s: boto3's get_object next to the worker's signed GET (worker/s3/get.py), in one run.
 
-Issue 8, direction 3: the fetch threads cost ~0.5-1 ms of pure Python per object under the GIL, most of
+Why: with boto3 the fetch threads cost ~0.5-1 ms of pure Python per object under the GIL, most of
 it botocore's. Both paths fetch the same photos (harness.photos at 1024 px, ~190 KB each) from s3proxy
 (harness/s3proxy.py: moto would cost more CPU than either client) with 1, 2 and 4 threads:
 - boto3: ``client.get_object`` and the body read a socket read at a time, as S3Source did before;

@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
-# Fetch what bench/gpu_check.sh needs on the GPU machine, into .cache/gpu-wheels (ignored by git; the
-# device tool carries it: carry=[".cache/gpu-wheels"], at most 64 MiB with the working tree). That
-# machine has no network, no Java and its own python3 (3.12) with torch, torchvision, timm, numpy,
-# pillow, huggingface_hub, safetensors, regex, tqdm, scikit-image, prometheus-client, urllib3, httpx's
-# pieces, attrs and certifi, but not the worker's own dependencies. Only those missing pieces are
-# fetched, each with --no-deps, at the versions in .venv, so nothing here can replace its torch:
+# Fetch what bench/gpu_check.sh needs on a GPU machine, into .cache/gpu-wheels (ignored by git), so
+# that the GPU machine needs no network: copy that folder into the checkout there. The GPU machine is
+# expected to have its own python3 (3.12) with torch, torchvision, timm, numpy, pillow, huggingface_hub,
+# safetensors, regex, tqdm, scikit-image, prometheus-client, urllib3, httpx's pieces, attrs and certifi,
+# but not the worker's own dependencies. Only those missing pieces are fetched, each with --no-deps, at
+# the versions in .venv, so nothing here can replace its torch:
 # - open_clip and pydantic (the engine and the settings);
 # - confluent-kafka (librdkafka inside: its mock cluster stands in for Kafka), fastavro, boto3, pycurl
 #   (libcurl inside: the S3 GETs) and the schema registry client's imports, so that `python -m worker` runs there end to end;
 # - gofakes3, an S3 server as one static Go binary (harness/gofakes3.py builds it here with Go), into bin/;
 # - the photo corpus, so both machines test the same bytes.
-# Run it here, once, where PyPI and the Go module proxy are reachable:
-#     bash bench/fetch_gpu_wheels.sh
+# Run it once, where PyPI and the Go module proxy are reachable:
+#     make gpu-wheels        # or: bash bench/fetch_gpu_wheels.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=${1:-.cache/gpu-wheels}
 PY=${PYTHON:-.venv/bin/python}
-LIMIT_MIB=60  # the device tool carries 64 MiB, the working tree (~1 MiB) included
+LIMIT_MIB=60  # kept small enough to copy to the GPU machine with the checkout (64 MiB together)
 
 NAMES=(
     open_clip_torch ftfy wcwidth
@@ -58,6 +58,6 @@ ls "$DEST" "$DEST/bin"
 size=$(du -sb "$DEST" | cut -f1)
 echo "$DEST: $((size / 1024 / 1024)) MiB (limit $LIMIT_MIB MiB)"
 if ((size > LIMIT_MIB * 1024 * 1024)); then
-    echo "$DEST is over $LIMIT_MIB MiB: the device tool would not carry it with the working tree" >&2
+    echo "$DEST is over $LIMIT_MIB MiB: too large to copy to the GPU machine with the checkout" >&2
     exit 1
 fi

@@ -1,4 +1,4 @@
-"""The engine's GPU checks (issue 8), in parts that each keep to a time budget and write every figure as
+"""The engine's GPU checks, in parts that each keep to a time budget and write every figure as
 it is measured (bench/gpu_check.sh runs each part as its own process under a hard time limit):
 
   models     memory, fp16 vs fp32 cosine per photo, model-only img/s at batch 64..1024 (ViT-B-32,

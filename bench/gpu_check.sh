@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The engine's GPU checks (issue 8) in one call of the device tool, under 8 minutes on an H200:
-#     bash bench/fetch_gpu_wheels.sh                   # here, once: wheels, gofakes3, corpus into .cache/gpu-wheels
-#     run(command="bash bench/gpu_check.sh", carry=[".cache/gpu-wheels"], timeout_s=540)
-# The machine starts bare with its own python3 and torch: the carried wheels (open_clip, pydantic,
-# confluent-kafka, boto3, ...) are installed --no-deps into a private folder, so its torch stays as it is.
+# The engine's GPU checks, under 8 minutes on an H200. Run this on a GPU machine (CUDA, python3 with
+# torch and torchvision installed; no network needed there):
+#     make gpu-wheels                  # first, where PyPI is reachable: wheels, gofakes3, corpus into .cache/gpu-wheels
+#     bash bench/gpu_check.sh          # then on the GPU machine, from a checkout with .cache/gpu-wheels copied in
+# The worker's own dependencies (open_clip, pydantic, confluent-kafka, boto3, ...) are installed from those
+# wheels --no-deps into a private folder, so the machine's torch stays as it is. Figures go to $OUT
+# (default /tmp/gpu-check); record them in BENCHMARKS.md.
 # Each part (bench/gpu_check.py) runs as its own process under a hard time limit and appends every
 # figure to $OUT/gpu_check.jsonl as it is measured, so a part that overruns or crashes costs only
 # itself; the summary ($OUT/gpu_check.json, the log's end) is written last. A rerun of some parts:
@@ -28,7 +30,7 @@ fi
 
 PY=${PYTHON:-python3}
 if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-    echo "no wheels in $WHEELS: run bench/fetch_gpu_wheels.sh and carry $WHEELS" >&2
+    echo "no wheels in $WHEELS: run make gpu-wheels where PyPI is reachable and copy $WHEELS here" >&2
     exit 2
 fi
 SITE=/tmp/gpu-check-site

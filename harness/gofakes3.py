@@ -1,8 +1,8 @@
 """gofakes3 with its in-memory backend, on a free port: the benchmark server that costs the box least.
 
-On the 2-core dev box it serves 4,300 GET/s of the 1024-px corpus photos at ~150 µs of CPU each, against
+On a 2-core machine it serves 4,300 GET/s of the 1024-px corpus photos at ~150 µs of CPU each, against
 s3proxy's ~2,000 GET/s at 540-750 µs (both serving the worker's own GETs from two threads:
-bench/fetch_bench.py, BENCHMARKS.md, issue 8's seventh pass). Where a benchmark shares two cores between the
+bench/fetch_bench.py, BENCHMARKS.md). Where a benchmark shares two cores between the
 worker and its servers, every millisecond the server spends is one the worker cannot, so the benchmarks
 of the worker's CPU use this one. It does not check signatures: bench/fetch_bench.py, which must see a
 wrongly signed GET fail, keeps s3proxy (harness/s3proxy.py).

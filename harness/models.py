@@ -17,7 +17,7 @@ from worker.config import ModelSettings
 
 # A full CLIP config (open_clip needs both towers): 2-layer, width-64 ViT with 32-px patches at 224 px,
 # so preprocessing is the real models'. Its forward is small, not free: ~15M multiply-adds, ~0.27 ms
-# per image on one CPU core, a tenth of a 1024-px photo's decode (BENCHMARKS.md, issue 8, fifth pass).
+# per image on one CPU core, a tenth of a 1024-px photo's decode (BENCHMARKS.md).
 TINY_MODEL_NAME = "tiny-vit"
 
 

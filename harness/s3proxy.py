@@ -1,7 +1,7 @@
 """s3proxy (a JVM) with in-memory storage, on a free port: the benchmark server that checks signatures.
 
 s3proxy 2.7.0 with the ``transient`` jclouds provider serves ~2,000 GET/s at 0.5-0.75 ms of CPU each
-(measured on the 2-core dev box), against moto's 2.7-3.0 ms; unlike gofakes3 (harness/gofakes3.py,
+(measured on a 2-core machine), against moto's 2.7-3.0 ms; unlike gofakes3 (harness/gofakes3.py,
 ~0.15 ms) it verifies SigV4 signatures, which bench/fetch_bench.py relies on. Tests keep using moto: it
 is in-process and needs no Java. How the process is run: harness/s3_process.py.
 

@@ -191,7 +191,7 @@ def test_an_invalid_setting_exits_2_naming_the_variable(tiny_checkpoint: Path) -
 
 
 def test_the_commands_that_need_no_model_do_not_import_torch() -> None:
-    # ~3 s of imports on the dev box: --version, a bad setting, replay and enqueue answer without them.
+    # torch and friends take seconds to import: --version, a bad setting, replay and enqueue answer without them.
     modules = ", ".join(f"worker.cli.{name}" for name in OPTIONS)
     probe = (f"import sys, worker.cli, {modules}, worker.stream.replay, worker.batch.commands; "
              "worker.cli.build_parser(); "

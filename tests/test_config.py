@@ -9,7 +9,7 @@ from worker.config import Settings, env_var, load_settings
 from worker.errors import ConfigError
 from worker.kafka.config import consumer_config, is_cooperative, producer_config
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+CONFIGURATION = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
 
 def every_env_var() -> list[str]:
@@ -80,8 +80,8 @@ def test_decoding_on_the_gpu_fails_where_it_cannot_serve_and_auto_falls_back(
     assert caught.value.setting == "CLIP_WORKER_MODEL__DECODE" and named in str(caught.value)
 
 
-def test_the_readme_documents_every_setting() -> None:
-    text = README.read_text()
+def test_the_configuration_reference_documents_every_setting() -> None:
+    text = CONFIGURATION.read_text()
     assert [name for name in every_env_var() if f"`{name}`" not in text] == []
 
 

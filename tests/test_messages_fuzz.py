@@ -1,6 +1,6 @@
 """Hostile input values: whatever the bytes, decode_request returns a request or raises BadMessage.
 
-The example tests are the crash classes measured before (issue 7); the properties look for the next
+The example tests are the crash classes found before; the properties look for the next
 ones: arbitrary bytes, JSON trees (deep, huge integers, lone surrogates), and valid Avro requests
 truncated, extended or with bytes overwritten, each read as json, avro and auto. A request that comes
 out must be writable (UTF-8 strings) and must survive a round trip through both encoders.

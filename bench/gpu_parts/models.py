@@ -147,7 +147,7 @@ def check_throughput(report: Report, ctx: Context, model: str, loaded: dict[str,
     value = rate(lambda: fast.embed(repeated), ctx.device, images=batch, seconds=window)
     report.figure(model=model, kind="embed() uint8 in, float32 out", dtype="fp16", batch=batch,
                   img_per_s=round(value, 1))
-    if ctx.device.type == "cuda":  # direction 4: the batch written once into pinned memory, or twice
+    if ctx.device.type == "cuda":  # the batch written once into pinned memory, or twice
         pixels = [image.pixels for image in repeated]
         for kind, stage in (("host staging: stack, then pin_memory()", lambda: torch.stack(pixels).pin_memory()),
                             ("host staging: stacked into pinned memory (collate)", lambda: staged(pixels, ctx.device))):

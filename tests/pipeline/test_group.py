@@ -27,7 +27,7 @@ def wait_for_embedded(worker: InProcessWorker, at_least: float, timeout: float =
 
 
 # Classic protocol only: under KIP-848 (group.protocol=consumer) a joiner sometimes holds its
-# assigned partitions without ever fetching from them (3 runs in 10 here); see the README.
+# assigned partitions without ever fetching from them (3 runs in 10 here); see docs/delivery.md.
 def test_members_joining_and_leaving_mid_stream_lose_no_record(
     kafka_broker: KafkaBroker,
     photo_bucket: tuple[str, list[str]],
