@@ -15,15 +15,35 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, get_origin
+from typing import Annotated, Literal, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from worker import config_rules as rules
 from worker.errors import ConfigError
 
 ENV_PREFIX = "CLIP_WORKER_"
 ENV_NESTED_DELIMITER = "__"
+
+
+Topic = Annotated[str, AfterValidator(rules.kafka_topic)]
+HttpUrl = Annotated[str, AfterValidator(rules.http_url)]
+AllowlistEntry = Annotated[str, AfterValidator(rules.allowlist_entry)]
+
+
+def _upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
 
 
 class _Section(BaseModel):
@@ -136,21 +156,28 @@ class ModelSettings(_Section):
 
 
 class KafkaSettings(_Section):
-    bootstrap_servers: str = Field("localhost:9092", description="Kafka bootstrap servers.")
+    bootstrap_servers: Annotated[str, AfterValidator(rules.bootstrap_servers)] = Field(
+        "localhost:9092", description="Kafka bootstrap servers: host:port, separated by commas."
+    )
     group_id: str = Field("clip-embedding-worker", description="Consumer group: more pods, more throughput.")
-    input_topic: str = Field("images", description="Topic of image-reference messages.")
-    output_topic: str = Field("image-embeddings", description="Topic the embedding records go to.")
-    dead_letter_topic: str = Field("images-dlq", description="Topic for records that can never succeed.")
+    input_topic: Topic = Field("images", description="Topic of image-reference messages.")
+    output_topic: Topic = Field("image-embeddings", description="Topic the embedding records go to.")
+    dead_letter_topic: Topic = Field("images-dlq", description="Topic for records that can never succeed.")
     group_instance_id: str | None = Field(
         None, description="Static membership id (KIP-345); the StatefulSet pod name is a good one."
     )
     group_protocol: Literal["classic", "consumer"] = Field(
         "classic", description='"consumer" selects the KIP-848 protocol (Kafka 4.x brokers).'
     )
-    security_protocol: str = Field("PLAINTEXT", description="librdkafka security.protocol.")
-    sasl_mechanism: str | None = Field(None, description="librdkafka sasl.mechanism.")
+    security_protocol: Annotated[Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"], BeforeValidator(_upper)] = (
+        Field("PLAINTEXT", description="librdkafka security.protocol.")
+    )
+    sasl_mechanism: str | None = Field(
+        None, validate_default=True,
+        description="librdkafka sasl.mechanism: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER.",
+    )
     sasl_username: str | None = Field(None, description="SASL user.")
-    sasl_password: SecretStr | None = Field(None, description="SASL password; never logged.")
+    sasl_password: SecretStr | None = Field(None, validate_default=True, description="SASL password; never logged.")
     client_config: dict[str, str] = Field(
         default_factory=dict, description="Extra librdkafka properties for consumer and producer (JSON object)."
     )
@@ -174,11 +201,33 @@ class KafkaSettings(_Section):
         "and the worker exits to be restarted.",
     )
 
+    @field_validator("output_topic", "dead_letter_topic")
+    @classmethod
+    def _not_the_input(cls, value: str, info: ValidationInfo) -> str:
+        if value == info.data.get("input_topic"):
+            raise ValueError(f"{value!r} is the input topic too: the worker would read its own records again")
+        if info.field_name == "dead_letter_topic" and value == info.data.get("output_topic"):
+            raise ValueError(f"{value!r} is the output topic too: dead letters would read as embeddings")
+        return value
+
+    @field_validator("sasl_mechanism")
+    @classmethod
+    def _servable_mechanism(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return rules.sasl_mechanism(value, info.data.get("security_protocol", "PLAINTEXT"))
+
+    @field_validator("sasl_password")
+    @classmethod
+    def _credentials_for_the_mechanism(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        mechanism = info.data.get("sasl_mechanism")
+        if rules.needs_credentials(mechanism) and (value is None or not info.data.get("sasl_username")):
+            raise ValueError(f"{mechanism} needs sasl_username and sasl_password (from a secret)")
+        return value
+
 
 class S3Settings(_Section):
-    endpoint_url: str | None = Field(None, description="S3 endpoint; unset means AWS. Set it for MinIO, Ceph, R2.")
+    endpoint_url: HttpUrl | None = Field(None, description="S3 endpoint; unset means AWS. Set it for MinIO, Ceph, R2.")
     region: str | None = Field(None, description="S3 region; unset means the standard AWS chain decides.")
-    allowed_sources: tuple[str, ...] = Field(
+    allowed_sources: tuple[AllowlistEntry, ...] = Field(
         (), description='Buckets, or "bucket/prefix", the worker may read. Empty means none: set it.'
     )
     max_object_bytes: int = Field(32 * 1024 * 1024, ge=1, description="Objects larger than this are rejected.")
@@ -231,7 +280,7 @@ class PipelineSettings(_Section):
         ("traceparent", "tracestate"),
         description="Input record headers copied to the output record, by exact name (W3C trace context by default).",
     )
-    schema_registry_url: str | None = Field(None, description="Schema Registry URL; needed for confluent framing.")
+    schema_registry_url: HttpUrl | None = Field(None, description="Schema Registry URL; needed for confluent framing.")
     schema_registry_auto_register: bool = Field(
         False, description="Register the output schema on first use; production registers it up front."
     )
@@ -253,17 +302,12 @@ class PipelineSettings(_Section):
 class LogSettings(_Section):
     """What the worker logs and how: one line per event on stderr (see worker/logs.py)."""
 
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+    level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)] = Field(
         "INFO", description="Least severe level logged: DEBUG, INFO, WARNING, ERROR or CRITICAL."
     )
     format: Literal["text", "json"] = Field(
         "text", description="text: one readable line per event; json: one JSON object per line, for collectors."
     )
-
-    @field_validator("level", mode="before")
-    @classmethod
-    def _upper_case_level(cls, value: object) -> object:
-        return value.upper() if isinstance(value, str) else value
 
 
 class Settings(BaseSettings):
@@ -283,17 +327,39 @@ def env_var(*path: str) -> str:
     return ENV_PREFIX + ENV_NESTED_DELIMITER.join(path).upper()
 
 
+def every_variable() -> list[str]:
+    """The environment variable of every setting."""
+    return [env_var(section_name, name) for section_name, section in Settings.model_fields.items()
+            for name in section.annotation.model_fields]  # type: ignore[union-attr]
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Read the settings from the environment (overrides win); raise ConfigError naming the first bad one."""
+    """Read the settings from the environment (overrides win); raise ConfigError naming the first bad
+    one, or a CLIP_WORKER_ variable that is no setting (a typo must not be silently ignored)."""
+    unknown = rules.unknown_variables(os.environ, prefix=ENV_PREFIX, known=every_variable())
+    if unknown:
+        variable, closest = unknown[0]
+        hint = f"did you mean {closest}?" if closest else "see docs/configuration.md for the settings"
+        raise ConfigError(variable, f"no such setting: {hint}")
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
         path = [str(part) for part in first["loc"]]
         where = f" (at {'.'.join(path[2:])})" if len(path) > 2 else ""  # an item of a list or dict setting
-        raise ConfigError(env_var(*path[:2]), first["msg"] + where) from None
+        raise ConfigError(env_var(*path[:2]), first["msg"].removeprefix("Value error, ") + where) from None
     except SettingsError:  # a list or dict setting whose value is not JSON: pydantic-settings names only its section
         raise ConfigError(_unparsable_json_variable(), "not valid JSON (list and dict settings take JSON)") from None
+
+
+def require_stream_settings(settings: Settings) -> None:
+    """What the stream needs beyond valid values, checked before the model loads; raises ConfigError.
+    (Batch mode may run without them: local files need no allowlist.)"""
+    if not settings.s3.allowed_sources:
+        raise ConfigError(env_var("s3", "allowed_sources"),
+                          'empty: name the buckets (or bucket/prefix) the worker may read, e.g. ["photos"]')
+    if settings.pipeline.output_format == "confluent" and not settings.pipeline.schema_registry_url:
+        raise ConfigError(env_var("pipeline", "schema_registry_url"), "output_format confluent needs a registry")
 
 
 def _unparsable_json_variable() -> str:

@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from worker import __version__
-from worker.config import Settings
+from worker.config import Settings, require_stream_settings
 from worker.health import HealthServer
 from worker.metrics import Metrics
 
@@ -44,7 +44,9 @@ def handle(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run(settings: Settings) -> int:
-    """Serve health first (the model load can take minutes), then load, wire and run."""
+    """Check what the stream needs, serve health (the model load can take minutes), then load, wire
+    and run."""
+    require_stream_settings(settings)
     from worker.engine import Embedder, frozen_heap, share_cores
     from worker.stream.build import build_runtime
 
