@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 HELM := .cache/bin/helm
 HELM_VERSION := v3.22.0
 
-.PHONY: test demo docs lint typecheck imports pytest bench bench-cpu gpu-wheels image clean
+.PHONY: test demo docs lint typecheck imports pytest bench bench-cpu gpu-wheels lock lock-cu128 image clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -66,13 +66,53 @@ bench-cpu: bench
 gpu-wheels: $(INSTALLED)
 	bash bench/fetch_gpu_wheels.sh
 
+# requirements.lock: every package the image installs, pinned with its hashes, for Linux x86_64 and
+# CPython 3.11, resolved from pyproject.toml's [project.dependencies] by uv (metadata only: the
+# CUDA wheels are not downloaded). Run it after changing a dependency; tests/test_install.py fails
+# while the lock and pyproject.toml disagree. uv comes into .cache/uv, not into the project.
+UV_VERSION := 0.13.10
+UV := .cache/uv/bin/uv
+LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	--custom-compile-command "make lock"
+
+$(UV):
+	$(PYTHON) -m venv .cache/uv
+	.cache/uv/bin/pip install --quiet uv==$(UV_VERSION)
+
+lock: $(UV)
+	$(UV) pip compile pyproject.toml $(LOCK_FLAGS) --output-file requirements.lock
+
+# The CUDA 12.8 variant's lock (make image CUDA=12.8 uses it when present): torch and torchvision
+# from the PyTorch index's cu128 builds, the rest from PyPI. Needs that index to be reachable.
+lock-cu128: $(UV)
+	$(UV) pip compile pyproject.toml $(LOCK_FLAGS) --torch-backend cu128 --output-file requirements-cu128.lock
+
 # The worker image (Dockerfile), tagged with the package version: the Helm chart's default image
 # is clip-embedding-worker:<appVersion>. Needs Docker with BuildKit; nothing else here does.
+#   CUDA=12.8                  torch's CUDA 12.8 build on a CUDA 12.8 base (default 13.2)
+#   PRETRAINED=...             the weights baked into /opt/models: MODEL_NAME's OpenCLIP tag, or
+#                              s3://bucket/key; default openai, the chart's config.model.pretrained
+#                              (modelCache.type=image); empty for an image without weights
+#   PYTHON_DIGEST, CUDA_DIGEST the base images' digests (sha256:...), see the Dockerfile
 IMAGE ?= clip-embedding-worker
-IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE_TAG ?= $(VERSION)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+SOURCE ?= $(shell git remote get-url origin 2>/dev/null)
+CUDA ?= 13.2
+MODEL_NAME ?= ViT-B-32
+PRETRAINED ?= openai
+WEIGHTS_SHA256 ?=
+PYTHON_DIGEST ?=
+CUDA_DIGEST ?=
 
 image:
-	docker build -t $(IMAGE):$(IMAGE_TAG) .
+	docker build -t $(IMAGE):$(IMAGE_TAG) \
+		--build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) --build-arg SOURCE=$(SOURCE) \
+		--build-arg CUDA=$(CUDA) $(if $(CUDA_DIGEST),--build-arg CUDA_$(subst .,_,$(CUDA))_DIGEST=$(CUDA_DIGEST)) \
+		$(if $(PYTHON_DIGEST),--build-arg PYTHON_DIGEST=$(PYTHON_DIGEST)) \
+		--build-arg MODEL_NAME=$(MODEL_NAME) --build-arg PRETRAINED=$(PRETRAINED) \
+		--build-arg WEIGHTS_SHA256=$(WEIGHTS_SHA256) .
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

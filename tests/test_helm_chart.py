@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from worker.config import ENV_NESTED_DELIMITER, ENV_PREFIX, Settings, env_var, l
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "clip-embedding-worker"
 ALL_FEATURES = CHART / "ci" / "all-features-values.yaml"
+# Only the values the chart requires (Kafka brokers, S3 sources): the base of every other render here.
+MINIMAL = CHART / "ci" / "minimal-values.yaml"
 SCHEMA = CHART / "values.schema.json"
 HELM = Path(os.environ.get("HELM_BIN") or ROOT / ".cache" / "bin" / "helm")
 HELM_VERSION = "v3.22.0"
@@ -282,9 +285,10 @@ def _helm(helm: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([helm["bin"], *args], capture_output=True, text=True, env=helm["env"], timeout=120)
 
 
-def _render(helm: dict[str, Any], *args: str) -> dict[tuple[str, str], dict[str, Any]]:
-    """`helm template` into {(kind, name): object}."""
-    done = _helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
+def _render(helm: dict[str, Any], *args: str, required: bool = True) -> dict[tuple[str, str], dict[str, Any]]:
+    """`helm template` into {(kind, name): object}; with ci/minimal-values.yaml first unless not `required`."""
+    base = ["-f", str(MINIMAL)] if required else []
+    done = _helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *base, *args)
     assert done.returncode == 0, f"helm template {args} failed:\n{done.stderr}"
     objects = {}
     for doc in yaml.safe_load_all(done.stdout):
@@ -295,8 +299,9 @@ def _render(helm: dict[str, Any], *args: str) -> dict[tuple[str, str], dict[str,
     return objects
 
 
-def _render_fails(helm: dict[str, Any], *args: str) -> str:
-    done = _helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
+def _render_fails(helm: dict[str, Any], *args: str, required: bool = True) -> str:
+    base = ["-f", str(MINIMAL)] if required else []
+    done = _helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *base, *args)
     assert done.returncode != 0, f"helm template {args} rendered, but the chart should refuse:\n{done.stdout}"
     return done.stderr
 
@@ -360,10 +365,31 @@ def _settings_from_container(
     return load_settings()
 
 
-def test_helm_lint(helm: dict[str, Any]) -> None:
-    for extra in ([], ["-f", str(ALL_FEATURES)]):
-        done = _helm(helm, "lint", "--strict", str(CHART), *extra)
-        assert done.returncode == 0 and "0 chart(s) failed" in done.stdout, (extra, done.stdout, done.stderr)
+def test_every_ci_values_file_lints_and_renders(helm: dict[str, Any]) -> None:
+    files = sorted((CHART / "ci").glob("*.yaml"))
+    assert {MINIMAL, ALL_FEATURES} <= set(files)
+    for values in files:
+        done = _helm(helm, "lint", "--strict", str(CHART), "-f", str(values))
+        assert done.returncode == 0 and "0 chart(s) failed" in done.stdout, (values.name, done.stdout, done.stderr)
+        assert ("StatefulSet", FULLNAME) in _render(helm, "-f", str(values), required=False), values.name
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "config.kafka.bootstrap_servers is required"),
+        (["--set", "config.kafka.bootstrap_servers=127.0.0.1:9092"], "config.kafka.bootstrap_servers is required"),
+        (["--set", "config.kafka.bootstrap_servers="], "config.kafka.bootstrap_servers is required"),
+        (["--set", "config.kafka.bootstrap_servers=kafka:9092"], "config.s3.allowed_sources is required"),
+        (["--set", "config.kafka.bootstrap_servers=kafka:9092", "--set-json", "config.s3.allowed_sources=[]"],
+         "config.s3.allowed_sources is required"),
+    ],
+)
+def test_rendering_without_the_brokers_or_the_s3_sources_fails_with_a_message_naming_the_value(
+    helm: dict[str, Any], args: list[str], message: str
+) -> None:
+    error = _render_fails(helm, *args, required=False)
+    assert message in error and "e.g. --set" in error, "the message says how to set it"
 
 
 def test_default_render(helm: dict[str, Any]) -> None:
@@ -405,9 +431,11 @@ def test_default_render(helm: dict[str, Any]) -> None:
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes[mounts["/tmp"]]
     assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
-    cache_dir = env[env_var("model", "cache_dir")]["value"]
-    assert any(cache_dir.startswith(path + "/") for path, name in mounts.items() if name == "model-cache")
-    assert "emptyDir" in volumes["model-cache"]
+    # The weights are the image's (modelCache.type image): no cache volume, and model.cache_dir is the
+    # image's own; the libraries' other caches go to the writable /tmp.
+    assert env_var("model", "cache_dir") not in env and "model-cache" not in volumes
+    for name in ("HF_HOME", "TORCH_HOME", "XDG_CACHE_HOME"):
+        assert env[name]["value"].startswith("/tmp/"), name
     # Service: headless, governing the StatefulSet, selecting its pods, carrying the metrics port.
     service = objects[("Service", f"{FULLNAME}-headless")]
     assert spec["serviceName"] == service["metadata"]["name"]
@@ -431,9 +459,13 @@ def test_default_render_loads_as_the_worker_defaults(helm: dict[str, Any], monke
             monkeypatch.delenv(name)
     defaults = Settings()
     assert loaded.kafka.group_instance_id == f"{FULLNAME}-0"
-    assert loaded.model.cache_dir == Path("/cache/open_clip")
+    assert loaded.model.cache_dir is None, "the image's CLIP_WORKER_MODEL__CACHE_DIR applies"
     assert loaded.kafka.sasl_password is None
-    owned = {"kafka": {"group_instance_id"}, "model": {"cache_dir"}}
+    # The two values an install must give (ci/minimal-values.yaml), as given.
+    minimal = yaml.safe_load(MINIMAL.read_text())["config"]
+    assert loaded.kafka.bootstrap_servers == minimal["kafka"]["bootstrap_servers"]
+    assert list(loaded.s3.allowed_sources) == minimal["s3"]["allowed_sources"]
+    owned = {"kafka": {"group_instance_id", "bootstrap_servers"}, "model": {"cache_dir"}, "s3": {"allowed_sources"}}
     assert loaded.model_dump(exclude=owned) == defaults.model_dump(exclude=owned)
 
 
@@ -641,7 +673,7 @@ def test_chart_readme_names_the_probe_paths_the_chart_renders(helm: dict[str, An
 )
 def test_schema_refuses_unknown_and_mistyped_values(helm: dict[str, Any], args: list[str], message: str) -> None:
     assert message in _render_fails(helm, *args)
-    lint = _helm(helm, "lint", "--strict", str(CHART), *args)
+    lint = _helm(helm, "lint", "--strict", str(CHART), "-f", str(MINIMAL), *args)
     assert lint.returncode != 0 and message in lint.stdout + lint.stderr, (lint.stdout, lint.stderr)
 
 
@@ -734,3 +766,154 @@ def test_helm_test_pod_runs_clip_worker_check_as_the_worker_would(
 
 def test_helm_test_pod_can_be_turned_off(helm: dict[str, Any]) -> None:
     assert not [name for kind, name in _render(helm, "--set", "helmTest.enabled=false") if kind == "Pod"]
+
+
+# -- model weights -----------------------------------------------------------------------------
+
+
+def _volumes(objects: dict[tuple[str, str], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in _one(objects, "StatefulSet")["spec"]["template"]["spec"]["volumes"]}
+
+
+def test_weights_from_a_cache_volume_set_the_cache_dir_below_its_mount(
+    helm: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects = _render(helm, "--set", "modelCache.type=emptyDir", "--set", "modelCache.mountPath=/weights")
+    assert _volumes(objects)["model-cache"]["emptyDir"] == {"sizeLimit": "10Gi"}
+    mounts = {m["name"]: m for m in _worker(_one(objects, "StatefulSet"))["volumeMounts"]}
+    assert mounts["model-cache"] == {"name": "model-cache", "mountPath": "/weights"}
+    assert _settings_from_pod(objects, monkeypatch, secrets={}).model.cache_dir == Path("/weights/open_clip")
+    assert "initContainers" not in _one(objects, "StatefulSet")["spec"]["template"]["spec"], "fetch is opt-in"
+
+
+def test_fetch_model_init_container_downloads_into_the_cache_volume_with_the_worker_s_environment(
+    helm: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert yaml.safe_load(ALL_FEATURES.read_text())["modelCache"]["fetch"]["enabled"] is True
+    objects = _render(helm, "-f", str(ALL_FEATURES), "--set", "config.model.pretrained=s3://models/vit-l-14.bin")
+    pod = _one(objects, "StatefulSet")["spec"]["template"]["spec"]
+    worker = _worker(_one(objects, "StatefulSet"))
+    (fetch,) = pod["initContainers"]
+    assert fetch["image"] == worker["image"]
+    assert fetch["command"] + fetch["args"] == ["clip-worker", "fetch-model"]
+    # The same settings, S3 credentials (aws.existingSecret) and cache, so it fetches what the worker loads.
+    assert fetch["envFrom"] == worker["envFrom"] and _env(fetch) == _env(worker)
+    assert {"secretRef": {"name": "clip-worker-s3"}} in fetch["envFrom"]
+    secrets = {("clip-worker-kafka", "sasl-password"): "s3cret", ("clip-worker-kafka", "sasl-username"): "clip"}
+    fetched = _settings_from_container(objects, fetch, f"{FULLNAME}-0", monkeypatch, secrets)
+    assert fetched.model.pretrained == "s3://models/vit-l-14.bin"
+    assert fetched.model.cache_dir == Path("/cache/open_clip")
+    mounts = {m["name"]: m["mountPath"] for m in fetch["volumeMounts"]}
+    assert mounts["model-cache"] == "/cache" and mounts["tmp"] == "/tmp"
+    assert fetch["securityContext"] == worker["securityContext"]
+    assert not any("gpu" in name for name in fetch["resources"].get("limits", {})), "no GPU to download"
+
+
+def test_an_existing_claim_filled_beforehand_mounts_read_only(helm: dict[str, Any]) -> None:
+    objects = _render(helm, "--set", "modelCache.type=existingClaim", "--set", "modelCache.existingClaim=weights",
+                      "--set", "modelCache.readOnly=true")
+    assert _volumes(objects)["model-cache"]["persistentVolumeClaim"] == {"claimName": "weights", "readOnly": True}
+    (mount,) = [m for m in _worker(_one(objects, "StatefulSet"))["volumeMounts"] if m["name"] == "model-cache"]
+    assert mount["readOnly"] is True
+    check = _check_pod(objects)["spec"]
+    assert {"claimName": "weights", "readOnly": True} in [v.get("persistentVolumeClaim") for v in check["volumes"]]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "modelCache.fetch.enabled=true"], "modelCache.type image has the weights in the image"),
+        (["--set", "modelCache.type=pvc", "--set", "modelCache.readOnly=true"], "modelCache.readOnly is for"),
+        (["--set", "modelCache.type=existingClaim", "--set", "modelCache.existingClaim=w",
+          "--set", "modelCache.readOnly=true", "--set", "modelCache.fetch.enabled=true"], "read-only claim"),
+    ],
+)
+def test_chart_refuses_model_weight_settings_that_cannot_work(
+    helm: dict[str, Any], args: list[str], message: str
+) -> None:
+    assert message in _render_fails(helm, *args)
+
+
+def _notes(helm: dict[str, Any], tmp_path: Path, *args: str) -> str:
+    """NOTES.txt as `helm install` prints it: rendered through a copy of the chart that carries it in a
+    ConfigMap (`helm template` does not print NOTES, and `helm install --dry-run` needs a cluster)."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    (chart / "files").mkdir()
+    shutil.copy(CHART / "templates" / "NOTES.txt", chart / "files" / "notes.txt")
+    (chart / "templates" / "notes-for-test.yaml").write_text(
+        'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n'
+        '  notes: {{ tpl (.Files.Get "files/notes.txt") . | toJson }}\n'
+    )
+    done = _helm(helm, "template", RELEASE, str(chart), "--namespace", NAMESPACE, "-f", str(MINIMAL), *args)
+    assert done.returncode == 0, done.stderr
+    (notes,) = [doc for doc in yaml.safe_load_all(done.stdout) if doc and doc["metadata"]["name"] == "notes"]
+    text: str = notes["data"]["notes"]
+    return text
+
+
+def test_notes_name_the_sources_read_and_where_the_weights_come_from(helm: dict[str, Any], tmp_path: Path) -> None:
+    default = _notes(helm, tmp_path / "a")
+    assert "reads only from photos;" in default and "dead-lettered (SourceForbidden)" in default
+    assert "WARNING" not in default, "nothing left to warn about: the chart refuses what it warned of"
+    assert "make image MODEL_NAME=ViT-B-32 PRETRAINED=openai" in default
+    fetched = _notes(helm, tmp_path / "b", "--set", "modelCache.type=pvc", "--set", "modelCache.fetch.enabled=true")
+    assert "downloaded by the fetch-model init container into the pvc cache" in fetched
+    assert "make image" not in fetched
+    at_start = _notes(helm, tmp_path / "c", "--set", "modelCache.type=emptyDir")
+    assert "downloaded by the worker at start into the emptyDir cache" in at_start
+
+
+# -- scheduling, disk, network -----------------------------------------------------------------
+
+
+def test_topology_spread_constraints_are_off_by_default_and_rendered_when_set(helm: dict[str, Any]) -> None:
+    assert "topologySpreadConstraints" not in _one(_render(helm), "StatefulSet")["spec"]["template"]["spec"]
+    pod = _one(_render(helm, "-f", str(ALL_FEATURES)), "StatefulSet")["spec"]["template"]["spec"]
+    assert pod["topologySpreadConstraints"] == yaml.safe_load(ALL_FEATURES.read_text())["topologySpreadConstraints"]
+
+
+def test_ephemeral_storage_is_unset_by_default_and_rendered_when_set(helm: dict[str, Any]) -> None:
+    resources = _worker(_one(_render(helm), "StatefulSet"))["resources"]
+    assert "ephemeral-storage" not in resources["requests"] and "ephemeral-storage" not in resources["limits"]
+    set_ = _worker(_one(_render(helm, "--set", "ephemeralStorage.request=2Gi", "--set", "ephemeralStorage.limit=12Gi"),
+                        "StatefulSet"))["resources"]
+    assert set_["requests"]["ephemeral-storage"] == "2Gi" and set_["limits"]["ephemeral-storage"] == "12Gi"
+    # Beside the rest, not instead of it.
+    assert set_["limits"]["nvidia.com/gpu"] == 1
+    assert set_["requests"]["cpu"] == _values()["resources"]["requests"]["cpu"]
+
+
+def test_cpu_request_follows_the_sizing_rule_for_the_decode_workers() -> None:
+    # ceil(1.4 x preprocess_workers): values.yaml's comment states the rule, docs/operations.md derives it.
+    values = _values()
+    workers = values["config"]["model"]["preprocess_workers"]
+    assert float(values["resources"]["requests"]["cpu"]) == math.ceil(1.4 * workers)
+    assert "ceil(1.4 x config.model.preprocess_workers)" in (CHART / "values.yaml").read_text()
+
+
+def test_network_policy_is_off_by_default_and_allows_only_dns_kafka_s3_the_registry_and_metrics(
+    helm: dict[str, Any],
+) -> None:
+    assert not [name for kind, name in _render(helm) if kind == "NetworkPolicy"]
+    monitoring = '[{"namespaceSelector": {"matchLabels": {"name": "mon"}}}]'
+    objects = _render(helm, "-f", str(ALL_FEATURES), "--set-json", f"networkPolicy.metricsFrom={monitoring}",
+                      "--set-json", 'networkPolicy.kafka.to=[{"ipBlock": {"cidr": "10.1.0.0/16"}}]')
+    policy = objects[("NetworkPolicy", FULLNAME)]["spec"]
+    assert policy["podSelector"]["matchLabels"] == _one(objects, "StatefulSet")["spec"]["selector"]["matchLabels"]
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
+    (ingress,) = policy["ingress"]
+    assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert ingress["from"] == [{"namespaceSelector": {"matchLabels": {"name": "mon"}}}]
+    ports = [sorted((p["port"], p["protocol"]) for p in rule["ports"]) for rule in policy["egress"]]
+    # ci/all-features: brokers on 9093, S3 at https://minio.storage.svc:9000, the registry at :8081.
+    assert ports == [[(53, "TCP"), (53, "UDP")], [(9093, "TCP")], [(9000, "TCP")], [(8081, "TCP")]]
+    assert policy["egress"][0]["to"] == _values()["networkPolicy"]["dns"]["to"]
+    assert policy["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.1.0.0/16"}}]
+    assert "to" not in policy["egress"][2], "S3 anywhere on its port unless networkPolicy.s3.to says where"
+    # Defaults: Kafka's port from each host:port, S3 on 443, no registry rule without a registry.
+    plain = _render(helm, "--set", "networkPolicy.enabled=true",
+                    "--set-string", "config.kafka.bootstrap_servers=k1:9094\\,k2:9094\\,k3")
+    egress = plain[("NetworkPolicy", FULLNAME)]["spec"]["egress"]
+    assert [[p["port"] for p in rule["ports"]] for rule in egress] == [[53, 53], [9094, 9092], [443]]
+    assert "ingress" in plain[("NetworkPolicy", FULLNAME)]["spec"] and "from" not in egress[0]["ports"][0]

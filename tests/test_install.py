@@ -40,6 +40,8 @@ from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from harness.kafka_broker import KafkaBroker
 from harness.models import TINY_MODEL_NAME, model_config_dir
@@ -72,19 +74,39 @@ def _instructions() -> list[tuple[str, str]]:
     return [(text.split(None, 1)[0].upper(), text.split(None, 1)[1]) for text in logical]
 
 
-def _stages() -> list[dict[str, Any]]:
-    """Each FROM with its image (global ARG defaults substituted), alias and instructions."""
+def _global_args() -> dict[str, str]:
+    """The ARGs before the first FROM, with their defaults."""
     args: dict[str, str] = {}
+    for instruction, rest in _instructions():
+        if instruction == "FROM":
+            break
+        if instruction == "ARG":
+            name, _, default = rest.partition("=")
+            args[name] = default
+    return args
+
+
+def _substitute(text: str, args: dict[str, str]) -> str:
+    """Docker's ${NAME}, $NAME and ${NAME:+word} (word when NAME is set and not empty)."""
+    text = re.sub(r"\$\{(\w+):\+([^}]*)\}", lambda m: m.group(2) if args[m.group(1)] else "", text)
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args[m.group(1) or m.group(2)], text)
+
+
+def _stages(**build_args: str) -> list[dict[str, Any]]:
+    """Each FROM with its image (global ARGs substituted, a FROM of an earlier stage resolved to that
+    stage's image), alias and instructions."""
+    args = {**_global_args(), **build_args}
     stages: list[dict[str, Any]] = []
     for instruction, rest in _instructions():
         if instruction == "ARG" and not stages:
-            name, _, default = rest.partition("=")
-            args[name] = default
-        elif instruction == "FROM":
+            continue
+        if instruction == "FROM":
             words = rest.split()
-            image = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args[m.group(1) or m.group(2)], words[0])
+            image = _substitute(words[0], args)
+            earlier = [stage for stage in stages if stage["alias"] == image]
             alias = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append({"image": image, "alias": alias, "instructions": []})
+            stages.append({"image": earlier[0]["image"] if earlier else image, "from_stage": image if earlier else None,
+                           "alias": alias, "instructions": []})
         else:
             assert stages, f"{instruction} before any FROM"
             stages[-1]["instructions"].append((instruction, rest))
@@ -96,8 +118,8 @@ def _builder() -> dict[str, Any]:
     return builder
 
 
-def _final() -> dict[str, Any]:
-    final: dict[str, Any] = _stages()[-1]
+def _final(**build_args: str) -> dict[str, Any]:
+    final: dict[str, Any] = _stages(**build_args)[-1]
     return final
 
 
@@ -125,11 +147,16 @@ def _builder_copies() -> list[tuple[list[str], str]]:
 # -- the Dockerfile, statically ------------------------------------------------------------------
 
 
-def test_dockerfile_builds_a_wheel_and_installs_it_not_editable() -> None:
-    (build,) = [run for run in _runs(_builder()) if "pip wheel" in run]
-    assert "--no-deps" in build.split(), "the builder makes the worker's wheel only; deps come from the index"
-    wheel_dir = build.split("--wheel-dir", 1)[1].split()[0]
+def _install_run() -> str:
     (install,) = [run for run in _runs(_final()) if "pip install" in run]
+    return install
+
+
+def test_dockerfile_builds_a_wheel_and_installs_it_not_editable_after_the_locked_dependencies() -> None:
+    (build,) = [run for run in _runs(_builder()) if "pip wheel" in run]
+    assert "--no-deps" in build.split(), "the builder makes the worker's wheel only; deps come from the lock"
+    wheel_dir = build.split("--wheel-dir", 1)[1].split()[0]
+    install = _install_run()
     # The final stage installs the builder's wheel file itself: not the source tree, not editable.
     assert f"{wheel_dir}/*.whl" in install
     assert f"from=builder,source={wheel_dir}" in install or any(
@@ -137,12 +164,80 @@ def test_dockerfile_builds_a_wheel_and_installs_it_not_editable() -> None:
         for instruction, rest in _final()["instructions"]
     ), "the final stage must take the wheel from the builder stage"
     assert not {"-e", "--editable", "."} & set(install.split()), install
-    assert "--no-deps" not in install.split(), "the image needs the pinned dependencies installed"
+    # The dependencies from the lock, every file checked against its hash, before the wheel, which then
+    # needs nothing from the index; `pip check` proves the set complete.
+    steps = [step.strip() for step in install.split("&&")]
+    locked = [i for i, step in enumerate(steps) if "--require-hashes" in step and "-r " in step]
+    wheel = [i for i, step in enumerate(steps) if f"{wheel_dir}/*.whl" in step]
+    check = [i for i, step in enumerate(steps) if step.endswith("-m pip check")]
+    assert locked and wheel and check and locked[0] < wheel[0] < check[0], steps
+    assert "--no-deps" in steps[wheel[0]].split() and "--no-deps" in steps[locked[0]].split()
+    assert "lock=/opt/locks/requirements.lock" in install
+    copies = [rest for instruction, rest in _final()["instructions"] if instruction == "COPY"]
+    assert "requirements*.lock /opt/locks/" in copies
     # Into its own virtualenv, which is first on PATH so `clip-worker` is the installed console script.
     venv = re.search(r"-m venv (\S+)", install)
     assert venv and f"{venv.group(1)}/bin/python -m pip install" in install
     envs = [rest for instruction, rest in _final()["instructions"] if instruction == "ENV"]
     assert any(f"PATH={venv.group(1)}/bin:" in env for env in envs), envs
+
+
+# -- the lock file -------------------------------------------------------------------------------
+
+LOCK = ROOT / "requirements.lock"
+
+
+def _locked() -> dict[str, tuple[str, list[str]]]:
+    """requirements.lock as {normalised name: (version, sha256 hashes)}."""
+    locked = {}
+    for block in re.split(r"\n(?=[A-Za-z0-9])", LOCK.read_text()):
+        pin = re.match(r"([A-Za-z0-9_.-]+)==(\S+)", block)
+        if pin:
+            locked[canonicalize_name(pin[1])] = (pin[2], re.findall(r"--hash=sha256:([0-9a-f]{64})", block))
+    return locked
+
+
+def test_lock_pins_every_dependency_of_pyproject_at_the_version_pyproject_pins() -> None:
+    locked = _locked()
+    assert locked, "requirements.lock pins nothing"
+    wrong = {}
+    for text in PYPROJECT["project"]["dependencies"]:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        if name not in locked:
+            wrong[name] = "not in requirements.lock"
+            continue
+        version = locked[name][0]
+        pinned = [spec.version for spec in requirement.specifier if spec.operator == "=="]
+        if pinned and pinned != [version]:
+            wrong[name] = f"pyproject.toml pins {pinned[0]}, the lock {version}"
+        elif not requirement.specifier.contains(version):
+            wrong[name] = f"the lock's {version} is outside pyproject.toml's {requirement.specifier}"
+    assert not wrong, f"requirements.lock is stale, run `make lock`: {wrong}"
+
+
+def test_lock_checks_every_package_by_hash_and_names_the_command_that_made_it() -> None:
+    locked = _locked()
+    unhashed = sorted(name for name, (_, hashes) in locked.items() if not hashes)
+    assert not unhashed, f"pip --require-hashes refuses a lock with unhashed packages: {unhashed}"
+    assert "make lock" in LOCK.read_text().split("\n", 3)[1], "the header says how to regenerate it"
+    # The image's torch is the CUDA build the base image is for (see the CUDA test below).
+    assert locked["torch"][0] == metadata.version("torch").split("+")[0]
+    assert "cuda-toolkit" in locked, "torch from PyPI brings its CUDA libraries as packages"
+
+
+def test_lock_is_the_suites_own_dependency_set() -> None:
+    # What the suite runs is what the image installs: every locked package is installed here at the
+    # locked version (the suite's virtualenv has the dev extras on top).
+    differ = {}
+    for name, (version, _) in _locked().items():
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            installed = "not installed"
+        if installed.split("+")[0] != version:
+            differ[name] = (version, installed)
+    assert not differ, f"locked (left) against installed here (right): {differ}"
 
 
 def test_dockerfile_copies_only_what_the_dockerignore_lets_through() -> None:
@@ -152,17 +247,23 @@ def test_dockerfile_copies_only_what_the_dockerignore_lets_through() -> None:
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     sources = {source.rstrip("/") for sources, _ in _builder_copies() for source in sources}
     assert sources <= allowed, f"copied but ignored: {sorted(sources - allowed)}"
+    assert "requirements*.lock" in allowed, "the final stage copies the locks"
     # And the wheel's inputs are all there: the package, its schemas (worker/schemas links to them),
     # and the two files pyproject.toml names.
     assert {"pyproject.toml", "README.md", "worker", "schemas"} <= sources
     assert PYPROJECT["project"]["readme"] == "README.md"
 
 
-def test_dockerfile_cuda_base_is_the_cuda_the_pinned_torch_was_built_for() -> None:
+def _cuda_of(image: str) -> str:
     flavours = "base|runtime|cudnn-runtime"
-    base = re.fullmatch(rf"nvidia/cuda:(\d+)\.(\d+)\.(\d+)-({flavours})-ubuntu\d+\.\d+", _final()["image"])
-    assert base, f"the final stage should be an nvidia/cuda base or runtime image, not {_final()['image']}"
-    cuda = ".".join(base.group(1, 2, 3))
+    base = re.fullmatch(rf"nvidia/cuda:(\d+)\.(\d+)\.(\d+)-({flavours})-ubuntu\d+\.\d+(@sha256:[0-9a-f]{{64}})?", image)
+    assert base, f"the final stage should be an nvidia/cuda base or runtime image, not {image}"
+    return ".".join(base.group(1, 2, 3))
+
+
+def test_dockerfile_cuda_base_is_the_cuda_the_pinned_torch_was_built_for() -> None:
+    cuda = _cuda_of(_final()["image"])
+    assert _final()["from_stage"] == f"cuda-{_global_args()['CUDA']}"
     pins = [dep for dep in PYPROJECT["project"]["dependencies"] if dep.startswith("torch==")]
     assert pins == [f"torch=={metadata.version('torch')}"], "the suite runs the pinned torch"
     torch = metadata.distribution("torch")
@@ -171,9 +272,77 @@ def test_dockerfile_cuda_base_is_the_cuda_the_pinned_torch_was_built_for() -> No
     built_for = re.search(r"^cuda: .*'([\d.]+)'", version_py, re.MULTILINE)
     assert built_for, "this torch is not a CUDA build"
     assert cuda.rsplit(".", 1)[0] == built_for.group(1), f"CUDA {cuda} image for a torch built for {built_for[1]}"
+    assert _global_args()["CUDA"] == built_for.group(1), "the default CUDA argument is the PyPI torch's"
     toolkit = [req for req in torch.requires or [] if req.startswith("cuda-toolkit")]
     if toolkit:
         assert f"=={cuda}" in toolkit[0], f"torch requires {toolkit[0]}; the image has CUDA {cuda}"
+
+
+def test_each_cuda_argument_builds_on_the_nvidia_cuda_base_of_that_release() -> None:
+    variants = [stage for stage in _stages() if (stage["alias"] or "").startswith("cuda-")]
+    assert {stage["alias"] for stage in variants} >= {"cuda-13.2", "cuda-12.8"}
+    for stage in variants:
+        assert stage["instructions"] == [], f"{stage['alias']} only names a base image"
+        release = stage["alias"].removeprefix("cuda-")
+        assert _cuda_of(stage["image"]).rsplit(".", 1)[0] == release, (stage["alias"], stage["image"])
+        final = _final(CUDA=release)
+        assert final["from_stage"] == stage["alias"] and final["image"] == stage["image"]
+    # Another CUDA than PyPI's torch takes torch from the PyTorch index's build for it, or its own lock.
+    install = _install_run()
+    assert 'torch_index="https://download.pytorch.org/whl/cu$(echo "$CUDA" | tr -d .)"' in install
+    assert 'variant="/opt/locks/requirements-cu$(echo "$CUDA" | tr -d .).lock"' in install
+    # Everything but the torch family still comes from the lock by hash (awk drops only those blocks).
+    script = re.search(r"awk '([^']*)'", install)
+    assert script
+    kept = subprocess.run(["awk", script.group(1), str(LOCK)], capture_output=True, text=True, check=True).stdout
+    kept_names = {canonicalize_name(m) for m in re.findall(r"^([A-Za-z0-9_.-]+)==", kept, re.MULTILINE)}
+    dropped = set(_locked()) - kept_names
+    assert "torch" in dropped and "torchvision" in dropped and "pillow" in kept_names
+    assert all(re.match(r"torch|torchvision|triton|nvidia-|cuda-", name) for name in dropped), sorted(dropped)
+    assert kept.count("--hash=sha256:") == sum(len(_locked()[name][1]) for name in kept_names)
+
+
+def test_base_images_take_an_optional_digest_and_the_defaults_are_digests_or_empty() -> None:
+    args = _global_args()
+    for instruction, rest in _instructions():
+        if instruction != "FROM" or rest.split()[0].startswith("cuda-$"):
+            continue
+        image = rest.split()[0]
+        digest = re.fullmatch(r"\$\{(\w+)_IMAGE\}\$\{(\w+)_DIGEST:\+@\}\$\{(\w+)_DIGEST\}", image)
+        assert digest and digest.group(1) == digest.group(2) == digest.group(3), f"FROM {image}: no digest argument"
+        assert re.fullmatch(r"|sha256:[0-9a-f]{64}", args[f"{digest.group(1)}_DIGEST"])
+        pinned = _substitute(image, {**args, f"{digest.group(1)}_DIGEST": "sha256:" + "0" * 64})
+        assert pinned == f"{args[digest.group(1) + '_IMAGE']}@sha256:{'0' * 64}"
+    assert "docker buildx imagetools inspect" in DOCKERFILE.read_text(), "how to read a digest"
+
+
+def test_image_carries_oci_labels_from_build_arguments_that_make_image_passes() -> None:
+    labels = " ".join(rest for instruction, rest in _final()["instructions"] if instruction == "LABEL")
+    for key, value in [("version", "${VERSION}"), ("revision", "${REVISION}"), ("source", "${SOURCE}")]:
+        assert f'org.opencontainers.image.{key}="{value}"' in labels
+    assert 'org.opencontainers.image.title="clip-embedding-worker"' in labels
+    assert f'org.opencontainers.image.description="{PYPROJECT["project"]["description"]}"' in labels
+    done = subprocess.run(["make", "-n", "image", "CUDA=12.8", "PRETRAINED=", "REVISION=abc123"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    command = done.stdout.replace("\\\n", " ").split()
+    for arg in (f"VERSION={VERSION}", "REVISION=abc123", "CUDA=12.8", "PRETRAINED="):
+        assert arg in command, (arg, command)
+    assert "git rev-parse HEAD" in (ROOT / "Makefile").read_text()
+
+
+def test_pretrained_build_argument_fetches_the_weights_into_the_image_s_model_cache() -> None:
+    args = {rest.partition("=")[0]: rest.partition("=")[2]
+            for instruction, rest in _final()["instructions"] if instruction == "ARG"}
+    assert args["PRETRAINED"] == "", "empty: no weights in the image"
+    envs = " ".join(rest for instruction, rest in _final()["instructions"] if instruction == "ENV")
+    assert "CLIP_WORKER_MODEL__CACHE_DIR=/opt/models" in envs.split()
+    (fetch,) = [run for run in _runs(_final()) if "fetch-model" in run]
+    assert 'if [ -n "$PRETRAINED" ]' in fetch and "clip-worker fetch-model" in fetch
+    assert 'CLIP_WORKER_MODEL__PRETRAINED="$PRETRAINED"' in fetch
+    assert "chown -R 10001:10001 /opt/models" in fetch
+    # Secrets for s3:// come as a build secret mount, never as an ARG (ARGs stay in the image's history).
+    assert "--mount=type=secret,id=aws" in fetch and not any("AWS" in name for name in args)
 
 
 def test_dockerfile_python_is_the_one_the_suite_runs() -> None:
@@ -207,7 +376,9 @@ def test_make_image_tags_the_image_the_chart_deploys_by_default() -> None:
     # -n: print the command only; Docker is not needed (nor here).
     done = subprocess.run(["make", "-n", "image"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert f"docker build -t {values['image']['repository']}:{VERSION} ." in done.stdout.splitlines()
+    command = done.stdout.replace("\\\n", " ").split()
+    assert command[:4] == ["docker", "build", "-t", f"{values['image']['repository']}:{VERSION}"], command
+    assert command[-1] == "."
 
 
 # -- the Dockerfile's steps, performed ------------------------------------------------------------

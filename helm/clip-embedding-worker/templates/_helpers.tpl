@@ -108,7 +108,7 @@ Refuses values the chart owns or that would leak a secret, before anything rende
 {{- $reserved := dict
   "kafka.sasl_password" "never put the SASL password in values: set kafkaAuth.existingSecret"
   "kafka.group_instance_id" "every pod would share it; the chart sets it to the pod name (staticMembership)"
-  "model.cache_dir" "the chart sets it from modelCache.mountPath" }}
+  "model.cache_dir" "the chart sets it from modelCache (the image's /opt/models, or modelCache.mountPath)" }}
 {{- range $section, $fields := .Values.config }}
 {{- if not (kindIs "map" $fields) }}
 {{- fail (printf "config.%s must be a map of settings" $section) }}
@@ -120,6 +120,17 @@ Refuses values the chart owns or that would leak a secret, before anything rende
 {{- end }}
 {{- end }}
 {{- end }}
+{{- /*
+The two settings the worker cannot do without. Their defaults are the worker's own (localhost, no
+bucket), which in a pod mean no broker and every record dead-lettered: refused here instead.
+*/}}
+{{- $brokers := toString (default "" .Values.config.kafka.bootstrap_servers) }}
+{{- if or (not $brokers) (regexMatch "^(localhost|127\\.0\\.0\\.1)(:|,|$)" $brokers) }}
+{{- fail (printf "config.kafka.bootstrap_servers is required: the Kafka brokers as host:port[,host:port] (now %q, which inside a pod is the pod itself), e.g. --set config.kafka.bootstrap_servers=kafka:9092" $brokers) }}
+{{- end }}
+{{- if not .Values.config.s3.allowed_sources }}
+{{- fail "config.s3.allowed_sources is required: the buckets or bucket/prefixes the worker may read (without one every record is dead-lettered as SourceForbidden), e.g. --set-json 'config.s3.allowed_sources=[\"my-bucket/images/\"]'" }}
+{{- end }}
 {{- $protocol := upper (default "PLAINTEXT" .Values.config.kafka.security_protocol) }}
 {{- if and (hasPrefix "SASL" $protocol) (not .Values.kafkaAuth.existingSecret) }}
 {{- fail (printf "config.kafka.security_protocol is %s: set kafkaAuth.existingSecret (the Secret with the SASL password)" $protocol) }}
@@ -130,8 +141,17 @@ Refuses values the chart owns or that would leak a secret, before anything rende
 {{- if and .Values.kafkaAuth.existingSecret (not (hasPrefix "SASL" $protocol)) }}
 {{- fail (printf "kafkaAuth.existingSecret is set but config.kafka.security_protocol is %s, not SASL_*" $protocol) }}
 {{- end }}
-{{- if not (has .Values.modelCache.type (list "emptyDir" "pvc" "existingClaim")) }}
-{{- fail (printf "modelCache.type must be emptyDir, pvc or existingClaim, not %v" .Values.modelCache.type) }}
+{{- if not (has .Values.modelCache.type (list "image" "emptyDir" "pvc" "existingClaim")) }}
+{{- fail (printf "modelCache.type must be image, emptyDir, pvc or existingClaim, not %v" .Values.modelCache.type) }}
+{{- end }}
+{{- if and .Values.modelCache.fetch.enabled (eq .Values.modelCache.type "image") }}
+{{- fail "modelCache.fetch.enabled needs a cache volume: modelCache.type image has the weights in the image already (set type emptyDir, pvc or existingClaim)" }}
+{{- end }}
+{{- if and .Values.modelCache.readOnly (ne .Values.modelCache.type "existingClaim") }}
+{{- fail "modelCache.readOnly is for modelCache.type existingClaim (a claim filled beforehand)" }}
+{{- end }}
+{{- if and .Values.modelCache.readOnly .Values.modelCache.fetch.enabled }}
+{{- fail "modelCache.fetch.enabled cannot write into a read-only claim (modelCache.readOnly)" }}
 {{- end }}
 {{- if and (eq .Values.modelCache.type "existingClaim") (not .Values.modelCache.existingClaim) }}
 {{- fail "modelCache.type is existingClaim: set modelCache.existingClaim" }}
@@ -197,7 +217,17 @@ ConfigMap): the chart-owned settings, the cache locations, then extraEnv.
       key: {{ $.Values.kafkaAuth.usernameKey }}
 {{- end }}
 {{- end }}
-# Every cache under the writable model cache volume; HOME for libraries that write ~/.
+{{- if eq $cache.type "image" }}
+# The weights are in the image: model.cache_dir is the image's own (/opt/models, read-only at run
+# time); the libraries' other caches on the writable /tmp.
+- name: HF_HOME
+  value: /tmp/huggingface
+- name: TORCH_HOME
+  value: /tmp/torch
+- name: XDG_CACHE_HOME
+  value: /tmp/cache
+{{- else }}
+# Every cache under the model cache volume; HOME for libraries that write ~/.
 - name: CLIP_WORKER_MODEL__CACHE_DIR
   value: {{ printf "%s/open_clip" $cache.mountPath | quote }}
 - name: HF_HOME
@@ -206,6 +236,7 @@ ConfigMap): the chart-owned settings, the cache locations, then extraEnv.
   value: {{ printf "%s/torch" $cache.mountPath | quote }}
 - name: XDG_CACHE_HOME
   value: {{ $cache.mountPath | quote }}
+{{- end }}
 - name: HOME
   value: /tmp
 - name: PYTHONUNBUFFERED
@@ -213,4 +244,22 @@ ConfigMap): the chart-owned settings, the cache locations, then extraEnv.
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
+{{- end }}
+
+{{/*
+The port of each host:port in a comma-separated list, or of a URL (its scheme's default without one).
+*/}}
+{{- define "clip-embedding-worker.hostPorts" -}}
+{{- $ports := list }}
+{{- range (splitList "," .) }}
+{{- $port := regexFind ":[0-9]+$" (trim .) | trimPrefix ":" }}
+{{- $ports = append $ports (default "9092" $port | int) }}
+{{- end }}
+{{- toJson ($ports | uniq) }}
+{{- end }}
+
+{{- define "clip-embedding-worker.urlPort" -}}
+{{- $url := urlParse . }}
+{{- $port := regexFind ":[0-9]+$" $url.host | trimPrefix ":" }}
+{{- default (eq $url.scheme "http" | ternary "80" "443") $port }}
 {{- end }}
