@@ -36,7 +36,6 @@ from worker.engine import Embedder
 from worker.errors import FatalError, Outage
 from worker.formats.encoding import EmbeddingEncoder
 from worker.formats.messages import ImageRequest, S3Uri
-from worker.formats.positions import BatchPosition
 from worker.images.batching import Batcher
 from worker.images.budget import InFlightBytes
 from worker.images.failures import classify
@@ -82,8 +81,8 @@ class Finisher:
             self.fatal = self.fatal or FatalError(f"{stage}: {type(error).__name__}: {error}")
             return
         batch_input = self.pending.pop(work)
-        self.fail_input(InputError(id=batch_input.id, source_uri=batch_input.uri, origin=batch_input.origin,
-                                   position=batch_input.position, error=record_error))
+        self.fail_input(InputError(id=batch_input.id, source_uri=batch_input.uri, position=batch_input.position,
+                                   error=record_error))
 
     def fail_input(self, failure: InputError) -> None:
         self._sink.failed(self._rows.failed(failure))
@@ -167,7 +166,7 @@ class BatchRun:
         elif isinstance(item, InputError):
             self._finisher.fail_input(item)
         else:
-            work = Work(position=BatchPosition(input=item.origin, index=item.position))
+            work = Work(position=item.position)
             self._finisher.pending[work] = item
             if isinstance(item.location, S3Uri):
                 work.request = ImageRequest(id=item.id, uri=item.location, metadata=item.metadata)
