@@ -47,7 +47,7 @@ class InferenceStage:
         encode: Callable[[Work], None] | None = None, max_batches: int = 2, wake: Wake | None = None,
         prepare_batch: PrepareBatchFn | None = None, journal: DeviceJournal | None = None,
     ) -> None:
-        """`encode(work)`, when given, runs on this thread for each embedded record (outputs.py), so
+        """`encode(work)`, when given, runs on this thread for each embedded record (the stream's output encoding), so
         the main thread receives records ready to produce: one hand-off, no Avro on the main thread.
         `wake` is signalled as each batch finishes: the loop hands the device its next batch at once.
         `prepare_batch` decodes the records that arrive as bytes (Work.jpeg, the header the fetch read),
