@@ -83,10 +83,6 @@ class ImagePath:
         """How long until the next partial batch is due; None when none is queued."""
         return self.batcher.seconds_to_deadline()
 
-    def held(self) -> bool:
-        """A batch is due but the device has no room: only the device finishing can move the path."""
-        return self.batcher.held()
-
 
 def build_image_path(
     settings: Settings, embedder: Embedder, *, s3: S3Source, next_step: Sink[Work], failures: FailureSink,
