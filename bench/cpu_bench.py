@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, w
 
 from bench.header import run_header
 from bench.pipeline_bench import WARMUP_SHARE, steady_rate
+from harness.cpu_time import box_busy_cpu, thread_cpu, thread_groups, tree_cpu
 from harness.gofakes3 import GoFakeS3
 from harness.kafka_broker import KafkaBroker
 from harness.kafka_io import produce_requests, read_all, wait_until_committed
@@ -61,14 +62,13 @@ from harness.photos import photo_corpus
 from harness.s3_process import S3Process
 from harness.s3_server import fill_bucket
 from harness.s3proxy import S3Proxy
-from harness.workers import WorkerProcess, settings_env
+from harness.workers import WorkerProcess, settings_env, tree_env
 from worker.config import ModelSettings, Settings
 from worker.engine import Embedder
 from worker.engine.preprocess import Preprocessor
 from worker.formats.encoding import EmbeddingEncoder
 from worker.formats.messages import ImageRequest, S3Uri
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SAMPLE_SECONDS = 0.05
 LONG_SIDE = 1024
 DEFAULT_WORKERS = ModelSettings.model_fields["preprocess_workers"].default
@@ -126,77 +126,7 @@ def embed_per_image(checkpoint: Path, blobs: list[bytes], *, batch: int, repeats
     return statistics.median(per_image)
 
 
-# --- CPU counters from /proc ---------------------------------------------------------------------------------
-
-def _stat_fields(path: str) -> list[str]:
-    with open(path) as file:
-        return file.read().rpartition(")")[2].split()  # the fields after "(comm)"; comm may hold spaces
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of a process (all its threads, its reaped children) and of its live descendants."""
-    try:
-        fields = _stat_fields(f"/proc/{pid}/stat")  # fields[11:15]: utime stime cutime cstime
-        total = sum(int(f) for f in fields[11:15]) / CLOCK_TICKS
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as file:
-                total += sum(tree_cpu(int(child)) for child in file.read().split())
-        return total
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-
-
-def thread_cpu(pid: int, tid: int) -> float:
-    """On-CPU seconds of one thread: schedstat's nanoseconds where the kernel has it, else stat's ticks."""
-    try:
-        with open(f"/proc/{pid}/task/{tid}/schedstat") as file:
-            return int(file.read().split()[0]) / 1e9
-    except FileNotFoundError:
-        fields = _stat_fields(f"/proc/{pid}/task/{tid}/stat")
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def box_busy_cpu() -> float:
-    """CPU seconds the whole machine has spent busy (not idle, not waiting for I/O) since boot."""
-    with open("/proc/stat") as file:
-        ticks = [int(v) for v in file.readline().split()[1:]]
-    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / CLOCK_TICKS  # user..steal, less idle and iowait
-
-
 COUNTERS = ("worker", "main", "broker", "s3", "box")
-
-
-def thread_groups(pid: int, prefix: str = "") -> dict[str, float]:
-    """CPU seconds of the worker's threads by what they are (their kernel names, pool.name_os_thread):
-    the main thread, each stage's pool, librdkafka's threads, the rest (torch's, Python's); and the
-    same for its child processes' threads (decoders, forkserver), prefixed "child ". Keys start with
-    "thread:"."""
-    groups: dict[str, float] = {}
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return groups
-    for task in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{task}/comm") as file:
-                comm = file.read().strip()
-            seconds = thread_cpu(pid, int(task))
-            with open(f"/proc/{pid}/task/{task}/children") as file:
-                children = [int(child) for child in file.read().split()]
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if int(task) == pid:
-            group = "main"
-        elif comm.startswith("rdk:"):
-            group = "librdkafka"
-        else:
-            group = comm.rstrip("0123456789").rstrip("_-") or "other"
-        key = f"thread:{prefix}{group}"
-        groups[key] = groups.get(key, 0.0) + seconds
-        for child in children:
-            for name, child_seconds in thread_groups(child, "child ").items():
-                groups[name] = groups.get(name, 0.0) + child_seconds
-    return groups
 
 
 class Sampler:
@@ -320,13 +250,6 @@ def loop_steps(path: Path, records: int) -> dict[str, tuple[float, float]]:
     """The loop probe's counts over the worker's whole life: each step's seconds per record and per call."""
     counts: dict[str, list[int]] = json.loads(path.read_text())
     return {name: (ns / 1e9 / records, ns / 1e9 / calls) for name, (calls, ns) in counts.items() if calls}
-
-
-def tree_env(tree: Path | None) -> dict[str, str]:
-    """The environment that makes ``python -m worker`` import the worker from ``tree``. PYTHONPATH alone
-    is not enough: ``-m`` puts the working directory first on sys.path, so a run started from this
-    checkout ran this checkout's code whatever the tree (every --trees A/B before 2026-11-30 did)."""
-    return {"PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"} if tree else {}
 
 
 def tree_label(tree: Path) -> str:

@@ -39,8 +39,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run as a script
 
-from bench.cpu_bench import S3_SERVERS, tree_cpu
+from bench.cpu_bench import S3_SERVERS
 from bench.header import run_header
+from harness.cpu_time import tree_cpu
 from harness.models import TINY_MODEL_NAME, register_model_configs, tiny_model_settings, write_random_checkpoint
 from harness.photos import photo_corpus
 from harness.s3_server import fill_bucket
@@ -49,7 +50,7 @@ from worker.engine import Embedder
 from worker.formats.messages import ImageRequest, S3Uri
 from worker.formats.positions import KafkaPosition
 from worker.images.budget import InFlightBytes
-from worker.images.path import decoder_stage, fetch_threads, preprocess_threads
+from worker.images.path import decoder_processes, fetch_threads, preprocess_threads
 from worker.images.stages import keep_fetched
 from worker.images.wake import Wake
 from worker.images.work import Work
@@ -73,14 +74,14 @@ class Drop:
 
 
 def stages_for(mode: str, workers: int, settings: Settings, embedder: Embedder, sink: Drop, wake: Wake) -> list[Any]:
-    """The stage(s) the worker wires for `mode` (image_stages.py), ending in `sink`, signalling `wake`;
+    """The stage(s) the worker wires for `mode` (images/path.py), ending in `sink`, signalling `wake`;
     "memory": the preprocess threads alone."""
     budget, metrics = InFlightBytes(limit=settings.pipeline.max_in_flight_bytes), Metrics()
     sized = settings.model_copy(update={"model": settings.model.model_copy(update={"preprocess_workers": workers})})
     if mode == "memory":
         return [preprocess_threads(sized, embedder, next_step=sink, failures=sink, metrics=metrics)]
     if mode == "processes":
-        return [decoder_stage(sized, embedder, next_step=sink, failures=sink, metrics=metrics, budget=budget,
+        return [decoder_processes(sized, embedder, next_step=sink, failures=sink, metrics=metrics, budget=budget,
                               wake=wake)]
     preprocess = preprocess_threads(sized, embedder, next_step=sink, failures=sink, metrics=metrics)
     source = S3Source(client=make_s3_client(settings.s3), settings=settings.s3)
@@ -109,7 +110,7 @@ def run(stages: list[Any], wake: Wake, sink: Drop, works: list[Work]) -> tuple[f
     target = sink.done + len(sink.failed) + len(works)
     for work in works:
         stages[0].submit(work)
-    works.clear()  # the byte budget holds a fetch's bytes until its record is let go (memory.py)
+    works.clear()  # the byte budget holds a fetch's bytes until its record is let go (budget.py)
     while sink.done + len(sink.failed) < target:
         for stage in stages:
             stage.poll()

@@ -33,8 +33,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run as a script
 
-from bench.cpu_bench import S3_SERVERS, tree_cpu
+from bench.cpu_bench import S3_SERVERS
 from bench.header import run_header
+from harness.cpu_time import tree_cpu
 from harness.photos import photo_corpus
 from harness.s3_process import S3Process
 from harness.s3_server import REGION, fill_bucket

@@ -124,3 +124,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
                 value, (tuple, dict, bool)) else str(value)
             env[env_var(section_name, field_name)] = text
     return env
+
+
+def tree_env(tree: Path | None) -> dict[str, str]:
+    """The environment that makes ``python -m worker`` import the worker from ``tree``. PYTHONPATH alone
+    is not enough: ``-m`` puts the working directory first on sys.path, so a run started from this
+    checkout ran this checkout's code whatever the tree (every --trees A/B before 2026-11-30 did)."""
+    return {"PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"} if tree else {}

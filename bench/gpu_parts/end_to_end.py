@@ -29,9 +29,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from bench.cpu_bench import box_busy_cpu, thread_cpu, tree_cpu
 from bench.gpu_parts.common import Budget, Context, Report
 from bench.gpu_parts.standins import BUCKET, LOG, GpuSampler, mock_kafka, s3_server
+from harness.cpu_time import box_busy_cpu, thread_cpu, tree_cpu
 from harness.kafka_io import produce_requests
 from harness.workers import settings_env
 from worker.config import Settings

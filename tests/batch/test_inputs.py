@@ -12,6 +12,7 @@ from worker.batch.inputs import BatchInput, InputError, InputSource, read_inputs
 from worker.config import S3Settings
 from worker.errors import BadMessage, ConfigError, FatalError
 from worker.formats.messages import S3Uri
+from worker.formats.positions import BatchPosition
 from worker.s3.source import S3Source
 
 NO_S3 = S3Source(client=None, settings=S3Settings())
@@ -29,7 +30,7 @@ def test_a_folder_gives_its_image_files_recursively_in_sorted_order_whatever_the
         (tmp_path / name).write_bytes(b"x")
     got = inputs(str(tmp_path))
     assert [item.id for item in got] == [str(tmp_path / n) for n in ("a.jpg", "b/1.webp", "b/2.PNG", "c/deep/3.tiff")]
-    assert [(item.origin, item.position) for item in got] == [(str(tmp_path), i) for i in range(4)]
+    assert [item.position for item in got] == [BatchPosition(str(tmp_path), i) for i in range(4)]
     first = got[0]
     assert isinstance(first, BatchInput) and first.uri == (tmp_path / "a.jpg").as_uri()
 
@@ -60,7 +61,7 @@ def test_an_s3_prefix_lists_its_objects_by_whole_segments_and_leaves_folder_keys
     s3 = S3Source(client=s3_client, settings=S3Settings(allowed_sources=(s3_bucket,)))
     raw = inputs(f"s3://{s3_bucket}/raw", s3=s3)
     assert [item.id for item in raw] == [f"s3://{s3_bucket}/raw/a.jpg", f"s3://{s3_bucket}/raw/sub/b.jpg"]
-    assert [(item.origin, item.position) for item in raw] == [(f"s3://{s3_bucket}/raw", i) for i in (0, 1)]
+    assert [item.position for item in raw] == [BatchPosition(f"s3://{s3_bucket}/raw", i) for i in (0, 1)]
     whole = inputs(f"s3://{s3_bucket}", s3=s3)
     assert [item.location for item in whole if isinstance(item, BatchInput)] == [
         S3Uri(s3_bucket, key) for key in ("raw-2/c.jpg", "raw/a.jpg", "raw/sub/b.jpg", "top.jpg")]

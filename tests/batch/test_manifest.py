@@ -71,11 +71,11 @@ def test_each_line_gives_its_entry_or_its_error_and_blank_and_over_long_lines_co
         line(id="b", uri="s3://photos/b.jpg"),
     ]))  # no newline at the end
     results = list(read_manifest(manifest))
-    assert [index for index, _ in results] == [0, 2, 3, 4], "blank lines are skipped, positions are line indexes"
-    assert results[0][1] == ManifestEntry(id="a", location=tmp_path / "a.jpg", metadata={})
-    assert isinstance(results[1][1], BadMessage) and "over" in str(results[1][1])
-    assert isinstance(results[2][1], BadMessage)
-    assert results[3][1] == ManifestEntry(id="b", location=S3Uri("photos", "b.jpg"), metadata={})
+    assert [result.index for result in results] == [0, 2, 3, 4], "blank lines are skipped, indexes are line indexes"
+    assert results[0].entry == ManifestEntry(id="a", location=tmp_path / "a.jpg", metadata={})
+    assert isinstance(results[1].entry, BadMessage) and "over" in str(results[1].entry)
+    assert isinstance(results[2].entry, BadMessage)
+    assert results[3].entry == ManifestEntry(id="b", location=S3Uri("photos", "b.jpg"), metadata={})
 
 
 @given(st.binary(max_size=300))
@@ -113,6 +113,6 @@ def test_a_manifest_of_any_lines_gives_one_result_per_line_that_is_not_blank(lin
         manifest.write_bytes(b"\n".join(lines))
         results = list(read_manifest(manifest))
     expected = [i for i, raw in enumerate(b"\n".join(lines).split(b"\n")) if raw.strip()]
-    assert [index for index, _ in results] == expected
-    for _, result in results:
-        assert isinstance(result, ManifestEntry | BadMessage)
+    assert [result.index for result in results] == expected
+    for result in results:
+        assert isinstance(result.entry, ManifestEntry | BadMessage)

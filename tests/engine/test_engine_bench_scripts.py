@@ -106,7 +106,8 @@ def test_cpu_bench_floor_and_counters() -> None:
     the model's square, and the /proc counters read this process."""
     import os
 
-    from bench.cpu_bench import bare_decode, box_busy_cpu, thread_cpu, thread_groups, tree_cpu
+    from bench.cpu_bench import bare_decode
+    from harness.cpu_time import box_busy_cpu, thread_cpu, thread_groups, tree_cpu
     from harness.photos import photo_corpus
 
     _, jpeg = photo_corpus(long_sides=(1024,), qualities=(85,))[0]
@@ -128,7 +129,7 @@ def test_decode_bench_prints_a_row_per_message_with_the_stdlib_parser() -> None:
 
 def test_a_worker_started_for_another_tree_imports_that_trees_code(tmp_path: Path) -> None:
     """cpu_bench --trees: run from this checkout, `python -m` must still take the worker from the tree."""
-    from bench.cpu_bench import tree_env
+    from harness.workers import tree_env
 
     (tmp_path / "worker").mkdir()
     (tmp_path / "worker" / "__main__.py").write_text("import worker, sys; print(worker.__file__)\n")

@@ -133,16 +133,22 @@ def test_mixing_modes_in_one_batch_is_a_programming_error(
         tiny_fast.embed([prepared[0], exact])
 
 
-def test_embed_bytes_keeps_every_record_in_place(tiny_fast: Embedder) -> None:
+def test_prepare_then_embed_keeps_every_record_in_place(tiny_fast: Embedder) -> None:
+    """The preprocess threads' path: each input prepared alone (an ImageError is that input's own), the
+    prepared ones embedded as one batch, each vector back in its input's place."""
     blobs = photo_jpegs(3)
     bad = {name: data for name, (data, _error) in bad_images().items()}
     mixed = [blobs[0], bad["pdf"], blobs[1], bad["empty"], blobs[2]]
-    results = tiny_fast.embed_bytes(mixed, workers=2)
-    assert [type(r).__name__ for r in results] == ["ndarray", "NotAnImage", "ndarray", "EmptyImage", "ndarray"]
-    assert isinstance(results[1], ImageError)
+    prepared = [tiny_fast.prepare_or_error(data) for data in mixed]
+    assert [type(p).__name__ for p in prepared] == ["PreparedImage", "NotAnImage", "PreparedImage", "EmptyImage",
+                                                    "PreparedImage"]
+    assert isinstance(prepared[1], ImageError) and isinstance(prepared[3], ImageError)
+    results = tiny_fast.embed([p for p in prepared if isinstance(p, PreparedImage)])
     np.testing.assert_allclose(
-        vectors([results[0], results[2], results[4]]),  # type: ignore[list-item]
+        vectors(results),
         vectors(tiny_fast.embed([tiny_fast.prepare(b) for b in blobs])),
         rtol=1e-5,
         atol=1e-6,
     )
+    for data, vector in zip(blobs, vectors(results), strict=True):  # in place: each matches its own image alone
+        np.testing.assert_allclose(vector, vectors(tiny_fast.embed([tiny_fast.prepare(data)]))[0], rtol=1e-4, atol=1e-5)

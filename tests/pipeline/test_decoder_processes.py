@@ -2,7 +2,7 @@
 thread path, errors that keep their class and stage across the process boundary, and the two things
 only processes can survive - a decoder killed by an image, and a decoder stuck on one.
 
-Each test drives a DecoderStage directly, with real forkserver children, real shared memory and the
+Each test drives a DecoderProcesses directly, with real forkserver children, real shared memory and the
 moto server over sockets; `target` wraps the real decoder main (decoders.serve) to crash or hang on
 chosen keys, the way a codec bug would.
 """
@@ -31,7 +31,7 @@ from worker.images.budget import InFlightBytes
 from worker.images.processes import decoders
 from worker.images.processes.decoders import DecoderSpec
 from worker.images.processes.slots import SharedSlots, SlotLayout
-from worker.images.processes.stage import DecoderStage
+from worker.images.processes.stage import DecoderProcesses
 from worker.images.work import Work
 from worker.metrics import Metrics
 
@@ -67,13 +67,13 @@ def dies_at_start(spec: DecoderSpec, conn: Connection, decoding: Any) -> None:
 @pytest.fixture
 def make_stage(
     s3_server: S3Server, aws_credentials: Credentials, embedder: Embedder
-) -> Iterator[Callable[..., tuple[DecoderStage, SharedSlots, Sink]]]:
-    stages: list[DecoderStage] = []
+) -> Iterator[Callable[..., tuple[DecoderProcesses, SharedSlots, Sink]]]:
+    stages: list[DecoderProcesses] = []
 
     def make(
         bucket: str, *, processes: int = 2, threads: int = 2, timeout: float = 30.0, slots: int = 8,
         target: Callable[[DecoderSpec, Connection, Any], None] = decoders.serve,
-    ) -> tuple[DecoderStage, SharedSlots, Sink]:
+    ) -> tuple[DecoderProcesses, SharedSlots, Sink]:
         s3 = S3Settings(endpoint_url=s3_server.endpoint_url, region="us-east-1", allowed_sources=(bucket,),
                         max_attempts=2, backoff_initial_seconds=0.01, backoff_max_seconds=0.02)
         preprocessor = embedder.preprocessor
@@ -85,7 +85,7 @@ def make_stage(
             log=LogSettings(), served=decoders.last_success(), environ=dict(os.environ),
         )
         sink = Sink()
-        stage = DecoderStage(processes=processes, spec=spec, slots=shared, next_step=sink, failures=sink,
+        stage = DecoderProcesses(processes=processes, spec=spec, slots=shared, next_step=sink, failures=sink,
                              metrics=Metrics(), timeout=timeout, budget=InFlightBytes(limit=256 * MiB),
                              reserve_bytes=MiB, target=target)
         stages.append(stage)
@@ -105,14 +105,14 @@ def fault_then_photos(s3_client: Any, bucket: str, photo: tuple[str, bytes], fau
     return name
 
 
-def submit_fault_then_photos(stage: DecoderStage, bucket: str, fault_key: str, name: str, *, photos: int) -> None:
+def submit_fault_then_photos(stage: DecoderProcesses, bucket: str, fault_key: str, name: str, *, photos: int) -> None:
     """The faulty record at offset 0, then `photos` good ones at offsets 1.."""
     stage.submit(work_for(bucket, fault_key, 0))
     for i in range(1, photos + 1):
         stage.submit(work_for(bucket, name, i))
 
 
-def run_until(stage: DecoderStage, sink: Sink, expected: int, timeout: float = 60.0) -> None:
+def run_until(stage: DecoderProcesses, sink: Sink, expected: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while sink.finished < expected:
         assert time.monotonic() < deadline, f"{sink.finished} of {expected} finished"
@@ -121,7 +121,7 @@ def run_until(stage: DecoderStage, sink: Sink, expected: int, timeout: float = 6
 
 
 def test_decoder_processes_give_the_pixels_and_digest_the_thread_path_gives(
-    make_stage: Callable[..., tuple[DecoderStage, SharedSlots, Sink]], s3_client: Any, s3_bucket: str,
+    make_stage: Callable[..., tuple[DecoderProcesses, SharedSlots, Sink]], s3_client: Any, s3_bucket: str,
     small_photos: list[tuple[str, bytes]], embedder: Embedder,
 ) -> None:
     import hashlib
@@ -150,7 +150,7 @@ def test_decoder_processes_give_the_pixels_and_digest_the_thread_path_gives(
 
 
 def test_errors_keep_their_class_stage_and_attempts_across_the_process_boundary(
-    make_stage: Callable[..., tuple[DecoderStage, SharedSlots, Sink]], s3_client: Any, s3_bucket: str,
+    make_stage: Callable[..., tuple[DecoderProcesses, SharedSlots, Sink]], s3_client: Any, s3_bucket: str,
 ) -> None:
     s3_client.put_object(Bucket=s3_bucket, Key="page.html", Body=b"<!DOCTYPE html><html></html>")
     stage, slots, sink = make_stage(s3_bucket)
@@ -166,7 +166,7 @@ def test_errors_keep_their_class_stage_and_attempts_across_the_process_boundary(
 
 
 def test_a_record_that_kills_two_decoders_fails_as_decoder_crashed_and_the_rest_are_finished(
-    make_stage: Callable[..., tuple[DecoderStage, SharedSlots, Sink]], s3_client: Any, s3_bucket: str,
+    make_stage: Callable[..., tuple[DecoderProcesses, SharedSlots, Sink]], s3_client: Any, s3_bucket: str,
     small_photos: list[tuple[str, bytes]],
 ) -> None:
     name = fault_then_photos(s3_client, s3_bucket, small_photos[0], "crash.jpg")
@@ -182,7 +182,7 @@ def test_a_record_that_kills_two_decoders_fails_as_decoder_crashed_and_the_rest_
 
 
 def test_a_record_stuck_in_a_decoder_times_out_and_its_decoder_is_replaced(
-    make_stage: Callable[..., tuple[DecoderStage, SharedSlots, Sink]], s3_client: Any, s3_bucket: str,
+    make_stage: Callable[..., tuple[DecoderProcesses, SharedSlots, Sink]], s3_client: Any, s3_bucket: str,
     small_photos: list[tuple[str, bytes]],
 ) -> None:
     name = fault_then_photos(s3_client, s3_bucket, small_photos[0], "hang.jpg")
@@ -196,7 +196,7 @@ def test_a_record_stuck_in_a_decoder_times_out_and_its_decoder_is_replaced(
 
 
 def test_decoders_that_keep_dying_before_finishing_anything_stop_the_worker(
-    make_stage: Callable[..., tuple[DecoderStage, SharedSlots, Sink]], s3_bucket: str,
+    make_stage: Callable[..., tuple[DecoderProcesses, SharedSlots, Sink]], s3_bucket: str,
 ) -> None:
     stage, _slots, _sink = make_stage(s3_bucket, processes=1, target=dies_at_start)
     deadline = time.monotonic() + 30

@@ -22,8 +22,8 @@ from worker.errors import ConfigError
 from worker.formats.positions import KafkaPosition
 from worker.images.device import journal as device_journal
 from worker.images.device.journal import DeviceJournal
-from worker.images.path import DecodeRouter
-from worker.images.path import device_journal as open_device_journal
+from worker.images.device.route import DecodeRouter
+from worker.images.device.route import open_journal as open_device_journal
 from worker.images.work import Work
 from worker.metrics import Metrics
 

@@ -1,8 +1,7 @@
 """Batch mode: embed files, folders, manifests and S3 prefixes with the stream's own engine and stages.
 
-    inputs.py, manifest.py   what to embed: sources read lazily into inputs (ids, locations, origins)
-    local.py                 the fetch step for local files, next to the S3 one
-    run.py                   the driver: the stream's stages without Kafka, backpressure by count
+    inputs.py, manifest.py   what to embed: sources read lazily into inputs (ids, locations, positions)
+    run.py                   the driver: the image path (images/path.py) without Kafka, backpressure by count
     records.py               a row per input: the stream's output record, or an error row
     formats.py, sinks.py     jsonl, Avro or Parquet parts written whole, and resuming from them
     progress.py              the progress bar and the summary line

@@ -9,9 +9,9 @@ Each command-line argument is one source:
     FILE.jsonl           a manifest (manifest.py): ids, uris (s3:// or local) and metadata per line
     FILE                 that file, whatever its extension; its id is its path
 
-Every input also carries where it came from (the argument) and its position there (from 0; a
-manifest's line number less one): output rows keep them as input_topic and input_offset, as a stream
-record keeps its topic and offset. Sources are read lazily, as the run loop takes inputs, so a
+Every input also carries its BatchPosition (formats/positions.py): the argument it came from and its
+index there (from 0; a manifest's line number less one). Output rows keep them as input_topic and
+input_offset, as a stream record keeps its topic and offset. Sources are read lazily, as the run loop takes inputs, so a
 listing of millions of objects is never held in memory. An input that names nothing to fetch (a
 manifest line that is no request, an id seen before) is an InputError: it gets an error row, named
 ``<source>#<position>`` when its own id cannot name it.
@@ -28,6 +28,7 @@ from typing import Literal
 from worker.batch.manifest import read_manifest
 from worker.errors import BadMessage, ConfigError, FatalError, Outage, RecordError, SourceError
 from worker.formats.messages import S3Uri, parse_s3_prefix
+from worker.formats.positions import BatchPosition
 from worker.s3.source import S3Source
 from worker.text import safe_text
 
@@ -44,8 +45,7 @@ class BatchInput:
 
     id: str
     location: S3Uri | Path
-    origin: str
-    position: int
+    position: BatchPosition
     metadata: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -62,8 +62,7 @@ class InputError:
 
     id: str
     source_uri: str | None
-    origin: str
-    position: int
+    position: BatchPosition
     error: RecordError
 
 
@@ -95,7 +94,7 @@ def read_inputs(sources: Iterable[InputSource], *, s3: S3Source) -> Iterator[Bat
             if isinstance(item, BatchInput):
                 if item.id in seen:
                     error = BadMessage(f"id {safe_text(item.id, limit=200)!r} repeats an earlier input's")
-                    item = _unnamed(item.origin, item.position, error, source_uri=item.uri)
+                    item = _unnamed(item.position, error, source_uri=item.uri)
                 else:
                     seen.add(item.id)
             yield item
@@ -106,26 +105,27 @@ def _read(source: InputSource, s3: S3Source) -> Iterator[BatchInput | InputError
     if source.kind == "s3-prefix":
         yield from _listing(origin, s3)
     elif source.kind == "folder":
-        for position, path in enumerate(_image_files(Path(origin))):
-            yield BatchInput(id=safe_text(path, limit=_PATH_ID_LIMIT), location=path, origin=origin, position=position)
+        for index, path in enumerate(_image_files(Path(origin))):
+            yield BatchInput(id=safe_text(path, limit=_PATH_ID_LIMIT), location=path,
+                             position=BatchPosition(origin, index))
     elif source.kind == "manifest":
-        for position, entry in read_manifest(Path(origin)):
+        for line in read_manifest(Path(origin)):
+            position, entry = BatchPosition(origin, line.index), line.entry
             if isinstance(entry, BadMessage):
-                yield _unnamed(origin, position, entry, source_uri=None)
+                yield _unnamed(position, entry, source_uri=None)
             else:
-                yield BatchInput(id=entry.id, location=entry.location, origin=origin, position=position,
-                                 metadata=entry.metadata)
+                yield BatchInput(id=entry.id, location=entry.location, position=position, metadata=entry.metadata)
     else:
         path = Path(origin)  # "./a.jpg" is "a.jpg", as a folder lists it
-        yield BatchInput(id=safe_text(path, limit=_PATH_ID_LIMIT), location=path, origin=origin, position=0)
+        yield BatchInput(id=safe_text(path, limit=_PATH_ID_LIMIT), location=path, position=BatchPosition(origin, 0))
 
 
 def _listing(origin: str, s3: S3Source) -> Iterator[BatchInput]:
     prefix = parse_s3_prefix(origin)
     assert prefix is not None, "InputSource.parse checked it"
     try:
-        for position, uri in enumerate(s3.list_objects(prefix)):
-            yield BatchInput(id=str(uri), location=uri, origin=origin, position=position)
+        for index, uri in enumerate(s3.list_objects(prefix)):
+            yield BatchInput(id=str(uri), location=uri, position=BatchPosition(origin, index))
     except (SourceError, Outage) as exc:
         raise FatalError(f"listing {safe_text(origin)} failed: {type(exc).__name__}: {exc}") from exc
 
@@ -138,5 +138,5 @@ def _image_files(folder: Path) -> Iterator[Path]:
                 yield Path(root, name)
 
 
-def _unnamed(origin: str, position: int, error: RecordError, *, source_uri: str | None) -> InputError:
-    return InputError(id=f"{origin}#{position}", source_uri=source_uri, origin=origin, position=position, error=error)
+def _unnamed(position: BatchPosition, error: RecordError, *, source_uri: str | None) -> InputError:
+    return InputError(id=f"{position.input}#{position.index}", source_uri=source_uri, position=position, error=error)

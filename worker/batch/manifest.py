@@ -40,17 +40,25 @@ def parse_line(line: bytes, *, folder: Path) -> ManifestEntry:
     return ManifestEntry(id=reference.id, location=folder / uri, metadata=reference.metadata)
 
 
-def read_manifest(path: Path) -> Iterator[tuple[int, ManifestEntry | BadMessage]]:
-    """(line index from 0, its entry or its error) for every line that is not blank."""
+@dataclass(frozen=True, slots=True)
+class ManifestLine:
+    """A line that is not blank: its index from 0 (the line number less one), and its entry or its error."""
+
+    index: int
+    entry: ManifestEntry | BadMessage
+
+
+def read_manifest(path: Path) -> Iterator[ManifestLine]:
+    """Every line that is not blank, in order."""
     with path.open("rb") as lines:
         for index, line in enumerate(_lines(lines)):
             if line is None:
-                yield index, BadMessage(f"line over {MAX_LINE_BYTES} bytes")
+                yield ManifestLine(index, BadMessage(f"line over {MAX_LINE_BYTES} bytes"))
             elif line.strip():
                 try:
-                    yield index, parse_line(line, folder=path.parent)
+                    yield ManifestLine(index, parse_line(line, folder=path.parent))
                 except BadMessage as exc:
-                    yield index, exc
+                    yield ManifestLine(index, exc)
 
 
 def _lines(stream: BinaryIO) -> Iterator[bytes | None]:

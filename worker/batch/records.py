@@ -45,14 +45,15 @@ class RowMaker:
 
     def failed(self, failure: InputError) -> Row:
         error = failure.error
+        topic, partition, offset = failure.position.coordinates()
         return {
             "id": failure.id,
             "source_uri": failure.source_uri,
             "stage": error.stage,
             "error_class": type(error).__name__,
             "error": error.reason,
-            "input_topic": failure.origin,
-            "input_partition": 0,
-            "input_offset": failure.position,
+            "input_topic": topic,
+            "input_partition": partition,
+            "input_offset": offset,
             "failed_at": int(time.time() * 1000),
         }

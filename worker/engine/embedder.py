@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +23,7 @@ from worker.engine.decode import raise_pillow_limit
 from worker.engine.gpu_decode import JpegHeader, decode_batch, device_header
 from worker.engine.loading import VisionTower, forward, load_vision_tower
 from worker.engine.preprocess import PreparedImage, PreprocessMode, Preprocessor
-from worker.errors import DeviceFailed, EmbedError, ImageError, RecordError
+from worker.errors import DeviceFailed, EmbedError, ImageError
 
 logger = logging.getLogger(__name__)
 
@@ -154,14 +153,6 @@ class Embedder:
         for start in range(0, len(images), self.batch_size):
             results.extend(self._embed_or_split(images[start : start + self.batch_size]))
         return results
-
-    def embed_bytes(self, blobs: Sequence[bytes], *, workers: int | None = None) -> list[np.ndarray | RecordError]:
-        """prepare + embed for a batch job or the CLI: preprocessing on a pool, errors per record."""
-        with ThreadPoolExecutor(max_workers=workers or self.settings.preprocess_workers) as pool:
-            prepared: list[PreparedImage | ImageError] = list(pool.map(self.prepare_or_error, blobs))
-        good = [p for p in prepared if isinstance(p, PreparedImage)]
-        embedded = iter(self.embed(good))
-        return [next(embedded) if isinstance(p, PreparedImage) else p for p in prepared]
 
     def _embed_or_split(self, images: Sequence[PreparedImage]) -> list[EmbedResult]:
         if not images:

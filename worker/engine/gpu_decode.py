@@ -111,8 +111,8 @@ def _first_marker(data: bytes, start: int) -> int | None:
     anything else (a second scan, its tables) means more scans; None for data cut before any marker. In
     entropy-coded data 0xFF is followed by 0x00 (stuffing), a restart marker or more 0xFF (fill), so this
     finds the scan's end; bytes after it (an MPO's second picture, say) are not read. In numpy: the
-    fetch threads run this for every record, and ``bytes.find`` of two bytes, which holds the GIL,
-    took 330 µs per photo of the bench corpus against 45 µs here (a one-off loop, BENCHMARKS.md)."""
+    fetch threads run this for every record, and ``bytes.find`` of two bytes holds the GIL for several
+    times as long (measured in BENCHMARKS.md)."""
     body = np.frombuffer(data, dtype=np.uint8, offset=min(start, len(data)))
     after = body[1:][body[:-1] == 0xFF]  # the byte after each 0xFF
     markers = after[(after != 0x00) & (after != 0xFF) & ((after < 0xD0) | (after > 0xD7))]
@@ -139,7 +139,7 @@ def decode_batch(
     headers: Sequence[JpegHeader | None] | None = None,
 ) -> DeviceBatch:
     """Decode, resize and crop a batch of baseline JPEGs. `headers`: each blob's ``baseline_header``,
-    read already (the fetch threads read it: ~0.1 ms per photo that the device thread is spared)."""
+    read already (the fetch threads read it, so the device thread is spared the parse)."""
     errors: dict[int, ImageError] = {}
     todo: list[int] = []
     for i, data in enumerate(blobs):

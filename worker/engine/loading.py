@@ -52,7 +52,7 @@ class VisionTower:
 def frozen_heap() -> Iterator[None]:
     """Everything alive now (the model, torch, the clients) kept out of every garbage collection in the
     block: it lives as long as the process, and each full collection walked it, on whichever thread
-    happened to allocate (BENCHMARKS.md, issue 8). Unfrozen after, so that exit collects as usual
+    happened to allocate (measured in BENCHMARKS.md). Unfrozen after, so that exit collects as usual
     (frozen objects are never freed, and triton's nanobind bindings then print leak reports at exit)."""
     gc.freeze()
     try:
@@ -64,9 +64,8 @@ def frozen_heap() -> Iterator[None]:
 def share_cores(device: torch.device, *, preprocess_workers: int) -> None:
     """On a CPU device the tower runs on the cores the preprocess workers decode on. torch's intra-op
     pool, sized for every core, keeps its threads spinning between the forward's operators on cores
-    the decoders need (on the 2-core box: 1.6 ms of CPU per image for a batch of 8 on two threads
-    against 0.5 on one); so it gets what the workers leave, one thread at least. Process-wide: the
-    worker's process calls it once, after loading."""
+    the decoders need (measured in BENCHMARKS.md); so it gets what the workers leave, one thread at
+    least. Process-wide: the worker's process calls it once, after loading."""
     if device.type == "cpu":
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - preprocess_workers))
 

@@ -104,8 +104,8 @@ def fast_pixels(decoded: DecodedImage, p: Plan) -> np.ndarray:
     if decoded.scale != 1:
         # Reduced DCT is not exact mode's pixels anyway: resample only the kept region, whose box is
         # in decoded pixels (a 1001-px side at 1/4 is 250.25 of 251). For a 4:3 photo that is a
-        # quarter fewer output pixels than resizing all of it (bench/cpu_bench.py: the resize is a
-        # third of fast mode's time); pixels just outside the box still feed the filter, as before.
+        # quarter fewer output pixels than resizing all of it (the resize is much of fast mode's time,
+        # measured in BENCHMARKS.md); pixels just outside the box still feed the filter, as before.
         sx, sy = decoded.width / decoded.scale / p.resized[0], decoded.height / decoded.scale / p.resized[1]
         box = (left * sx, top * sy, (left + width) * sx, (top + height) * sy)
         region = image.resize((width, height), p.resample, box=box)
@@ -176,7 +176,7 @@ class Preprocessor:
             # ToTensor's and Normalize's arithmetic in float32, then one cast: for the same pixels the
             # input is bitwise what exact mode gives. It runs on the (N, H, W, C) batch as it lies and
             # the permute to (N, C, H, W) is a view, so the model gets a channels-last tensor: on the
-            # CPU that skips a copy and the forward runs faster (BENCHMARKS.md, issue 8).
+            # CPU that skips a copy and the forward runs faster (measured in BENCHMARKS.md).
             return batch.to(torch.float32).div_(255).sub_(mean).div_(std).permute(0, 3, 1, 2).to(dtype)
         if all(p.dtype == torch.float32 for p in pixels):
             return torch.stack(pixels).to(device, non_blocking=True).to(dtype)
@@ -185,7 +185,7 @@ class Preprocessor:
     def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std with one value per pixel and channel, laid out as fast mode's (H, W, C) crops,
         on `device`: broadcast over the batch axis only, the arithmetic runs on contiguous memory
-        (3.6x faster on the CPU than a broadcast over a last axis of 3). Built on first use: a
+        (faster on the CPU than a broadcast over a last axis of 3). Built on first use: a
         preprocessor that never collates (a decoder process's) holds none."""
         if device not in self._constants:
             height, width = self._crop_size()

@@ -25,15 +25,14 @@ class InFlightBytes:
     """Counts live records' bytes in a walk, and fetch reservations exactly, as they are made and
     settled (on the main thread).
 
-    The walk visits every live record (hundreds when fetches run ahead of preprocessing): every 20 ms
-    it was half of the main thread's time (py-spy --gil), every 100 ms still a seventh of it. Between
+    The walk visits every live record (hundreds when fetches run ahead of preprocessing), which costs
+    the main thread much of its time if it runs every turn (measured in BENCHMARKS.md). Between
     walks, a count errs on the safe side: bytes only shrink (an object becomes a smaller tensor), and
     a settled fetch's bytes are added until the walk counts them. So a walk runs only when that upper
     bound would give a different answer - a fetch it would not admit, held bytes at half the limit,
     where backpressure decides - at most every `every` seconds, and else once every `refresh`
-    seconds, for the gauge. Reservations must not wait for the walk: with them freed only there, a
-    1 GiB budget of 32 MiB reservations admitted 32 fetches per walk, ~320 a second at one walk per
-    100 ms, whatever the cores (issue 8, BENCHMARKS.md)."""
+    seconds, for the gauge. Reservations must not wait for the walk: freed only there, they would cap
+    the fetches admitted to one budget's worth per walk, whatever the cores."""
 
     def __init__(
         self, *, limit: int, every: float = 0.1, refresh: float = 1.0, clock: Callable[[], float] = time.monotonic

@@ -29,7 +29,7 @@ from worker.engine.gpu_decode import JpegHeader
 from worker.errors import DeviceFailed, EmbedError, ImageError
 from worker.images.device.journal import DeviceJournal
 from worker.images.pool import WorkPool
-from worker.images.stages import FailureSink, Stage
+from worker.images.stages import FailureSink, Sink
 from worker.images.wake import Wake
 from worker.images.work import Work
 from worker.metrics import Metrics
@@ -43,11 +43,11 @@ class InferenceStage:
     name = "embed"
 
     def __init__(
-        self, *, embed: EmbedFn, next_step: Stage[Work], failures: FailureSink, metrics: Metrics, timeout: float,
+        self, *, embed: EmbedFn, next_step: Sink[Work], failures: FailureSink, metrics: Metrics, timeout: float,
         encode: Callable[[Work], None] | None = None, max_batches: int = 2, wake: Wake | None = None,
         prepare_batch: PrepareBatchFn | None = None, journal: DeviceJournal | None = None,
     ) -> None:
-        """`encode(work)`, when given, runs on this thread for each embedded record (outputs.py), so
+        """`encode(work)`, when given, runs on this thread for each embedded record (the stream's output encoding), so
         the main thread receives records ready to produce: one hand-off, no Avro on the main thread.
         `wake` is signalled as each batch finishes: the loop hands the device its next batch at once.
         `prepare_batch` decodes the records that arrive as bytes (Work.jpeg, the header the fetch read),

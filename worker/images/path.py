@@ -1,30 +1,35 @@
-"""The stages between a decoded request and the batcher, built one way for the stream, batch mode and
-the benchmarks: fetch and preprocess on threads of this process, or both in decoder processes.
+"""The image path, built once for both drivers: fetch -> (device route) -> preprocess -> batcher -> device.
 
-    threads:    fetch_threads (s3.fetch_workers) ─▶ preprocess_threads (model.preprocess_workers)
-    processes:  decoder_stage (model.preprocess_workers processes, s3.fetch_workers threads among them)
-    threads, decoding on the device (model.decode):
-                fetch_threads ─▶ DecodeRouter ─┬─ baseline JPEGs, as bytes ─▶ the batcher (the device thread decodes)
-                                               └─ the rest, and the journal's suspects ─▶ preprocess_threads
+Fetch and preprocess run on threads of this process, or both in decoder processes
+(model.preprocess_in); while the device decodes JPEGs (model.decode), baseline JPEGs skip the
+preprocess threads (device/route.py). A driver hands records in with `submit`, turns the path with
+`poll`, and stops it with `close`; where the records go once embedded (`next_step`) and what a
+failure means (`failures`) are the driver's. The data-path diagram is in docs/architecture.md.
 """
 
 from __future__ import annotations
 
-import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from worker.config import Settings, env_var
+from worker.config import Settings
 from worker.engine import Embedder
 from worker.engine.gpu_decode import ReadHeader
-from worker.errors import ConfigError
+from worker.images.batching import Batcher
 from worker.images.budget import InFlightBytes
-from worker.images.device.journal import DeviceJournal
+from worker.images.device.route import after_fetch, device_route, open_journal
+from worker.images.inference import InferenceStage
+from worker.images.local import local_fetch_step
 from worker.images.processes.decoders import DecoderSpec, last_success
 from worker.images.processes.slots import SharedSlots, SlotLayout
-from worker.images.processes.stage import DecoderStage
+from worker.images.processes.stage import DecoderProcesses
 from worker.images.stages import (
     FETCH_DEADLINE_GRACE_SECONDS,
     FailureSink,
+    Sink,
     Stage,
     ThreadStage,
     fetch_step,
@@ -35,69 +40,90 @@ from worker.images.work import Work
 from worker.metrics import Metrics
 from worker.s3.source import S3Source
 
-logger = logging.getLogger(__name__)
 
+@dataclass(frozen=True, slots=True)
+class ImagePath:
+    """The built path. `fetch` takes decoded requests (Work.request: an S3 object to read); `read`, when
+    the path was built to read local files, takes the rest. `upstream` are the stages before the
+    batcher, in data-path order."""
 
-class DecodeRouter:
-    """Where a fetched record goes while the device decodes JPEGs: one whose bytes the fetch thread found
-    to be a baseline JPEG (Work.jpeg) straight to the batcher, as bytes, any other to the preprocess
-    threads. Inline on the main thread: the header was read on the fetch thread, this is one branch.
-    A record the device journal lists was on the device when a worker stopped: the CPU decodes it."""
+    fetch: ThreadStage | DecoderProcesses
+    read: ThreadStage | None
+    upstream: tuple[Stage[Work], ...]
+    batcher: Batcher
+    inference: InferenceStage
 
-    name = "route"
+    @property
+    def stages(self) -> tuple[Stage[Any], ...]:
+        """Every stage in data-path order: each is polled and closed in this order."""
+        return (*self.upstream, self.batcher, self.inference)
 
-    def __init__(self, *, device: Stage[Work], cpu: Stage[Work], journal: DeviceJournal, metrics: Metrics) -> None:
-        self._device = device
-        self._cpu = cpu
-        self._journal = journal
-        self._suspects = metrics.device_decode_suspects
-
-    def submit(self, item: Work) -> None:
-        if item.jpeg is None:
-            self._cpu.submit(item)
-        elif self._journal.is_suspect(item.position):
-            logger.warning("%s[%d]@%d was on the device when a worker stopped: decoding it on the CPU",
-                           *item.position.coordinates())
-            self._suspects.inc()
-            self._cpu.submit(item)
+    def submit(self, work: Work) -> None:
+        """A record with a request is read from S3; one without, from its local file."""
+        if work.request is not None:
+            self.fetch.submit(work)
         else:
-            self._device.submit(item)
+            assert self.read is not None, "a local input needs a path built with local_file"
+            self.read.submit(work)
 
     def poll(self) -> None:
-        return None
+        for stage in self.stages:
+            stage.poll()
 
     def close(self, deadline: float) -> None:
-        return None
+        """Stop every stage, waiting for running work no later than `deadline` (monotonic)."""
+        for stage in self.stages:
+            stage.close(deadline)
+
+    def flush(self) -> None:
+        """No more input is coming: the last partial batch goes without waiting for its deadline."""
+        self.batcher.flush()
+
+    def seconds_to_deadline(self) -> float | None:
+        """How long until the next partial batch is due; None when none is queued."""
+        return self.batcher.seconds_to_deadline()
 
 
-def device_journal(settings: Settings, embedder: Embedder) -> DeviceJournal | None:
-    """The device thread's journal (device_journal.py) while the device decodes JPEGs, else None."""
-    if not embedder.decodes_on_device:
-        return None
-    try:
-        return DeviceJournal.open(settings.model.decode_journal_dir)
-    except OSError as exc:
-        setting = env_var("model", "decode_journal_dir")
-        raise ConfigError(setting, f"the device journal cannot be kept there: {exc}") from exc
-
-
-def after_fetch(
-    journal: DeviceJournal | None, *, preprocess: ThreadStage, batcher: Stage[Work], metrics: Metrics
-) -> Stage[Work]:
-    """Where fetched records go: the preprocess threads, or a DecodeRouter while the device decodes JPEGs
-    (which is when there is a journal)."""
-    if journal is None:
-        return preprocess
-    return DecodeRouter(device=batcher, cpu=preprocess, journal=journal, metrics=metrics)
-
-
-def device_route(embedder: Embedder) -> ReadHeader | None:
-    """For the fetch steps, while the device decodes: the header of a JPEG that goes to it (else None)."""
-    return embedder.device_header if embedder.decodes_on_device else None
+def build_image_path(
+    settings: Settings, embedder: Embedder, *, s3: S3Source, next_step: Sink[Work], failures: FailureSink,
+    metrics: Metrics, wake: Wake, budget: InFlightBytes, encode: Callable[[Work], None] | None = None,
+    local_file: Callable[[Work], Path] | None = None,
+) -> ImagePath:
+    """The path from fetch to the device, ending in `next_step`; every stage's failures go to `failures`.
+    `encode` runs on the device thread for each embedded record (InferenceStage); with `local_file`
+    (which file a record without a request names) the path also reads local files."""
+    journal = open_journal(settings, embedder)
+    inference = InferenceStage(
+        embed=embedder.embed, next_step=next_step, failures=failures, metrics=metrics,
+        timeout=settings.pipeline.record_timeout_seconds, encode=encode, wake=wake,
+        prepare_batch=embedder.prepare_batch, journal=journal,
+    )
+    batcher = Batcher(batch_size=embedder.batch_size, max_wait=settings.pipeline.max_batch_wait_ms / 1000,
+                      next_step=inference)
+    route = device_route(embedder)
+    in_processes = settings.model.preprocess_in == "processes"
+    preprocess: ThreadStage | None = None
+    fetched: Sink[Work] = batcher  # decoder processes hand prepared images to the batcher
+    if not in_processes or local_file is not None:  # something is fetched on threads: preprocess threads
+        preprocess = preprocess_threads(settings, embedder, next_step=batcher, failures=failures, metrics=metrics)
+        fetched = after_fetch(journal, preprocess=preprocess, batcher=batcher, metrics=metrics)
+    fetch: ThreadStage | DecoderProcesses
+    if in_processes:
+        fetch = decoder_processes(settings, embedder, next_step=batcher, failures=failures, metrics=metrics,
+                                  budget=budget, wake=wake)
+    else:
+        fetch = fetch_threads(settings, s3, next_step=fetched, failures=failures, metrics=metrics, budget=budget,
+                              wake=wake, route=route)
+    read = None
+    if local_file is not None:
+        read = read_threads(settings, local_file, next_step=fetched, failures=failures, budget=budget, wake=wake,
+                            route=route)
+    upstream = tuple(stage for stage in (fetch, read, preprocess) if stage is not None)
+    return ImagePath(fetch=fetch, read=read, upstream=upstream, batcher=batcher, inference=inference)
 
 
 def fetch_threads(
-    settings: Settings, source: S3Source, *, next_step: Stage[Work], failures: FailureSink, metrics: Metrics,
+    settings: Settings, source: S3Source, *, next_step: Sink[Work], failures: FailureSink, metrics: Metrics,
     budget: InFlightBytes, wake: Wake, route: ReadHeader | None = None,
 ) -> ThreadStage:
     """S3 reads on s3.fetch_workers threads, each starting only while the byte budget has room; with
@@ -111,11 +137,26 @@ def fetch_threads(
     )
 
 
+def read_threads(
+    settings: Settings, local_file: Callable[[Work], Path], *, next_step: Sink[Work], failures: FailureSink,
+    budget: InFlightBytes, wake: Wake, route: ReadHeader | None,
+) -> ThreadStage:
+    """Local file reads (local.py) on s3.fetch_workers threads, admitted as the S3 fetches are: the same
+    byte limit and reservation, so the byte budget means the same."""
+    max_bytes = settings.s3.max_object_bytes
+    return ThreadStage(
+        name="read", workers=settings.s3.fetch_workers,
+        step=local_fetch_step(local_file, max_bytes=max_bytes, read_header=route), next_step=next_step,
+        failures=failures, timeout=settings.pipeline.record_timeout_seconds + FETCH_DEADLINE_GRACE_SECONDS,
+        budget=budget, reserve_bytes=max_bytes, wake=wake,
+    )
+
+
 def preprocess_threads(
-    settings: Settings, embedder: Embedder, *, next_step: Stage[Work], failures: FailureSink, metrics: Metrics,
+    settings: Settings, embedder: Embedder, *, next_step: Sink[Work], failures: FailureSink, metrics: Metrics,
 ) -> ThreadStage:
     """Decode and preprocess on model.preprocess_workers threads. Every record comes from a fetch, whose
-    reservation put it in the byte budget's count already (memory.py): nothing to track here."""
+    reservation put it in the byte budget's count already (budget.py): nothing to track here."""
     return ThreadStage(
         name="preprocess", workers=settings.model.preprocess_workers, step=preprocess_step(embedder.prepare),
         next_step=next_step, failures=failures, timeout=settings.pipeline.record_timeout_seconds,
@@ -123,10 +164,10 @@ def preprocess_threads(
     )
 
 
-def decoder_stage(
-    settings: Settings, embedder: Embedder, *, next_step: Stage[Work], failures: FailureSink, metrics: Metrics,
+def decoder_processes(
+    settings: Settings, embedder: Embedder, *, next_step: Sink[Work], failures: FailureSink, metrics: Metrics,
     budget: InFlightBytes, wake: Wake,
-) -> DecoderStage:
+) -> DecoderProcesses:
     """Fetch + decode + preprocess on model.preprocess_workers processes, s3.fetch_workers threads among them."""
     model, timeout = settings.model, settings.pipeline.record_timeout_seconds
     processes = model.preprocess_workers
@@ -141,7 +182,7 @@ def decoder_stage(
         exif_orientation=preprocessor.exif_orientation, slots=slots.name, layout=layout, threads=threads,
         fetch_timeout=timeout, log=settings.log, served=last_success(), environ=dict(os.environ),
     )
-    return DecoderStage(
+    return DecoderProcesses(
         processes=processes, spec=spec, slots=slots, next_step=next_step, failures=failures, metrics=metrics,
         timeout=2 * timeout + FETCH_DEADLINE_GRACE_SECONDS, budget=budget, reserve_bytes=settings.s3.max_object_bytes,
         wake=wake,

@@ -7,7 +7,7 @@ Four things a plain ThreadPoolExecutor does not give the data path:
   for running tasks only until its deadline, and the threads are daemons left to die with the process
   (an executor's threads are joined at exit, so one stuck thread would hold the exit forever);
 - a hand-off that costs the main thread one queue put: ``submit`` creates no Future, no closure and no
-  done-callback (issue 8; BENCHMARKS.md has what it saved);
+  done-callback (measured in BENCHMARKS.md);
 - a signal to the loop (wake.py) once `signal_after` outcomes wait for it, or as soon as a thread
   finds nothing queued for it, so that a stage whose threads are free gets its next records without
   waiting out the loop's busy poll.

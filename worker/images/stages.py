@@ -2,7 +2,7 @@
 
 Every stage honours one contract (after arroyo's ProcessingStrategy):
 - ``submit(item)`` hands it work and never blocks;
-- ``poll()`` moves what finished to ``next_step`` (successes) or to the failure sink, never blocks;
+- ``poll()`` moves what finished to ``next_step`` (a Sink: successes) or to the failure sink, never blocks;
 - ``close(deadline)`` stops it, waiting for running work no later than ``deadline`` (monotonic).
 Positions travel with the data (Work.position), so any stage may finish a record in any order.
 
@@ -36,13 +36,18 @@ T_contra = TypeVar("T_contra", contravariant=True)
 FETCH_DEADLINE_GRACE_SECONDS = 5.0
 # A stage with a byte budget hands each thread one record to run and one queued, so that a turn of
 # the loop refills a whole round. With one each, the loop woke every time a quarter of the threads
-# fell free: 0.34-0.40 turns per record, and each turn costs the main thread ~100 µs on its own; now
-# 0.21-0.29 (cpu_bench --loop-profile, BENCHMARKS.md, issue 8's seventh pass).
+# fell free, and each turn costs the main thread time of its own (measured in BENCHMARKS.md).
 _ROUNDS_QUEUED = 2
 
 
-class Stage(Protocol[T_contra]):
+class Sink(Protocol[T_contra]):
+    """Where a stage hands what it finished: the next stage, a router, or a driver's end of the path."""
+
     def submit(self, item: T_contra) -> None: ...
+
+
+class Stage(Sink[T_contra], Protocol[T_contra]):
+    """A step of the data path that works on its own threads or processes (the contract above)."""
 
     def poll(self) -> None: ...
 
@@ -50,6 +55,8 @@ class Stage(Protocol[T_contra]):
 
 
 class FailureSink(Protocol):
+    """Where a stage hands a record that failed; the driver decides what the failure means (failures.py)."""
+
     def fail(self, work: Work, error: Exception, *, stage: str) -> None: ...
 
 
@@ -73,7 +80,7 @@ class ThreadStage:
         name: str,
         workers: int,
         step: Callable[[Work], None],
-        next_step: Stage[Work],
+        next_step: Sink[Work],
         failures: FailureSink,
         timeout: float,
         seconds: Histogram | None = None,
@@ -130,7 +137,7 @@ class ThreadStage:
         """On a pool thread, once a round of records is done or a thread finds nothing queued: the loop
         turns to give the threads the records waiting here. With none waiting it need not: a finished
         record moves on at the next turn, and waking for it cost the main thread more than it gave
-        (BENCHMARKS.md, issue 8)."""
+        (measured in BENCHMARKS.md)."""
         if self._waiting and self._wake is not None:
             self._wake.signal()
 

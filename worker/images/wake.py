@@ -1,13 +1,12 @@
 """What a busy turn of the loop waits on: a signal from the stages' threads, or a decoder's pipe.
 
-Fetches (and decoder tasks) start only on a turn of the loop, so each fetch thread did at most one
-record per turn. When the loop woke only for the device, at most every 5 ms, one fetch thread gave
-186 img/s though it fetches ~2,000 objects a second. On the GPU host, the GPU script's 32 decoder
-threads would have been capped near 6,400 img/s, under the 10,000 target (issue 8, BENCHMARKS.md).
+Fetches (and decoder tasks) start only on a turn of the loop, so each fetch thread does at most one
+record per turn. A loop that woke only for the device, or on a timer, would cap every fetch thread
+at one record per turn, far under what it can fetch (measured in BENCHMARKS.md).
 
 So the pools signal here as their outcomes arrive: the device pool on each batch, the fetch pool once
 a round of its threads has finished or a thread finds nothing queued. The loop also watches the
-decoder stage's epoll, which holds every decoder's pipe and process sentinel. A busy turn ends its
+decoder processes' epoll, which holds every decoder's pipe and process sentinel. A busy turn ends its
 wait as soon as any of them has something, and never spins. The signal is a Linux eventfd, so a
 signal sent before the wait began is not lost.
 """

@@ -22,7 +22,7 @@ class Work:
     in any order: in the stream, finishing it moves its partition's watermark. `polled` is the Kafka
     record itself in the stream, and None in batch mode.
 
-    Weakly referenceable: the in-flight byte budget (memory.py) counts every Work still alive,
+    Weakly referenceable: the in-flight byte budget (budget.py) counts every Work still alive,
     stale work of a revoked partition included, without any stage having to report it."""
 
     position: Position
@@ -39,7 +39,7 @@ class Work:
     ready_at: float = 0.0  # monotonic time it entered the batcher
     batch_wait: float = 0.0  # seconds it waited there (observed on the device thread)
     embedding: np.ndarray | None = None
-    output: OutRecord | None = None  # the output record, built on the device thread (outputs.py)
+    output: OutRecord | None = None  # the output record, built on the device thread (the driver's encode)
     output_error: Exception | None = None  # or why it could not be built
     sent_at: float = 0.0  # monotonic time its output was handed to the producer
 

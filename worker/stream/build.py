@@ -39,19 +39,8 @@ from worker.engine import Embedder
 from worker.errors import ConfigError
 from worker.formats import registry
 from worker.formats.encoding import EmbeddingEncoder, embedding_schema
-from worker.images.batching import Batcher
 from worker.images.budget import InFlightBytes
-from worker.images.inference import InferenceStage
-from worker.images.path import (
-    after_fetch,
-    decoder_stage,
-    device_journal,
-    device_route,
-    fetch_threads,
-    preprocess_threads,
-)
-from worker.images.processes.stage import DecoderStage
-from worker.images.stages import ThreadStage
+from worker.images.path import build_image_path
 from worker.images.wake import Wake
 from worker.kafka.config import consumer_config, is_cooperative, producer_config
 from worker.metrics import Metrics, record_lag
@@ -125,34 +114,18 @@ def build_runtime(
         emitter=emitter, outbox=outbox, encoder=encoder, topic=kafka.output_topic, failures=failures,
         dead_letters=dead_letters, outages=outages, metrics=metrics, forward_headers=pipeline.forward_headers,
     )
-    timeout = pipeline.record_timeout_seconds
     wake = Wake()
-    journal = device_journal(settings, embedder)
-    inference = InferenceStage(
-        embed=embedder.embed, next_step=output, failures=failures, metrics=metrics, timeout=timeout,
-        encode=output.encode, wake=wake, prepare_batch=embedder.prepare_batch, journal=journal,
+    images = build_image_path(
+        settings, embedder, s3=S3Source(client=s3_client or make_s3_client(settings.s3), settings=settings.s3),
+        next_step=output, failures=failures, metrics=metrics, wake=wake, budget=budget, encode=output.encode,
     )
-    batcher = Batcher(
-        batch_size=embedder.batch_size, max_wait=pipeline.max_batch_wait_ms / 1000, next_step=inference
-    )
-    fetch: ThreadStage | DecoderStage
-    preprocess: ThreadStage | None = None
-    if model.preprocess_in == "processes":
-        fetch = decoder_stage(settings, embedder, next_step=batcher, failures=failures, metrics=metrics,
-                              budget=budget, wake=wake)
-    else:
-        preprocess = preprocess_threads(settings, embedder, next_step=batcher, failures=failures, metrics=metrics)
-        source = S3Source(client=s3_client or make_s3_client(settings.s3), settings=settings.s3)
-        fetched = after_fetch(journal, preprocess=preprocess, batcher=batcher, metrics=metrics)
-        fetch = fetch_threads(settings, source, next_step=fetched, failures=failures, metrics=metrics,
-                              budget=budget, wake=wake, route=device_route(embedder))
     decode = MessageDecoder(
         input_format=pipeline.input_format,
         confluent=registry.input_decoder(registry_client, kafka.input_topic) if registry_client else None,
-        next_step=fetch,
+        next_step=images.fetch,
         failures=failures,
     )
-    for stage in (decode, fetch, output):
+    for stage in (decode, images.fetch, output):
         outages.route(stage.name, stage)
 
     floors = dead_letters.floors
@@ -174,8 +147,7 @@ def build_runtime(
     return Runtime(
         consumer=consumer, outbox=outbox, tracker=tracker, budget=budget, committer=committer,
         rebalancer=rebalancer, backpressure=backpressure,
-        pipeline=Pipeline(decode=decode, images=(fetch,) if preprocess is None else (fetch, preprocess),
-                          batcher=batcher, inference=inference,
+        pipeline=Pipeline(decode=decode, images=images.upstream, batcher=images.batcher, inference=images.inference,
                           failures=failures, dead_letters=dead_letters, outages=outages, wake=wake),
         input_topic=kafka.input_topic, settings=pipeline, metrics=metrics,
     )

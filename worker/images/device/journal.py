@@ -14,7 +14,7 @@ How:
 2. Once the batch's embeddings are back on the host, every kernel of the batch has run: the file is
    emptied again (`release`). A batch that raises is not released; the worker stops on it.
 3. A worker that starts and finds positions in the journal decodes those records on the CPU
-   (image_stages.DecodeRouter). A bad image gets its ImageError and a dead letter, a good one its
+   (route.py's DecodeRouter). A bad image gets its ImageError and a dead letter, a good one its
    embedding. The positions found are written again with every later batch (the newest KEEP), so that a
    second crash before they come back does not forget them.
 

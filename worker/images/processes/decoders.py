@@ -1,15 +1,14 @@
 """The decoder process: fetch, decode and preprocess records away from the main process's GIL.
 
-Why processes: in one process the data path cannot pass ~800 img/s however many cores it has
-(../shared/notes/performance.md): boto3 and Pillow's bookkeeping hold the GIL for ~1.3 ms per record,
+Why processes: in one process the data path's rate is capped by the GIL however many cores it has
+(measured in BENCHMARKS.md): boto3 and Pillow's bookkeeping hold the GIL for part of every record,
 and a thread busy in Python slows every thread that wants the GIL back (lock convoys). Each decoder
 process has its own GIL, its own S3 client and a few threads, so that S3's latency overlaps decoding.
 
 What crosses the pipe is small: lists of Tasks (record number, URI, slot) in, lists of Done or
 Failed out, so that one pipe write carries many records when they come quickly. They are NamedTuples
 because the main thread pickles or unpickles one per record: a tuple is pickled in C, a slots
-dataclass field by field in Python (4.5 against 6.0 µs to pickle a Task, 1.2 against 2.7 to unpickle
-a Done, measured alone; more on the loop's thread, whose caches the decoders keep cold). The pixels
+dataclass field by field in Python, which is slower. The pixels
 go straight into a shared-memory slot (slots.py). Errors cross as pickled worker.errors classes;
 anything else a step raises becomes UnexpectedError here, its traceback carried as text.
 

@@ -3,7 +3,7 @@
 A prepared image (uint8 224x224x3 in fast mode: 150 KB) is written once, by the decoder process,
 into a slot of one shared block, and read once, by ``torch.stack`` on the device thread. Pickling it
 back through a pipe instead would copy it twice and cost the main thread about as much as the decode
-saves (measured in ../shared/notes/performance.md: two processes 1.52x one with pickled results).
+saves (measured in BENCHMARKS.md).
 
 A slot is taken when a record is handed to a decoder and given back when nothing references its
 tensor view any more (``weakref.finalize``): after the batch holding it was stacked and the record

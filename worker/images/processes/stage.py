@@ -1,4 +1,5 @@
-"""The fetch + decode + preprocess stage on decoder processes (decoders.py), for the main process.
+"""DecoderProcesses: the stage that fetches, decodes and preprocesses images in decoder processes
+(decoders.py), as the main process sees it.
 
 It honours the Stage contract like the thread stages it replaces: submit() queues, poll() never
 blocks (a zero-timeout epoll on the pipes and the process sentinels, registered as decoders start
@@ -36,7 +37,7 @@ from worker.errors import DecoderCrashed, FatalError, RecordTimeout
 from worker.images.budget import InFlightBytes
 from worker.images.processes.decoders import CONTEXT, DecoderSpec, Done, Failed, Task, serve
 from worker.images.processes.slots import SharedSlots
-from worker.images.stages import FailureSink, Stage
+from worker.images.stages import FailureSink, Sink
 from worker.images.wake import Wake
 from worker.images.work import Work
 from worker.metrics import Metrics
@@ -63,11 +64,15 @@ class _Child:
     suspects: int = 0  # records it holds that were inside a dead decoder: nothing else goes to it meanwhile
 
 
-class DecoderStage:
-    name = "fetch"  # outages hand parked records back to the stage that fetches
+class DecoderProcesses:
+    """Fetch + decode + preprocess on decoder processes. Its stage label stays "fetch", the label of the
+    thread stage it replaces: dead-letter headers and metrics name the stage by it, and outages hand
+    parked records back to the stage of that name."""
+
+    name = "fetch"
 
     def __init__(
-        self, *, processes: int, spec: DecoderSpec, slots: SharedSlots, next_step: Stage[Work],
+        self, *, processes: int, spec: DecoderSpec, slots: SharedSlots, next_step: Sink[Work],
         failures: FailureSink, metrics: Metrics, timeout: float, budget: InFlightBytes, reserve_bytes: int,
         clock: Callable[[], float] = time.monotonic, target: Callable[[DecoderSpec, Connection, Any], None] = serve,
         wake: Wake | None = None,
@@ -244,7 +249,7 @@ class DecoderStage:
             index = min(open_, key=lambda i: len(self._children[i].tasks))
             child = self._children[index]
             self._waiting.popleft()
-            assert work.request is not None, "the decoder stage only takes decoded requests"
+            assert work.request is not None, "the decoder processes only take decoded requests"
             task = Task(next(self._ids), work.request.uri, self._slots.take())
             budget.reserve(work, self._reserve)  # from here on it holds bytes (tracked twice is harmless: a set)
             child.tasks[task.id] = _Running(work, task.slot, self._clock(), crashes)

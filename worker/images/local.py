@@ -1,4 +1,5 @@
-"""Reading image bytes from local files: the fetch step of a local input, next to the S3 one (stages.py).
+"""Reading image bytes from local files: the fetch step of a local input (batch mode), next to the S3
+one (stages.py).
 
 The local twin of worker/s3/source.py: the same byte limit (s3.max_object_bytes, so that the in-flight
 byte budget means the same), and the OS's errors translated once, here, into the fetch stage's
