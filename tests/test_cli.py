@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from harness.kafka_broker import KafkaBroker
 from harness.models import model_config_dir
 from harness.photos import photo_corpus
 from harness.s3_server import S3Server
+from tests.test_logs import closed_port
 from worker import __version__, cli
 from worker.cli import run as run_command
 from worker.config import Settings
@@ -22,10 +24,11 @@ from worker.config import Settings
 # Each command's own options, and no other command's.
 OPTIONS = {
     "run": set(),
-    "check": set(),
+    "check": {"--verbose"},
     "embed": {"--output", "--format", "--part-size", "--overwrite"},
     "enqueue": {"--dry-run"},
     "replay": {"--stage", "--exception", "--since", "--until", "--to", "--dry-run"},
+    "fetch-model": set(),
 }
 
 
@@ -53,7 +56,7 @@ def options_listed(help_text: str) -> set[str]:
     return set(re.findall(r"^  (--[a-z-]+)", help_text, re.MULTILINE)) - {"--help"}
 
 
-def test_the_commands_are_run_check_embed_enqueue_and_replay() -> None:
+def test_the_commands_are_run_check_embed_enqueue_replay_and_fetch_model() -> None:
     assert [command.NAME for command in cli.COMMANDS] == list(OPTIONS)
 
 
@@ -103,7 +106,7 @@ def test_another_commands_option_exits_2_with_argparses_message_and_the_commands
 def test_an_unknown_command_exits_2_naming_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = exits(["serve"], capsys)
     assert code == 2
-    assert "invalid choice: 'serve' (choose from 'run', 'check', 'embed', 'enqueue', 'replay')" in err
+    assert "invalid choice: 'serve' (choose from 'run', 'check', 'embed', 'enqueue', 'replay', 'fetch-model')" in err
 
 
 def test_options_may_come_between_a_commands_sources() -> None:
@@ -157,7 +160,7 @@ def test_version_prints_the_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_help_lists_the_commands_and_says_none_runs_the_worker(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = exits(["--help"], capsys)
     assert code == 0
-    assert re.findall(r"^    ([a-z-]+) ", out, re.MULTILINE) == list(OPTIONS)
+    assert re.findall(r"^    ([a-z-]+)(?: |$)", out, re.MULTILINE) == list(OPTIONS)  # a long name stands alone
     assert "With no command, clip-worker runs the worker." in out
 
 
@@ -192,7 +195,7 @@ def test_an_invalid_setting_exits_2_naming_the_variable(tiny_checkpoint: Path) -
 
 def test_the_commands_that_need_no_model_do_not_import_torch() -> None:
     # torch and friends take seconds to import: --version, a bad setting, replay and enqueue answer without them.
-    modules = ", ".join(f"worker.cli.{name}" for name in OPTIONS)
+    modules = ", ".join(f"worker.cli.{name.replace('-', '_')}" for name in OPTIONS)
     probe = (f"import sys, worker.cli, {modules}, worker.stream.replay, worker.batch.commands; "
              "worker.cli.build_parser(); "
              "print(sorted({'torch', 'torchvision', 'open_clip'} & set(sys.modules)))")
@@ -260,3 +263,25 @@ def test_check_exits_1_naming_each_check_that_failed(
     assert done.stderr.strip().splitlines()[-1] == (
         "clip-worker check: failed: topic no-such-output (output), s3 no-such-bucket")
     assert sum("FAILED" in row for row in done.stdout.splitlines()) == 2
+
+
+def test_check_with_an_unreachable_hub_prints_the_table_alone_within_its_budget_and_fails_the_model_row(
+    tiny_checkpoint: Path, kafka_broker: KafkaBroker, s3_server: S3Server, s3_bucket: str,
+    topic_factory: Callable[..., str], tmp_path: Path,
+) -> None:
+    hub = f"http://127.0.0.1:{closed_port()}"
+    env = check_env(tiny_checkpoint, kafka_broker, s3_server, topics=[topic_factory() for _ in range(3)],
+                    bucket=s3_bucket) | {
+        "CLIP_WORKER_MODEL__MODEL_NAME": "ViT-B-32", "CLIP_WORKER_MODEL__PRETRAINED": "openai",
+        "CLIP_WORKER_MODEL__CACHE_DIR": str(tmp_path), "HF_ENDPOINT": hub}
+    started = time.monotonic()
+    done = clip_worker("check", env=env)
+    assert time.monotonic() - started < 30, "the hub client alone retried for about a minute"
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == ["clip-worker check: failed: model ViT-B-32"], "no log lines"
+    header, *rows = done.stdout.splitlines()
+    assert header.split() == ["CHECK", "RESULT", "DETAIL"]
+    [model] = [row for row in rows if "FAILED" in row]
+    assert model.startswith("model ViT-B-32") and hub in model and "unreachable" in model
+    verbose = clip_worker("check", "--verbose", env=env)
+    assert "trying again in" in verbose.stderr, "--verbose logs at log.level"

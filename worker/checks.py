@@ -8,7 +8,9 @@ ask each dependency one cheap question, with a short timeout, and say what answe
   metadata, and the consumer group (described; one that does not exist yet is fine);
 - each allowlisted S3 source: HeadBucket for a bucket, ListObjectsV2 of one key for bucket/prefix;
 - the schema registry, when one is set (its list of subjects);
-- the model (loaded on the configured device), from the command line unless told not to.
+- the model: its weights fetched as the worker fetches them (worker/weights; retries bounded by the
+  same timeout, so an unreachable hub or S3 endpoint is one failed row within seconds), then loaded
+  on the configured device.
 
 Each check is independent: one failing does not stop the others (the Kafka checks that need
 metadata say so when the broker did not answer, instead of each waiting out its own timeout).
@@ -27,13 +29,14 @@ from confluent_kafka import ConsumerGroupState
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from worker.config import KafkaSettings, ModelSettings, PipelineSettings, S3Settings, Settings, env_var
+from worker.config import KafkaSettings, PipelineSettings, S3Settings, Settings, env_var
 from worker.engine import Embedder
-from worker.errors import ConfigError
+from worker.errors import ConfigError, WeightsUnavailable
 from worker.kafka.boundary import kafka_call
 from worker.kafka.config import admin_config
 from worker.s3.source import Allowlist, make_s3_client
 from worker.text import safe_text
+from worker.weights import Budget, fetch_weights, with_weights
 
 CHECK_TIMEOUT_SECONDS = 5.0
 _DETAIL_LIMIT = 300
@@ -138,13 +141,15 @@ def _subjects(url: str, timeout: float) -> str:
     return f"{len(client.get_subjects())} subject(s)"
 
 
-def check_model(model: ModelSettings) -> CheckResult:
-    return _check(f"model {model.model_name}", partial(_load, model))
+def check_model(settings: Settings, *, timeout: float = CHECK_TIMEOUT_SECONDS) -> CheckResult:
+    """The weights fetched within `timeout` of retries (a download that is under way is not cut), then loaded."""
+    return _check(f"model {settings.model.model_name}", partial(_load, settings, timeout))
 
 
-def _load(model: ModelSettings) -> str:
-    embedder = Embedder.load(model)
-    return f"{model.pretrained} on {embedder.device}, dim {embedder.dim}, field {embedder.field_name}"
+def _load(settings: Settings, timeout: float) -> str:
+    weights = fetch_weights(settings, budget=Budget(seconds=timeout, request_seconds=timeout))
+    embedder = Embedder.load(with_weights(settings, weights))
+    return f"{settings.model.pretrained} on {embedder.device}, dim {embedder.dim}, field {embedder.field_name}"
 
 
 class CheckFailed(Exception):
@@ -170,7 +175,7 @@ def _reason(exc: Exception) -> str:
         return f"{error.get('Code') or status}: {error.get('Message') or 'no message'}"
     if isinstance(exc, NoCredentialsError):
         return "no AWS credentials found in the standard chain"
-    if isinstance(exc, CheckFailed | ConfigError):
+    if isinstance(exc, CheckFailed | ConfigError | WeightsUnavailable):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
 

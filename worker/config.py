@@ -57,6 +57,17 @@ _DEVICE_DECODE_NEEDS: dict[str, object] = {
 }
 
 
+# A bucket name as S3 allows it (3-63 lower-case letters, digits, dots, dashes), then the key of an object
+# (no control characters; not a prefix ending in /).
+_WEIGHTS_URI = re.compile(r"s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(?P<key>[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f/])")
+
+
+def parse_weights_uri(value: str) -> tuple[str, str] | None:
+    """(bucket, key) of an ``s3://bucket/key`` model.pretrained, or None when it is not one."""
+    match = _WEIGHTS_URI.fullmatch(value)
+    return None if match is None else (match["bucket"], match["key"])
+
+
 def _device_decode_clashes(values: Mapping[str, object]) -> list[str]:
     """The settings among `values` that keep the device from decoding JPEGs, as name=value."""
     return [f"{name}={values[name]}" for name, needed in _DEVICE_DECODE_NEEDS.items()
@@ -69,7 +80,13 @@ class ModelSettings(_Section):
     model_name: str = Field("ViT-B-32", description="OpenCLIP model name, or an hf-hub: name.")
     pretrained: str = Field(
         "openai",
-        description='OpenCLIP pretrained tag, a local checkpoint path, or "none" (random weights).',
+        description='OpenCLIP pretrained tag, a local checkpoint path, an s3://bucket/key checkpoint (read with '
+        'the s3 settings\' endpoint, region and credentials, cached under cache_dir), or "none" (random weights).',
+    )
+    weights_sha256: str | None = Field(
+        None,
+        description="SHA-256 (64 hex digits) the checkpoint file must have; checked before loading. With an s3:// "
+        "pretrained it also lets a start reuse the cached copy without asking S3.",
     )
     device: str = Field("auto", description='"auto" (CUDA, then MPS, then CPU), "cuda", "cuda:N", "mps" or "cpu".')
     normalize: bool = Field(True, description="L2-normalise each embedding to unit length.")
@@ -118,7 +135,27 @@ class ModelSettings(_Section):
     model_config_dir: Path | None = Field(
         None, description="A folder (or file) of extra OpenCLIP model configs (JSON) to register before loading."
     )
-    cache_dir: Path | None = Field(None, description="Where OpenCLIP looks for downloaded pretrained weights.")
+    cache_dir: Path | None = Field(
+        None,
+        description="Where pretrained weights are downloaded and looked for: OpenCLIP tags (Hugging Face hub cache "
+        "layout; unset: the hub's default) and s3:// checkpoints (under weights/; unset: ~/.cache/clip-worker).",
+    )
+
+    @field_validator("pretrained")
+    @classmethod
+    def _s3_uri_names_an_object(cls, value: str) -> str:
+        if value.strip().lower().startswith("s3:") and parse_weights_uri(value.strip()) is None:
+            raise ValueError("an s3 checkpoint must look like s3://bucket/key (a bucket name, then a key)")
+        return value
+
+    @field_validator("weights_sha256")
+    @classmethod
+    def _hex_digest(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", value.strip()):
+            raise ValueError("must be a SHA-256 digest: 64 hexadecimal digits")
+        return value.strip().lower()
 
     @field_validator("feature_field_name")
     @classmethod

@@ -9,7 +9,8 @@ this record ever succeed (retryable or permanent), and at which stage did it fai
     ├── FatalError                  stop without committing more: policy "stop", streak limit, Kafka
     │   ├── ClientFatal             librdkafka says this client is done: fenced, a fatal error
     │   ├── ClientWedged            a librdkafka call did not return by its deadline
-    │   └── DeviceFailed            the device fails a known-good input, or a batch ran past its deadline
+    │   ├── DeviceFailed            the device fails a known-good input, or a batch ran past its deadline
+    │   └── WeightsUnavailable      the model's weights could not be fetched or failed their checksum
     ├── RetryableError              transient: the same request may succeed later
     │   ├── SourceUnavailable       S3 throttling, 5xx, timeouts, connection resets (retried per record)
     │   ├── KafkaUnavailable        a librdkafka call timed out or the broker is unreachable
@@ -82,6 +83,12 @@ class ClientWedged(FatalError):
 class DeviceFailed(FatalError):
     """The device is in a bad state: it fails a known-good input, or a batch outlived its deadline.
     The worker exits without committing the batch; a restart gets a fresh CUDA context."""
+
+
+class WeightsUnavailable(FatalError):
+    """The model's weights could not be had: the hub or S3 did not answer within the retries, the object is
+    missing or refused, the hub is offline and the cache lacks them, or the file failed its checksum. The
+    setting may be right: this is the environment's failure, not the configuration's (exit 1, not 2)."""
 
 
 class RetryableError(WorkerError):

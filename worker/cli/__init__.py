@@ -5,6 +5,7 @@
     clip-worker embed SOURCE...      embed files, folders, manifests or s3:// prefixes once
     clip-worker enqueue SOURCE...    produce an s3:// prefix or a manifest into the input topic
     clip-worker replay [FILTER...]   dead letters back to the input, once their cause is fixed
+    clip-worker fetch-model          fetch the configured model weights into the cache, and exit
 
 Each command is a module of this package holding its options and what it runs (the Command protocol
 below), so that `clip-worker COMMAND --help` shows that command's options only, another command's
@@ -15,7 +16,7 @@ parser. Settings come from the environment for every command and are read before
 so an invalid one exits 2 naming its variable whatever the command.
 
 Exit codes: 0 after a clean shutdown (or all checks passed), 1 on a fatal error (or a failed
-check, or a failed input), 2 on an invalid setting or option.
+check, or a failed input, or model weights that could not be fetched), 2 on an invalid setting or option.
 
 torch, torchvision and open_clip (seconds of imports) are imported by the commands that load the
 model when they run, not here: --version, --help, an invalid setting, replay and enqueue answer at once.
@@ -31,7 +32,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from worker import __version__
-from worker.cli import check, embed, enqueue, replay, run
+from worker.cli import check, embed, enqueue, fetch_model, replay, run
 from worker.config import Settings, load_settings
 from worker.errors import ClientWedged, ConfigError, FatalError
 from worker.logs import configure_logging
@@ -53,7 +54,7 @@ class Command(Protocol):
     def handle(self, settings: Settings, args: argparse.Namespace) -> int: ...
 
 
-COMMANDS: tuple[Command, ...] = (run, check, embed, enqueue, replay)
+COMMANDS: tuple[Command, ...] = (run, check, embed, enqueue, replay, fetch_model)
 DEFAULT_COMMAND = run.NAME
 
 

@@ -57,4 +57,9 @@ def options(args: argparse.Namespace) -> EmbedOptions:
 
 
 def handle(settings: Settings, args: argparse.Namespace) -> int:
-    return 1 if embed(settings, options(args)).failed else 0
+    """Options first (exit 2 before anything loads), then the weights, fetched as `run` fetches them."""
+    from worker.weights import fetch_weights, with_weights
+
+    embed_options = options(args)
+    model = with_weights(settings, fetch_weights(settings))
+    return 1 if embed(settings.model_copy(update={"model": model}), embed_options).failed else 0

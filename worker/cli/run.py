@@ -29,7 +29,8 @@ Run the streaming worker: consume the input topic, embed each image it reference
 embeddings to the output topic and failures to the dead-letter topic, until SIGTERM or SIGINT.
 
 Every setting comes from CLIP_WORKER_* environment variables; the command takes no options.
-Exit code 0 after a clean shutdown, 1 on a fatal error, 2 on an invalid setting."""
+Exit code 0 after a clean shutdown, 1 on a fatal error (model weights that could not be fetched
+included), 2 on an invalid setting."""
 EXAMPLE = "CLIP_WORKER_KAFKA__BOOTSTRAP_SERVERS=kafka:9092 clip-worker run"
 
 log = logging.getLogger("worker")
@@ -49,6 +50,7 @@ def run(settings: Settings) -> int:
     require_stream_settings(settings)
     from worker.engine import Embedder, frozen_heap, share_cores
     from worker.stream.build import build_runtime
+    from worker.weights import fetch_weights, with_weights
 
     metrics = Metrics()
     runtime: Runtime | None = None
@@ -66,7 +68,7 @@ def run(settings: Settings) -> int:
         )
         health.start()
     try:
-        embedder = Embedder.load(settings.model)
+        embedder = Embedder.load(with_weights(settings, fetch_weights(settings)))
         share_cores(embedder.device, preprocess_workers=settings.model.preprocess_workers)
         runtime = build_runtime(settings, embedder=embedder, metrics=metrics)
         for signum in (signal.SIGTERM, signal.SIGINT):

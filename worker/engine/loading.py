@@ -8,7 +8,10 @@ and only the vision tower, already cast to its final dtype, is moved to the devi
 Loading stays OpenCLIP's own path, so any name it knows works (built-in, ``hf-hub:``, ``local-dir:``,
 configs registered from ``model_config_dir``) and ``pretrained`` means what it means to OpenCLIP: a
 tag resolved through its cache (``cache_dir``), a local checkpoint file, or "none" for random weights.
-Every way this can fail becomes a ConfigError naming the setting, at startup.
+An ``s3://`` checkpoint is not read here: worker.weights fetches it (and fetches a tag missing from the
+cache, with bounded retries) before the commands load the model, and hands over a local path.
+Every way loading can fail becomes a ConfigError naming the setting, at startup, except weights that
+could not be downloaded: WeightsUnavailable, since the network is at fault, not the setting.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from open_clip.transform import PreprocessCfg
 
 from worker.config import ModelSettings, env_var
 from worker.engine.preprocess import preprocess_cfg_from
-from worker.errors import ConfigError
+from worker.errors import ConfigError, WeightsUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +127,8 @@ def resolve_pretrained(model_name: str, pretrained: str) -> tuple[str | None, bo
         # A log line, not warnings.warn: it is a deliberate setting (tests, demos), not a code smell.
         logger.warning("pretrained=none: %s gets random weights; its embeddings mean nothing", model_name)
         return None, False
+    if value.lower().startswith("s3://"):
+        raise ConfigError(setting, f"{value} must be fetched first (worker.weights.fetch_weights), then loaded by path")
     path = Path(value).expanduser()
     if path.is_file():
         return str(path), False
@@ -175,6 +180,8 @@ def load_vision_tower(settings: ModelSettings) -> VisionTower:
     except MemoryError:
         raise
     except Exception as exc:  # open_clip raises RuntimeError, OSError, ValueError, pickle errors...
+        if str(exc).startswith("Failed to download"):  # open_clip's words for a tag the hub did not give
+            raise WeightsUnavailable(f"could not download {name} weights {pretrained!r}: {exc}") from exc
         setting = "pretrained" if pretrained is not None else "model_name"
         reason = f"could not build {name} (pretrained={pretrained}): {exc}"
         raise ConfigError(env_var("model", setting), reason) from exc
