@@ -86,7 +86,7 @@ def clip_worker(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[
 
 def test_run_offline_without_the_tag_exits_1_with_one_line_not_2_as_a_bad_setting(tmp_path: Path) -> None:
     done = clip_worker("run", env={"HF_HUB_OFFLINE": "1", "CLIP_WORKER_MODEL__CACHE_DIR": str(tmp_path),
-                                   "CLIP_WORKER_MODEL__DEVICE": "cpu",
+                                   "CLIP_WORKER_MODEL__DEVICE": "cpu", "CLIP_WORKER_S3__ALLOWED_SOURCES": '["photos"]',
                                    "CLIP_WORKER_PIPELINE__METRICS_PORT": str(closed_port())})
     assert done.returncode == 1, done.stderr
     [line] = done.stderr.splitlines()
