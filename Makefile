@@ -17,7 +17,7 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -c "import harness.kafka_broker as k; k.ensure_jars()"
-	$(PY) -c "import harness.schema_registry as r; r.ensure_registry()"
+	$(PY) -c "import harness.schema_registry as r; r.ensure_registry(); r.train_aot_cache()"
 	touch $@
 
 test: $(INSTALLED) lint typecheck imports pytest

@@ -16,7 +16,10 @@ Choices worth knowing:
   it would fail for the harness's reason, not the worker's.
 - Quarkus's management interface (health, metrics) cannot be switched off at run time; it listens on a
   free port of 127.0.0.1 too, not on 0.0.0.0:9000, where two registries (or anything else) would clash.
-- JVM start-up is tuned for a small machine as the broker's is: C1 only, serial GC.
+- JVM start-up is tuned for a small machine as the broker's is: C1 only, serial GC; and, on Java 25 or
+  later, an AOT cache (JEP 483/514: classes loaded and linked ahead of time) that ``train_aot_cache()``
+  writes at install next to the unpacked registry, one per JDK build. A JDK it was not made by is
+  ignored by the JVM (it starts as without it); delete .cache/apicurio/<version>/*.aot to remake them.
 - The JVM is a child as in harness/children.py: it dies with the Python process that started it.
 """
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -44,6 +48,7 @@ APICURIO_VERSION = "3.3.3"
 _ARTIFACT = f"io.apicurio:apicurio-registry-app:{APICURIO_VERSION}:tar.gz:all"
 CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "apicurio"
 MIN_JAVA = 21
+AOT_MIN_JAVA = 25
 JVM_FLAGS = ("-Xmx512m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
 CONFLUENT_API = "/apis/ccompat/v7"
 _JVM_DIRS = Path("/usr/lib/jvm")
@@ -78,16 +83,72 @@ def ensure_registry() -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _java_major(home: Path) -> int | None:
-    """The feature version of the JDK or JRE at `home`, from its ``release`` file; None if it is none."""
+def _release(home: Path, key: str) -> str | None:
+    """A value of the ``release`` file of the JDK or JRE at `home`; None if it is none."""
     try:
         release = (home / "release").read_text(errors="replace")
     except OSError:
         return None
-    found = re.search(r'^JAVA_VERSION="(?:1\.)?(\d+)', release, re.MULTILINE)
-    if found is None or not (home / "bin" / "java").is_file():
+    found = re.search(rf'^{key}="([^"]*)"', release, re.MULTILINE)
+    return found.group(1) if found is not None and (home / "bin" / "java").is_file() else None
+
+
+def _java_major(home: Path) -> int | None:
+    """The feature version of the JDK or JRE at `home` (17, 25), from its ``release`` file."""
+    found = re.match(r"(?:1\.)?(\d+)", _release(home, "JAVA_VERSION") or "")
+    return int(found.group(1)) if found else None
+
+
+def _aot_cache(java: Path) -> Path | None:
+    """Where the AOT cache made by this ``java`` lives; None before Java 25 (no one-step AOT cache)."""
+    home = java.parent.parent
+    build = _release(home, "JAVA_RUNTIME_VERSION")
+    if (_java_major(home) or 0) < AOT_MIN_JAVA or not build:
         return None
-    return int(found.group(1))
+    return CACHE_DIR / APICURIO_VERSION / f"registry-java-{re.sub(r'[^A-Za-z0-9.+-]', '_', build)}.aot"
+
+
+def train_aot_cache() -> Path | None:
+    """Make the AOT cache for the JDK that runs the registry, if it has none (and can have one): run a
+    registry through the calls tests make, and stop it; the JVM writes the cache as it exits (~10-20 s)."""
+    java = find_java(java_home=os.environ.get("JAVA_HOME") or None)
+    cache = _aot_cache(java)
+    if cache is None or cache.is_file():
+        return cache
+    pending = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+    registry = SchemaRegistry(aot_output=pending)
+    try:
+        registry.start()
+        _exercise(registry.url)
+        registry.stop(timeout=180.0)
+        if registry.stopped_cleanly and pending.is_file() and pending.stat().st_size > 0:
+            os.replace(pending, cache)
+    finally:
+        registry.close()
+        pending.unlink(missing_ok=True)
+    return cache if cache.is_file() else None
+
+
+def _exercise(url: str) -> None:
+    """Register a schema twice (the second breaking it), check compatibility, read it back by id and subject."""
+    def call(method: str, path: str, body: object | None = None) -> None:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"{url}{path}", data=data, method=method,
+                                         headers={"Content-Type": "application/vnd.schemaregistry.v1+json"})
+        with contextlib.suppress(urllib.error.HTTPError), urllib.request.urlopen(request, timeout=30) as answer:
+            answer.read()
+
+    record = {"type": "record", "name": "R", "fields": [{"name": "a", "type": "string"}]}
+    changed = {"type": "record", "name": "R", "fields": [{"name": "a", "type": "int"}]}
+    call("POST", "/subjects/warmup-value/versions", {"schema": json.dumps(record)})
+    call("PUT", "/config/warmup-value", {"compatibility": "BACKWARD"})
+    call("POST", "/compatibility/subjects/warmup-value/versions/latest", {"schema": json.dumps(changed)})
+    call("POST", "/subjects/warmup-value/versions", {"schema": json.dumps(changed)})
+    call("POST", "/subjects/warmup-value", {"schema": json.dumps(record)})
+    call("GET", "/schemas/ids/1")
+    call("GET", "/schemas/ids/99999")
+    call("GET", "/subjects/warmup-value/versions")
+    call("GET", "/subjects")
 
 
 def find_java(minimum: int = MIN_JAVA, *, java_home: str | None = None, jvm_dirs: Path = _JVM_DIRS) -> Path:
@@ -115,8 +176,11 @@ def find_java(minimum: int = MIN_JAVA, *, java_home: str | None = None, jvm_dirs
 class SchemaRegistry:
     """One registry process with a fresh store; ``stop`` + ``start`` keep its port and its schemas."""
 
-    def __init__(self, *, keep_logs: bool = False, startup_timeout: float = 120.0) -> None:
+    def __init__(self, *, keep_logs: bool = False, startup_timeout: float = 120.0,
+                 aot_output: Path | None = None) -> None:
         self.keep_logs = keep_logs
+        self._aot_output = aot_output  # train_aot_cache(): write an AOT cache here on exit
+        self.stopped_cleanly = False  # the last stop ended the JVM by SIGTERM, before its deadline
         self._startup_timeout = startup_timeout
         self._log_dir: Path | None = None
         self._port = 0
@@ -143,8 +207,13 @@ class SchemaRegistry:
     def _command(self) -> list[str]:
         home = ensure_registry()
         java = find_java(java_home=os.environ.get("JAVA_HOME") or None)
+        cache = _aot_cache(java)
+        if self._aot_output is not None:
+            aot = [f"-XX:AOTCacheOutput={self._aot_output}"]
+        else:
+            aot = [f"-XX:AOTCache={cache}"] if cache is not None and cache.is_file() else []
         return [
-            str(java), *JVM_FLAGS,
+            str(java), *JVM_FLAGS, *aot,
             "-Dquarkus.http.host=127.0.0.1", f"-Dquarkus.http.port={self._port}",
             "-Dquarkus.management.host=127.0.0.1", f"-Dquarkus.management.port={self._management_port}",
             f"-Dapicurio.datasource.url=jdbc:h2:file:{self.log_dir / 'store' / 'registry'}",
@@ -193,10 +262,11 @@ class SchemaRegistry:
         process, self._process = self._process, None
         if process is None:
             return
+        self.stopped_cleanly = False
         if timeout is not None:
             process.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout)
+                self.stopped_cleanly = process.wait(timeout) is not None
         process.kill()  # no-op when it has exited
         process.wait()
 
