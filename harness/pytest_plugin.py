@@ -4,9 +4,11 @@ Why these scopes: starting a broker costs a couple of seconds, so one broker ser
 tests stay apart by using their own topics (``topic_factory``) and consumer groups. A test that stops,
 kills or restarts the broker takes ``private_kafka_broker`` so nobody else sees the outage; one that
 stalls or cuts the network between clients and broker takes ``proxied_kafka_broker``. S3 is one
-moto server per session with a fresh bucket per test (``s3_bucket``).
+moto server per session with a fresh bucket per test (``s3_bucket``). The Schema Registry
+(``schema_registry``) is one per session too, started only when a test asks for it (it costs a few
+seconds and ~300 MB); tests keep apart by subject names, which follow their own topics.
 
-Broker logs are deleted after a green run and kept after a failure (or with KAFKA_HARNESS_KEEP_LOGS=1);
+Broker and registry logs are deleted after a green run and kept after a failure (or with KAFKA_HARNESS_KEEP_LOGS=1);
 kept paths are listed in the terminal summary.
 """
 
@@ -23,6 +25,7 @@ import pytest
 
 from harness.kafka_broker import KafkaBroker
 from harness.s3_server import S3Server
+from harness.schema_registry import SchemaRegistry
 from harness.tcp_proxy import TcpProxy
 
 _KEEP_LOGS = os.environ.get("KAFKA_HARNESS_KEEP_LOGS", "") not in ("", "0")
@@ -42,10 +45,10 @@ def pytest_runtest_makereport(
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     for path in config.stash.get(_kept_key, []):
-        terminalreporter.write_line(f"Kafka broker logs kept in {path}")
+        terminalreporter.write_line(f"Logs kept in {path}")
 
 
-def _close(broker: KafkaBroker, config: pytest.Config, *, failed: bool) -> None:
+def _close(broker: KafkaBroker | SchemaRegistry, config: pytest.Config, *, failed: bool) -> None:
     keep = failed or _KEEP_LOGS
     broker.close(keep_logs=keep)
     if keep:
@@ -148,3 +151,15 @@ def s3_bucket(s3_client: Any, request: pytest.FixtureRequest) -> Iterator[str]:
         if page.get("Contents"):
             s3_client.delete_objects(Bucket=name, Delete={"Objects": [{"Key": o["Key"]} for o in page["Contents"]]})
     s3_client.delete_bucket(Bucket=name)
+
+
+@pytest.fixture(scope="session")
+def schema_registry(request: pytest.FixtureRequest) -> Iterator[SchemaRegistry]:
+    """The session's Apicurio Registry; its Confluent-compatible API is at ``schema_registry.url``.
+
+    A test may ``stop()`` it to play an outage, and must ``start()`` it again before it returns (in a
+    ``finally``): the port and every registered schema survive, so the tests after it see no difference."""
+    registry = SchemaRegistry()
+    registry.start()
+    yield registry
+    _close(registry, request.config, failed=request.session.testsfailed > 0)

@@ -1,8 +1,14 @@
 """Confluent Schema Registry framing, through confluent-kafka's own in-memory registry client.
 
-No Schema Registry server can run here (it is not on Maven Central); what is tested is our use of
-confluent-kafka's serializers: the wire format (magic byte, schema id, Avro body) and that what one
-side writes the other reads.
+What is tested is our use of confluent-kafka's serializers: the wire format (magic byte, schema id,
+Avro body), that what one side writes the other reads, and which registry failures are outages. The
+worker against a real registry server is tests/test_schema_registry.py: Apicurio Registry's
+Confluent-compatible API, since Confluent's own registry is not on Maven Central. These stay on
+``mock://`` because that is confluent-kafka's own reading of the protocol, with no server between:
+Apicurio answers as Confluent does where these tests look, but it is its own implementation (its
+ids are content ids shared across subjects, its compatibility checker is not Avro's
+SchemaCompatibility, and it has no Confluent data-contract rules or metadata), so a difference
+between the two would show here as a test passing on one and failing on the other.
 """
 
 import io

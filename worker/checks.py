@@ -137,8 +137,8 @@ def registry_checks(pipeline: PipelineSettings, *, timeout: float) -> list[Check
 
 
 def _subjects(url: str, timeout: float) -> str:
-    client = SchemaRegistryClient({"url": url, "timeout": timeout, "max.retries": 0})
-    return f"{len(client.get_subjects())} subject(s)"
+    with SchemaRegistryClient({"url": url, "timeout": timeout, "max.retries": 0}) as client:
+        return f"{len(client.get_subjects())} subject(s)"
 
 
 def check_model(settings: Settings, *, timeout: float = CHECK_TIMEOUT_SECONDS) -> CheckResult:

@@ -10,6 +10,7 @@ any other answer (an unknown schema id, an incompatible schema) is the record's 
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -32,7 +33,11 @@ _UNAVAILABLE_STATUS = frozenset({408, 429})
 
 
 def registry_client(url: str) -> SchemaRegistryClient:
-    return SchemaRegistryClient({"url": url})
+    client = SchemaRegistryClient({"url": url})
+    # The client lives as long as the serializer and decoder that hold it, and nothing closes it: close its
+    # HTTP session when it is collected, rather than leave its kept-alive sockets to be found unclosed.
+    weakref.finalize(client, client._rest_client.session.close)
+    return client
 
 
 @contextmanager
