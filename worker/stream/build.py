@@ -68,6 +68,7 @@ from worker.stream.outage import OutageGate
 from worker.stream.output import OutputStage
 from worker.stream.produce import AckedEmitter, Emitter, InOrderEmitter, Outbox
 from worker.stream.rebalance import Rebalancer
+from worker.stream.stop import Stop
 
 _DEFAULT_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes
 
@@ -111,16 +112,17 @@ def build_runtime(
         registry_serializer=serializer,
     )
 
+    stop = Stop()
     dead_letters = DeadLetterStage(
         emitter=emitter, topic=kafka.dead_letter_topic, policy=pipeline.on_error,
         max_consecutive=pipeline.max_consecutive_failures, max_bytes=outbox.max_record_bytes,
-        worker_id=str(consumer_conf["client.id"]), metrics=metrics,
+        worker_id=str(consumer_conf["client.id"]), metrics=metrics, stop=stop,
     )
     outages = OutageGate(
         initial_wait=pipeline.outage_retry_initial_seconds, max_wait=pipeline.outage_retry_max_seconds,
         metrics=metrics,
     )
-    failures = FailureRouter(dead_letters=dead_letters, outages=outages)
+    failures = FailureRouter(dead_letters=dead_letters, outages=outages, stop=stop)
     output = OutputStage(
         emitter=emitter, outbox=outbox, encoder=encoder, topic=kafka.output_topic, failures=failures,
         dead_letters=dead_letters, outages=outages, metrics=metrics, forward_headers=pipeline.forward_headers,
@@ -176,7 +178,7 @@ def build_runtime(
         rebalancer=rebalancer, backpressure=backpressure,
         pipeline=Pipeline(decode=decode, images=(fetch,) if preprocess is None else (fetch, preprocess),
                           batcher=batcher, inference=inference,
-                          failures=failures, dead_letters=dead_letters, outages=outages, wake=wake),
+                          dead_letters=dead_letters, outages=outages, wake=wake, stop=stop),
         input_topic=kafka.input_topic, settings=pipeline, metrics=metrics,
     )
 

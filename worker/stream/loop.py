@@ -6,7 +6,8 @@ runs many times a second and max.poll.interval.ms is never at risk
 (backpressure.py pauses the input when the rest falls behind). No record can stop this loop: every
 stage turns what goes wrong with one record into that record's failure (failures.py); only
 FatalError - a fenced or wedged client, a broken device, the stop policy, the failure streak - ends
-it, and then nothing more is committed than what finished.
+it, and then nothing more is committed than what finished. What the stages meet is reported to the
+pipeline's Stop (stop.py), and this loop raises it, after each record taken and after each turn.
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ from worker.stream.backpressure import Backpressure
 from worker.stream.deadletter import DeadLetterStage
 from worker.stream.decode import MessageDecoder
 from worker.stream.delivery.acked import Committer
-from worker.stream.failures import FailureRouter
 from worker.stream.offsets import OffsetTracker
 from worker.stream.outage import OutageGate
 from worker.stream.produce import Outbox
 from worker.stream.rebalance import Rebalancer
+from worker.stream.stop import Stop
 
 log = logging.getLogger(__name__)
 # The longest a busy turn waits. The stages signal what moves the pipeline (wake.py): the device's
@@ -56,16 +57,16 @@ _MAX_CONSUME = 500
 
 @dataclass(frozen=True, slots=True)
 class Pipeline:
-    """The stages in data-path order (build.py draws the diagram), and where failures go."""
+    """The stages in data-path order (build.py draws the diagram), where failures go, and the stop they report."""
 
     decode: MessageDecoder
     images: tuple[Stage[Work], ...]  # fetch and preprocess threads, or the decoder processes doing both
     batcher: Batcher
     inference: InferenceStage
-    failures: FailureRouter
     dead_letters: DeadLetterStage
     outages: OutageGate
     wake: Wake  # what a busy turn waits on: the device, fetch threads falling idle, decoder results
+    stop: Stop  # what any stage reports a fatal condition to; only the loop raises it
 
 
 class Runtime:
@@ -140,6 +141,7 @@ class Runtime:
         self._more_input = len(messages) == wanted  # more may be waiting: the next turn does not wait
         for message in messages:
             self._take(message)
+            self._raise_if_stopped()  # the rest of this batch of messages is redone after the restart
         self._advance()
         if self._tracker.in_flight() == 0:
             self._pipeline.dead_letters.settle()
@@ -202,10 +204,13 @@ class Runtime:
         pipeline.inference.poll()
         pipeline.outages.poll()
         self._outbox.poll()
-        fatal = pipeline.failures.fatal or pipeline.dead_letters.fatal
-        if fatal is not None:
-            raise fatal
+        self._raise_if_stopped()
         self._metrics.in_flight.set(self._tracker.in_flight())
+
+    def _raise_if_stopped(self) -> None:
+        reason = self._pipeline.stop.reason
+        if reason is not None:
+            raise reason
 
     def _bytes_in_flight(self) -> int:
         held = self._budget.held()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from worker.errors import OutputRejected, OutputTooLarge
+from worker.errors import FatalError, OutputRejected, OutputTooLarge
 from worker.formats.encoding import EmbeddingEncoder
 from worker.formats.records import Headers, OutRecord
 from worker.images.stages import FailureSink
@@ -75,7 +75,10 @@ class OutputStage:
             self._failures.fail(item, error, stage=self.name)
             return
         item.sent_at = time.monotonic()
-        self._emitter.emit(item, record, on_done=self._done, on_refused=self._refused)
+        try:
+            self._emitter.emit(item, record, on_done=self._done, on_refused=self._refused)
+        except FatalError as exc:  # the producer is fenced or failed for good: the loop stops
+            self._failures.fail(item, exc, stage="produce")
 
     def poll(self) -> None:
         return None
