@@ -157,7 +157,7 @@ def build_runtime(
     for stage in (decode, fetch, output):
         outages.route(stage.name, stage)
 
-    floors = dead_letters.floors
+    floors = dead_letters.floors  # read-only: only the dead letters move the floors
     committer: Committer = (
         TransactionalCommitter(producer=producer, consumer=consumer, outbox=outbox, tracker=tracker, floors=floors,
                                metrics=metrics, call_seconds=settings.kafka.transaction_call_seconds)

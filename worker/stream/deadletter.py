@@ -38,6 +38,8 @@ met the record. Once stopped, nothing more is dead-lettered and the floors stay 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Literal
 
 from worker import __version__
@@ -153,18 +155,24 @@ class DeadLetterStage:
         self._metrics = metrics
         self._stop = stop
         self._streak = 0
-        self.floors: dict[Partition, int] = {}  # per partition: the streak's lowest failed offset
+        self._floors: dict[Partition, int] = {}  # per partition: the streak's lowest failed offset
+        self._floors_view = MappingProxyType(self._floors)
+
+    @property
+    def floors(self) -> Mapping[Partition, int]:
+        """Per partition, the offset the committers must not commit past: a live, read-only view."""
+        return self._floors_view
 
     def record_success(self) -> None:
         self._streak = 0
         if self._stop.reason is None:  # stopping: the streak that stopped the worker stays uncommitted
-            self.floors.clear()
+            self._floors.clear()
 
     def settle(self) -> None:
         """Nothing is in flight: the streak so far is a run of bad records, not a failing worker
         still chewing through its input, so it may be committed (the count goes on)."""
         if self._stop.reason is None:
-            self.floors.clear()
+            self._floors.clear()
 
     def fail(self, work: Work, error: Exception, *, stage: str) -> None:
         if self._stop.reason is not None:
@@ -174,8 +182,8 @@ class DeadLetterStage:
         log.warning("record %s failed at %s: %s: %s", position, stage, type(error).__name__, safe_text(error),
                     extra=record_context(position, work.request.id if work.request else None))
         self._streak += 1
-        floor = self.floors.get(position.tp)
-        self.floors[position.tp] = position.offset if floor is None else min(floor, position.offset)
+        floor = self._floors.get(position.tp)
+        self._floors[position.tp] = position.offset if floor is None else min(floor, position.offset)
         if self._policy == "stop":
             self._stop.report(
                 FatalError(f"record {position} failed at {stage} and on_error is stop: {safe_text(error)}"))

@@ -23,7 +23,7 @@ from worker.kafka.boundary import kafka_call
 from worker.stream.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
-Floors = Mapping[Partition, int]
+Floors = Mapping[Partition, int]  # the dead letters' floors (deadletter.py), as a live read-only view
 
 
 class Committer(Protocol):
