@@ -122,11 +122,12 @@ def build_runtime(
         initial_wait=pipeline.outage_retry_initial_seconds, max_wait=pipeline.outage_retry_max_seconds,
         metrics=metrics,
     )
-    failures = FailureRouter(dead_letters=dead_letters, outages=outages, stop=stop)
+    router = FailureRouter(dead_letters=dead_letters, outages=outages, stop=stop)
     output = OutputStage(
-        emitter=emitter, outbox=outbox, encoder=encoder, topic=kafka.output_topic, failures=failures,
+        emitter=emitter, outbox=outbox, encoder=encoder, topic=kafka.output_topic, failures=router,
         dead_letters=dead_letters, outages=outages, metrics=metrics, forward_headers=pipeline.forward_headers,
     )
+    failures = router.sink()  # the image path's: a record it parks is redone from its first stage (bound below)
     timeout = pipeline.record_timeout_seconds
     wake = Wake()
     journal = device_journal(settings, embedder)
@@ -148,14 +149,13 @@ def build_runtime(
         fetched = after_fetch(journal, preprocess=preprocess, batcher=batcher, metrics=metrics)
         fetch = fetch_threads(settings, source, next_step=fetched, failures=failures, metrics=metrics,
                               budget=budget, wake=wake, route=device_route(embedder))
+    failures.resume_at(fetch)
     decode = MessageDecoder(
         input_format=pipeline.input_format,
         confluent=registry.input_decoder(registry_client, kafka.input_topic) if registry_client else None,
         next_step=fetch,
-        failures=failures,
+        failures=router,
     )
-    for stage in (decode, fetch, output):
-        outages.route(stage.name, stage)
 
     floors = dead_letters.floors  # read-only: only the dead letters move the floors
     committer: Committer = (

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from worker.formats.messages import ConfluentDecoder, InputFormat, decode_request
-from worker.images.stages import FailureSink, Stage
+from worker.images.stages import Stage
 from worker.images.work import Work
+from worker.stream.failures import FailureRouter
 from worker.stream.inputs import polled
 
 
@@ -19,12 +20,12 @@ class MessageDecoder:
         input_format: InputFormat,
         confluent: ConfluentDecoder | None,
         next_step: Stage[Work],
-        failures: FailureSink,
+        failures: FailureRouter,
     ) -> None:
         self._format = input_format
         self._confluent = confluent
         self._next = next_step
-        self._failures = failures
+        self._failures = failures.sink(resume=self)  # a registry outage: decoded again after it
 
     def submit(self, item: Work) -> None:
         try:

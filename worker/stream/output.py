@@ -20,10 +20,10 @@ from collections.abc import Iterable
 from worker.errors import FatalError, OutputRejected, OutputTooLarge
 from worker.formats.encoding import EmbeddingEncoder
 from worker.formats.records import Headers, OutRecord
-from worker.images.stages import FailureSink
 from worker.images.work import Work
 from worker.metrics import Metrics
 from worker.stream.deadletter import DeadLetterStage
+from worker.stream.failures import FailureRouter
 from worker.stream.inputs import polled
 from worker.stream.outage import OutageGate
 from worker.stream.produce import Emitter, Outbox
@@ -33,14 +33,14 @@ class OutputStage:
     name = "encode"
 
     def __init__(
-        self, *, emitter: Emitter, outbox: Outbox, encoder: EmbeddingEncoder, topic: str, failures: FailureSink,
+        self, *, emitter: Emitter, outbox: Outbox, encoder: EmbeddingEncoder, topic: str, failures: FailureRouter,
         dead_letters: DeadLetterStage, outages: OutageGate, metrics: Metrics, forward_headers: Iterable[str],
     ) -> None:
         self._emitter = emitter
         self._outbox = outbox
         self._encoder = encoder
         self._topic = topic
-        self._failures = failures
+        self._failures = failures.sink(resume=self)  # a registry outage: encoded again after it
         self._dead_letters = dead_letters
         self._outages = outages
         self._metrics = metrics
