@@ -11,7 +11,7 @@ from worker.formats.positions import KafkaPosition, Partition
 from worker.formats.records import OutRecord, PolledRecord
 from worker.images.work import Work
 from worker.metrics import Metrics
-from worker.stream.deadletter import DeadLetterStage
+from worker.stream.deadletter import DeadLetters
 from worker.stream.delivery.acked import StoredOffsetsCommitter
 from worker.stream.offsets import OffsetTracker
 from worker.stream.produce import OnDone, OnRefused
@@ -46,8 +46,8 @@ def bad_record(offset: int) -> Work:
                 polled=PolledRecord(generation=0, key=None, value=b"{", headers=[], timestamp_ms=None))
 
 
-def dead_letters() -> DeadLetterStage:
-    return DeadLetterStage(emitter=AcceptingEmitter(), topic="dlq", policy="dead-letter", max_consecutive=10,
+def dead_letters() -> DeadLetters:
+    return DeadLetters(emitter=AcceptingEmitter(), topic="dlq", policy="dead-letter", max_consecutive=10,
                            max_bytes=1_000_000, worker_id="w", metrics=Metrics(), stop=Stop())
 
 

@@ -28,7 +28,7 @@ from worker.formats.positions import KafkaPosition
 from worker.images.stages import ThreadStage
 from worker.images.work import Work
 from worker.metrics import Metrics
-from worker.stream.deadletter import DeadLetterStage
+from worker.stream.deadletter import DeadLetters
 from worker.stream.failures import FailureRouter
 from worker.stream.outage import OutageGate
 from worker.stream.produce import AckedEmitter
@@ -45,7 +45,7 @@ def test_an_outage_parked_by_the_fetch_stage_is_retried_into_that_same_stage_obj
     now = [0.0]
     metrics, stop = Metrics(), Stop()
     outages = OutageGate(initial_wait=1.0, max_wait=1.0, metrics=metrics, clock=lambda: now[0])
-    letters = DeadLetterStage(emitter=AckedEmitter(outbox=None, tracker=None),  # type: ignore[arg-type]
+    letters = DeadLetters(emitter=AckedEmitter(outbox=None, tracker=None),  # type: ignore[arg-type]
                               topic="dlq", policy="dead-letter", max_consecutive=3, max_bytes=1_000_000,
                               worker_id="w", metrics=metrics, stop=stop)
     router = FailureRouter(dead_letters=letters, outages=outages, stop=stop)

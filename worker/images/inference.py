@@ -29,10 +29,11 @@ from worker.engine.gpu_decode import JpegHeader
 from worker.errors import DeviceFailed, EmbedError, ImageError
 from worker.images.device.journal import DeviceJournal
 from worker.images.pool import WorkPool
-from worker.images.stages import FailureSink, Stage
+from worker.images.stages import FailureSink
 from worker.images.wake import Wake
 from worker.images.work import Work
 from worker.metrics import Metrics
+from worker.stream.sink import Sink  # until Sink moves to images/stages.py
 
 EmbedFn = Callable[[Sequence[PreparedImage]], list[np.ndarray | EmbedError]]
 PrepareBatchFn = Callable[[Sequence[bytes], Sequence[JpegHeader | None]], PreparedBatch]
@@ -43,7 +44,7 @@ class InferenceStage:
     name = "embed"
 
     def __init__(
-        self, *, embed: EmbedFn, next_step: Stage[Work], failures: FailureSink, metrics: Metrics, timeout: float,
+        self, *, embed: EmbedFn, next_step: Sink[Work], failures: FailureSink, metrics: Metrics, timeout: float,
         encode: Callable[[Work], None] | None = None, max_batches: int = 2, wake: Wake | None = None,
         prepare_batch: PrepareBatchFn | None = None, journal: DeviceJournal | None = None,
     ) -> None:

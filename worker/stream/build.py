@@ -23,7 +23,8 @@
         ▼
     offset tracker: watermark per partition ─▶ committer: store_offsets | transaction
 
-Every stage takes submit/poll/close (stages.py); every failure goes through failures.py.
+Every stage takes submit/poll/close (images/stages.py); the message decoder and the output finish their
+work inside submit() and are Sinks (sink.py). Every failure goes through failures.py.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from worker.kafka.config import consumer_config, is_cooperative, producer_config
 from worker.metrics import Metrics, record_lag
 from worker.s3.source import S3Source, make_s3_client
 from worker.stream.backpressure import Backpressure
-from worker.stream.deadletter import DeadLetterStage
+from worker.stream.deadletter import DeadLetters
 from worker.stream.decode import MessageDecoder
 from worker.stream.delivery.acked import Committer, StoredOffsetsCommitter
 from worker.stream.delivery.transactional import TransactionalCommitter
@@ -65,7 +66,7 @@ from worker.stream.failures import FailureRouter
 from worker.stream.loop import Pipeline, Runtime
 from worker.stream.offsets import OffsetTracker
 from worker.stream.outage import OutageGate
-from worker.stream.output import OutputStage
+from worker.stream.output import Output
 from worker.stream.produce import AckedEmitter, Emitter, InOrderEmitter, Outbox
 from worker.stream.rebalance import Rebalancer
 from worker.stream.stop import Stop
@@ -113,7 +114,7 @@ def build_runtime(
     )
 
     stop = Stop()
-    dead_letters = DeadLetterStage(
+    dead_letters = DeadLetters(
         emitter=emitter, topic=kafka.dead_letter_topic, policy=pipeline.on_error,
         max_consecutive=pipeline.max_consecutive_failures, max_bytes=outbox.max_record_bytes,
         worker_id=str(consumer_conf["client.id"]), metrics=metrics, stop=stop,
@@ -123,7 +124,7 @@ def build_runtime(
         metrics=metrics,
     )
     router = FailureRouter(dead_letters=dead_letters, outages=outages, stop=stop)
-    output = OutputStage(
+    output = Output(
         emitter=emitter, outbox=outbox, encoder=encoder, topic=kafka.output_topic, failures=router,
         dead_letters=dead_letters, outages=outages, metrics=metrics, forward_headers=pipeline.forward_headers,
     )

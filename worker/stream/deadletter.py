@@ -139,7 +139,7 @@ def _size(headers: Headers) -> int:
     return sum(len(name.encode()) + len(value or b"") for name, value in headers)
 
 
-class DeadLetterStage:
+class DeadLetters:
     """Where records that can never succeed go (through failures.py)."""
 
     def __init__(

@@ -1,4 +1,8 @@
-"""The stream's first step: the polled message's value decoded into an ImageRequest."""
+"""The stream's first step: the polled message's value decoded into an ImageRequest.
+
+A Sink (sink.py), not a stage: it decodes inline on the main thread, in microseconds, and hands the
+record on (or fails it) before submit() returns, so it has nothing to poll and nothing to close.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,9 @@ from worker.stream.inputs import polled
 
 
 class MessageDecoder:
-    """Decodes the message value into an ImageRequest, inline on the main thread (microseconds)."""
+    """Decodes the message value into an ImageRequest and submits the record to the image path."""
 
-    name = "decode-message"
+    name = "decode-message"  # where a record failed, in the metrics and the dead letter
 
     def __init__(
         self,
@@ -34,9 +38,3 @@ class MessageDecoder:
             self._failures.fail(item, exc, stage=self.name)
             return
         self._next.submit(item)
-
-    def poll(self) -> None:
-        return None
-
-    def close(self, deadline: float) -> None:
-        return None

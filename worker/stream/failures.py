@@ -14,14 +14,14 @@ from __future__ import annotations
 from worker.errors import FatalError, Outage
 from worker.images.failures import classify
 from worker.images.work import Work
-from worker.stream.deadletter import DeadLetterStage
+from worker.stream.deadletter import DeadLetters
 from worker.stream.outage import OutageGate
 from worker.stream.sink import Sink
 from worker.stream.stop import Stop
 
 
 class FailureRouter:
-    def __init__(self, *, dead_letters: DeadLetterStage, outages: OutageGate, stop: Stop) -> None:
+    def __init__(self, *, dead_letters: DeadLetters, outages: OutageGate, stop: Stop) -> None:
         self._dead_letters = dead_letters
         self._outages = outages
         self._stop = stop

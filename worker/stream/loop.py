@@ -33,7 +33,7 @@ from worker.images.work import Work
 from worker.kafka.boundary import is_code, kafka_call, read_headers, translate
 from worker.metrics import Metrics
 from worker.stream.backpressure import Backpressure
-from worker.stream.deadletter import DeadLetterStage
+from worker.stream.deadletter import DeadLetters
 from worker.stream.decode import MessageDecoder
 from worker.stream.delivery.acked import Committer
 from worker.stream.offsets import OffsetTracker
@@ -63,7 +63,7 @@ class Pipeline:
     images: tuple[Stage[Work], ...]  # fetch and preprocess threads, or the decoder processes doing both
     batcher: Batcher
     inference: InferenceStage
-    dead_letters: DeadLetterStage
+    dead_letters: DeadLetters
     outages: OutageGate
     wake: Wake  # what a busy turn waits on: the device, fetch threads falling idle, decoder results
     stop: Stop  # what any stage reports a fatal condition to; only the loop raises it

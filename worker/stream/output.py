@@ -1,7 +1,9 @@
-"""The output stage: each embedded record becomes one Avro record on the output topic, keyed by id.
+"""The output: each embedded record becomes one Avro record on the output topic, keyed by id.
 
-The record is built on the device thread as soon as the embedding exists (encode(), ~50 µs of Avro
-for 512 floats that the main thread no longer spends); submit() on the main thread produces it.
+The record is built on the device thread as soon as the embedding exists (encode(): the Avro of the
+vector is work the main thread no longer does); submit() on the main thread produces it. A Sink
+(sink.py), not a stage: the producer holds what is in flight, and its acknowledgements arrive in
+the loop's outbox.poll(), so there is nothing here to poll or to close.
 Anything that goes wrong building the record - the encoder, the key, a registry outage - is the
 record's failure (or, for the registry, an outage), never the loop's; and a record over the
 producer's size limit is refused here, before produce() would raise in the middle of the loop.
@@ -22,19 +24,19 @@ from worker.formats.encoding import EmbeddingEncoder
 from worker.formats.records import Headers, OutRecord
 from worker.images.work import Work
 from worker.metrics import Metrics
-from worker.stream.deadletter import DeadLetterStage
+from worker.stream.deadletter import DeadLetters
 from worker.stream.failures import FailureRouter
 from worker.stream.inputs import polled
 from worker.stream.outage import OutageGate
 from worker.stream.produce import Emitter, Outbox
 
 
-class OutputStage:
-    name = "encode"
+class Output:
+    name = "encode"  # where a record failed, in the metrics and the dead letter
 
     def __init__(
         self, *, emitter: Emitter, outbox: Outbox, encoder: EmbeddingEncoder, topic: str, failures: FailureRouter,
-        dead_letters: DeadLetterStage, outages: OutageGate, metrics: Metrics, forward_headers: Iterable[str],
+        dead_letters: DeadLetters, outages: OutageGate, metrics: Metrics, forward_headers: Iterable[str],
     ) -> None:
         self._emitter = emitter
         self._outbox = outbox
@@ -79,12 +81,6 @@ class OutputStage:
             self._emitter.emit(item, record, on_done=self._done, on_refused=self._refused)
         except FatalError as exc:  # the producer is fenced or failed for good: the loop stops
             self._failures.fail(item, exc, stage="produce")
-
-    def poll(self) -> None:
-        return None
-
-    def close(self, deadline: float) -> None:
-        return None
 
     def _headers(self, work: Work) -> Headers:
         """The encoder's headers, and the forwarded input headers after them (a new list only then)."""
