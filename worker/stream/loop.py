@@ -246,7 +246,7 @@ class Runtime:
         except WorkerError as exc:  # a fenced or failed client: what was not committed is redone
             log.warning("final commit failed: %s", exc)
         finally:
-            self._rebalancer.closing = True
+            self._rebalancer.leaving()
             self._close_clients()
 
     def _close_clients(self) -> None:
