@@ -63,10 +63,11 @@ from worker.stream.decode import MessageDecoder
 from worker.stream.delivery.acked import Committer, StoredOffsetsCommitter
 from worker.stream.delivery.transactional import TransactionalCommitter
 from worker.stream.failures import FailureRouter
-from worker.stream.loop import Pipeline, Runtime
+from worker.stream.loop import Runtime
 from worker.stream.offsets import OffsetTracker
 from worker.stream.outage import OutageGate
 from worker.stream.output import Output
+from worker.stream.pipeline import Pipeline
 from worker.stream.produce import AckedEmitter, Emitter, InOrderEmitter, Outbox
 from worker.stream.rebalance import Rebalancer
 from worker.stream.stop import Stop

@@ -15,58 +15,36 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, Message
 
 from worker.config import PipelineSettings
 from worker.errors import ClientFatal, ClientWedged, WorkerError
-from worker.formats.positions import KafkaPosition, Partition
-from worker.formats.records import Headers, PolledRecord
-from worker.images.batching import Batcher
+from worker.formats.positions import Partition
 from worker.images.budget import InFlightBytes
-from worker.images.inference import InferenceStage
 from worker.images.stages import Stage
-from worker.images.wake import Wake
-from worker.images.work import Work
-from worker.kafka.boundary import is_code, kafka_call, read_headers, translate
+from worker.kafka.boundary import is_code, kafka_call, translate
 from worker.metrics import Metrics
 from worker.stream.backpressure import Backpressure
-from worker.stream.deadletter import DeadLetters
-from worker.stream.decode import MessageDecoder
 from worker.stream.delivery.acked import Committer
+from worker.stream.inputs import polled_work
 from worker.stream.offsets import OffsetTracker
-from worker.stream.outage import OutageGate
+from worker.stream.pipeline import Pipeline
 from worker.stream.produce import Outbox
 from worker.stream.rebalance import Rebalancer
-from worker.stream.stop import Stop
 
 log = logging.getLogger(__name__)
 # The longest a busy turn waits. The stages signal what moves the pipeline (wake.py): the device's
 # batches, fetch threads falling idle, decoders' results; and a due batch bounds the wait. What cannot
 # signal waits for this timeout at most: new input and the producer's acks, and the preprocess
 # threads' results while no fetch signals come (input slower than the worker: latency, not
-# throughput). It was 5 ms; at 20 ms the main thread spent 7-14 µs less per record, img/s unchanged
-# (cpu_bench, BENCHMARKS.md, issue 8), since three busy turns in four ended on the timeout.
+# throughput). Most busy turns end on this timeout, so a longer one costs the main thread less per
+# record without costing throughput (measured in BENCHMARKS.md).
 _BUSY_POLL_SECONDS = 0.020
 _IDLE_POLL_SECONDS = 0.1
 _CLOSE_SECONDS = 30.0  # the consumer's close: leaving the group takes a round trip or two
 _MAX_CONSUME = 500
-
-
-@dataclass(frozen=True, slots=True)
-class Pipeline:
-    """The stages in data-path order (build.py draws the diagram), where failures go, and the stop they report."""
-
-    decode: MessageDecoder
-    images: tuple[Stage[Work], ...]  # fetch and preprocess threads, or the decoder processes doing both
-    batcher: Batcher
-    inference: InferenceStage
-    dead_letters: DeadLetters
-    outages: OutageGate
-    wake: Wake  # what a busy turn waits on: the device, fetch threads falling idle, decoder results
-    stop: Stop  # what any stage reports a fatal condition to; only the loop raises it
 
 
 class Runtime:
@@ -183,18 +161,8 @@ class Runtime:
             self._metrics.unassigned.inc()  # fetched just before a revoke: the next owner reads it
             return
         self._metrics.consumed.inc()
-        timestamp_type, timestamp = message.timestamp()
-        work = Work(
-            position=KafkaPosition(topic=topic, partition=partition, offset=offset),
-            polled=PolledRecord(
-                generation=self._tracker.add(Partition(topic, partition), offset),
-                key=message.key(),
-                value=message.value(),
-                headers=_headers(message),
-                timestamp_ms=timestamp if timestamp_type else None,
-            ),
-        )
-        self._pipeline.decode.submit(work)
+        generation = self._tracker.add(Partition(topic, partition), offset)
+        self._pipeline.decode.submit(polled_work(message, generation=generation))
 
     def _advance(self) -> None:
         pipeline = self._pipeline
@@ -251,9 +219,9 @@ class Runtime:
 
     def _close_clients(self) -> None:
         """Close the consumer, the committer and the producer. The consumer's close has a deadline: a
-        consumer fenced by a fatal error can hang in it for good (confluent-kafka-go #1588), and once
-        in CI one sat there after a broker restart, committing nothing for minutes. Past it the
-        process exits (ClientWedged) to be restarted, as for a wedged transaction."""
+        consumer fenced by a fatal error can hang in it for good (confluent-kafka-go #1588), after a
+        broker restart too, committing nothing. Past it the process exits (ClientWedged) to be
+        restarted, as for a wedged transaction."""
         wedged: ClientWedged | None = None
         try:
             kafka_call(self._consumer.close, what="consumer close", deadline=_CLOSE_SECONDS)
@@ -274,17 +242,8 @@ def busy_wait(seconds_to_deadline: float | None, *, held: bool) -> float:
     """How long a busy turn may wait: a busy poll at most, and no later than the next batch is due,
     unless that batch is held for device room (only the device can move it then). Waiting on the
     stages' signals (wake.py), not in consume(), a turn neither spins before a batch is due (a
-    consume timeout under a millisecond was truncated to zero: ~200 empty turns per partial batch)
+    consume timeout under a millisecond is truncated to zero: a spin of empty turns per partial batch)
     nor sleeps past a batch the device has finished or threads that have run out of records."""
     if held or seconds_to_deadline is None:
         return _BUSY_POLL_SECONDS
     return min(_BUSY_POLL_SECONDS, seconds_to_deadline)
-
-
-def _headers(message: Message) -> Headers:
-    """The record's headers; none when the client cannot decode them (e.g. a name that is not UTF-8)."""
-    headers = read_headers(message)
-    if headers is None:
-        log.warning("headers of %s [%s] @%s unreadable", message.topic(), message.partition(), message.offset())
-        return []
-    return headers
