@@ -10,7 +10,7 @@ the decoders: with s3proxy one decoder left the box ~1.7 cores busy, so two coul
 whatever the stage did. For each setting the stage runs over `--records` after a warm-up of a
 tenth as many; img/s is wall time, CPU per image is the process tree's (decoder processes included;
 the server, a child of this process too, is taken out and reported apart). Between turns the loop
-waits as the worker's busy turn does (runtime.busy_wait: on the stages' signals, 20 ms at most);
+waits as the worker's busy turn does (images/wake.busy_wait: on the stages' signals, 20 ms at most);
 an earlier version polled every millisecond, ~5% of a core of its own. The settings take turns,
 threads then processes, one worker then two, and the whole round repeats; figures are medians over
 the rounds. The last column says how many cores 1.8x the one-worker rate would take at the two-worker
@@ -52,11 +52,10 @@ from worker.formats.positions import KafkaPosition
 from worker.images.budget import InFlightBytes
 from worker.images.path import decoder_processes, fetch_threads, preprocess_threads
 from worker.images.stages import keep_fetched
-from worker.images.wake import Wake
+from worker.images.wake import Wake, busy_wait
 from worker.images.work import Work
 from worker.metrics import Metrics
 from worker.s3.source import S3Source, make_s3_client
-from worker.stream.loop import busy_wait
 
 
 class Drop:

@@ -3,8 +3,8 @@ from hypothesis import strategies as st
 
 from worker.formats.positions import KafkaPosition
 from worker.images.batching import Batcher
+from worker.images.wake import busy_wait
 from worker.images.work import Work
-from worker.stream.loop import busy_wait
 
 
 class Clock:

@@ -1,5 +1,6 @@
 """Outages are not bad records: S3 down for a long while dead-letters nothing and loses nothing, and a
-device that fails every batch stops the worker without a single dead letter or commit."""
+record parked by a stage is retried into that same stage; a device that fails every batch stops the
+worker without a single dead letter or commit."""
 
 from __future__ import annotations
 
@@ -19,16 +20,68 @@ from harness.kafka_io import committed_and_end_offsets, produce_requests, read_a
 from harness.models import tiny_model_settings
 from harness.workers import InProcessWorker
 from tests.conftest import Credentials
-from tests.pipeline.conftest import FAST_TINY, requests_for
+from tests.pipeline.conftest import FAST_TINY, Sink, requests_for
 from worker.config import Settings
 from worker.engine import Embedder, PreparedImage
-from worker.errors import DeviceFailed
+from worker.errors import DeviceFailed, SourceOutage
+from worker.formats.positions import KafkaPosition
+from worker.images.stages import ThreadStage
+from worker.images.work import Work
+from worker.metrics import Metrics
+from worker.stream.deadletter import DeadLetters
+from worker.stream.failures import FailureRouter
+from worker.stream.outage import OutageGate
+from worker.stream.produce import AckedEmitter
+from worker.stream.stop import Stop
 
 # Many times every record's own retry budget (3 attempts, under 0.2 s) and every round of the outage
 # backoff (0.5 s doubling to its 4 s cap, and one at the cap): a longer outage only runs more rounds of
 # the same code. It was 20 s, ten of them spent repeating the capped round.
 OUTAGE_SECONDS = 10
 
+
+
+def test_an_outage_parked_by_the_fetch_stage_is_retried_into_that_same_stage_object() -> None:
+    now = [0.0]
+    metrics, stop = Metrics(), Stop()
+    outages = OutageGate(initial_wait=1.0, max_wait=1.0, metrics=metrics, clock=lambda: now[0])
+    letters = DeadLetters(emitter=AckedEmitter(outbox=None, tracker=None),  # type: ignore[arg-type]
+                              topic="dlq", policy="dead-letter", max_consecutive=3, max_bytes=1_000_000,
+                              worker_id="w", metrics=metrics, stop=stop)
+    router = FailureRouter(dead_letters=letters, outages=outages, stop=stop)
+    fetched: list[Work] = []
+
+    def fetch_once_s3_is_back(work: Work) -> None:
+        fetched.append(work)
+        if len(fetched) == 1:
+            raise SourceOutage("S3 down")
+
+    failures = router.sink()
+    done = Sink()
+    fetch = ThreadStage(name="fetch", workers=1, step=fetch_once_s3_is_back, next_step=done, failures=failures,
+                        timeout=30)
+    failures.resume_at(fetch)
+    work = Work(position=KafkaPosition("t", 0, 0))
+    try:
+        fetch.submit(work)
+        deadline = time.monotonic() + 10
+        while not outages.active:
+            assert time.monotonic() < deadline, "the outage was never parked"
+            fetch.poll()
+            time.sleep(0.01)
+        outages.poll()
+        assert len(fetched) == 1, "retried before the wait was over"
+        now[0] = 1.0
+        outages.poll()
+        while not done.done:
+            assert time.monotonic() < deadline, "the parked record never came back through the fetch stage"
+            fetch.poll()
+            time.sleep(0.01)
+    finally:
+        fetch.close(time.monotonic() + 5)
+
+    assert done.done == [work] and fetched == [work, work], "fetched twice, by the stage that parked it"
+    assert stop.reason is None and done.failed == []
 
 
 def test_an_s3_outage_far_past_the_retry_budget_dead_letters_nothing_and_loses_nothing(

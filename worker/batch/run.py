@@ -27,11 +27,10 @@ from worker.formats.messages import ImageRequest, S3Uri
 from worker.images.budget import InFlightBytes
 from worker.images.failures import classify
 from worker.images.path import build_image_path
-from worker.images.wake import Wake
+from worker.images.wake import Wake, busy_wait
 from worker.images.work import Work
 from worker.metrics import Metrics
 from worker.s3.source import S3Source
-from worker.stream.loop import busy_wait
 
 _MAX_TAKE = 500  # inputs taken per turn, so that finished work is collected often
 

@@ -19,6 +19,25 @@ import selectors
 import threading
 from typing import Protocol
 
+# The longest a busy turn waits. The stages signal what moves the pipeline (wake.py): the device's
+# batches, fetch threads falling idle, decoders' results; and a due batch bounds the wait. What cannot
+# signal waits for this timeout at most: new input and the producer's acks, and the preprocess
+# threads' results while no fetch signals come (input slower than the worker: latency, not
+# throughput). Most busy turns end on this timeout, so a longer one costs the main thread less per
+# record without costing throughput (measured in BENCHMARKS.md).
+_BUSY_POLL_SECONDS = 0.020
+
+
+def busy_wait(seconds_to_deadline: float | None, *, held: bool) -> float:
+    """How long a busy turn may wait: a busy poll at most, and no later than the next batch is due,
+    unless that batch is held for device room (only the device can move it then). Waiting on the
+    stages' signals (wake.py), not in consume(), a turn neither spins before a batch is due (a
+    consume timeout under a millisecond is truncated to zero: a spin of empty turns per partial batch)
+    nor sleeps past a batch the device has finished or threads that have run out of records."""
+    if held or seconds_to_deadline is None:
+        return _BUSY_POLL_SECONDS
+    return min(_BUSY_POLL_SECONDS, seconds_to_deadline)
+
 
 class Readable(Protocol):
     def fileno(self) -> int: ...

@@ -1,7 +1,7 @@
 """Backpressure: pause every assigned partition when too much is in flight, resume below half.
 
 "Too much" is any of: `max_in_flight` unfinished records, `max_in_flight_bytes` held by them
-(memory.py), or an outage with records parked (outage.py: nothing new should pile up behind it).
+(images/budget.py), or an outage with records parked (outage.py: nothing new should pile up behind it).
 pause() throws away what librdkafka prefetched, so it must not flap: resume only once records and
 bytes are both at half their limit and no outage holds the input. Partitions assigned while paused
 are paused on assignment (rebalance.py); partitions given up are released from the pause, because

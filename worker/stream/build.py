@@ -23,7 +23,8 @@
         ▼
     offset tracker: watermark per partition ─▶ committer: store_offsets | transaction
 
-Every stage takes submit/poll/close (stages.py); every failure goes through failures.py.
+Every stage takes submit/poll/close (images/stages.py); the message decoder and the output finish their
+work inside submit() and are Sinks (sink.py). Every failure goes through failures.py.
 """
 
 from __future__ import annotations
@@ -46,17 +47,19 @@ from worker.kafka.config import consumer_config, is_cooperative, producer_config
 from worker.metrics import Metrics, record_lag
 from worker.s3.source import S3Source, make_s3_client
 from worker.stream.backpressure import Backpressure
-from worker.stream.deadletter import DeadLetterStage
+from worker.stream.deadletter import DeadLetters
 from worker.stream.decode import MessageDecoder
 from worker.stream.delivery.acked import Committer, StoredOffsetsCommitter
 from worker.stream.delivery.transactional import TransactionalCommitter
 from worker.stream.failures import FailureRouter
-from worker.stream.loop import Pipeline, Runtime
+from worker.stream.loop import Runtime
 from worker.stream.offsets import OffsetTracker
 from worker.stream.outage import OutageGate
-from worker.stream.output import OutputStage
+from worker.stream.output import Output
+from worker.stream.pipeline import Pipeline
 from worker.stream.produce import AckedEmitter, Emitter, InOrderEmitter, Outbox
 from worker.stream.rebalance import Rebalancer
+from worker.stream.stop import Stop
 
 _DEFAULT_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes
 
@@ -100,35 +103,36 @@ def build_runtime(
         registry_serializer=serializer,
     )
 
-    dead_letters = DeadLetterStage(
+    stop = Stop()
+    dead_letters = DeadLetters(
         emitter=emitter, topic=kafka.dead_letter_topic, policy=pipeline.on_error,
         max_consecutive=pipeline.max_consecutive_failures, max_bytes=outbox.max_record_bytes,
-        worker_id=str(consumer_conf["client.id"]), metrics=metrics,
+        worker_id=str(consumer_conf["client.id"]), metrics=metrics, stop=stop,
     )
     outages = OutageGate(
         initial_wait=pipeline.outage_retry_initial_seconds, max_wait=pipeline.outage_retry_max_seconds,
         metrics=metrics,
     )
-    failures = FailureRouter(dead_letters=dead_letters, outages=outages)
-    output = OutputStage(
-        emitter=emitter, outbox=outbox, encoder=encoder, topic=kafka.output_topic, failures=failures,
+    router = FailureRouter(dead_letters=dead_letters, outages=outages, stop=stop)
+    output = Output(
+        emitter=emitter, outbox=outbox, encoder=encoder, topic=kafka.output_topic, failures=router,
         dead_letters=dead_letters, outages=outages, metrics=metrics, forward_headers=pipeline.forward_headers,
     )
+    failures = router.sink()  # the image path's: a record it parks is redone from its first stage (bound below)
     wake = Wake()
     images = build_image_path(
         settings, embedder, s3=S3Source(client=s3_client or make_s3_client(settings.s3), settings=settings.s3),
         next_step=output, failures=failures, metrics=metrics, wake=wake, budget=budget, encode=output.encode,
     )
+    failures.resume_at(images.fetch)
     decode = MessageDecoder(
         input_format=pipeline.input_format,
         confluent=registry.input_decoder(registry_client, kafka.input_topic) if registry_client else None,
         next_step=images.fetch,
-        failures=failures,
+        failures=router,
     )
-    for stage in (decode, images.fetch, output):
-        outages.route(stage.name, stage)
 
-    floors = dead_letters.floors
+    floors = dead_letters.floors  # read-only: only the dead letters move the floors
     committer: Committer = (
         TransactionalCommitter(producer=producer, consumer=consumer, outbox=outbox, tracker=tracker, floors=floors,
                                metrics=metrics, call_seconds=settings.kafka.transaction_call_seconds)
@@ -148,7 +152,7 @@ def build_runtime(
         consumer=consumer, outbox=outbox, tracker=tracker, budget=budget, committer=committer,
         rebalancer=rebalancer, backpressure=backpressure,
         pipeline=Pipeline(decode=decode, images=images.upstream, batcher=images.batcher, inference=images.inference,
-                          failures=failures, dead_letters=dead_letters, outages=outages, wake=wake),
+                          dead_letters=dead_letters, outages=outages, wake=wake, stop=stop),
         input_topic=kafka.input_topic, settings=pipeline, metrics=metrics,
     )
 

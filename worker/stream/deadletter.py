@@ -29,11 +29,17 @@ success between them the worker stops instead, and the streak is not committed: 
 in flight, `floors` caps the committed offset of each partition below the streak's first failure, so
 a bad deploy under a restart loop cannot drain the topic into the dead-letter topic. Once nothing is
 in flight (the input is idle) the streak is a plain run of bad records, and is committed.
+
+The stop policy, the streak's end and a refused dead letter are reported to the loop's Stop
+(stop.py), never raised from here: fail() runs inside whichever stage's poll() or delivery callback
+met the record. Once stopped, nothing more is dead-lettered and the floors stay where they are.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Literal
 
 from worker import __version__
@@ -45,6 +51,7 @@ from worker.logs import record_context
 from worker.metrics import Metrics
 from worker.stream.inputs import kafka_position, polled
 from worker.stream.produce import Emitter
+from worker.stream.stop import Stop
 from worker.text import safe_bytes, safe_text
 
 log = logging.getLogger(__name__)
@@ -132,12 +139,12 @@ def _size(headers: Headers) -> int:
     return sum(len(name.encode()) + len(value or b"") for name, value in headers)
 
 
-class DeadLetterStage:
+class DeadLetters:
     """Where records that can never succeed go (through failures.py)."""
 
     def __init__(
         self, *, emitter: Emitter, topic: str, policy: Policy, max_consecutive: int, max_bytes: int, worker_id: str,
-        metrics: Metrics,
+        metrics: Metrics, stop: Stop,
     ) -> None:
         self._emitter = emitter
         self._topic = topic
@@ -146,34 +153,47 @@ class DeadLetterStage:
         self._max_consecutive = max_consecutive
         self._max_bytes = max_bytes
         self._metrics = metrics
+        self._stop = stop
         self._streak = 0
-        self.floors: dict[Partition, int] = {}  # per partition: the streak's lowest failed offset
-        self.fatal: FatalError | None = None  # set from a delivery callback; the runtime raises it
+        self._floors: dict[Partition, int] = {}  # per partition: the streak's lowest failed offset
+        self._floors_view = MappingProxyType(self._floors)
+
+    @property
+    def floors(self) -> Mapping[Partition, int]:
+        """Per partition, the offset the committers must not commit past: a live, read-only view."""
+        return self._floors_view
 
     def record_success(self) -> None:
         self._streak = 0
-        self.floors.clear()
+        if self._stop.reason is None:  # stopping: the streak that stopped the worker stays uncommitted
+            self._floors.clear()
 
     def settle(self) -> None:
         """Nothing is in flight: the streak so far is a run of bad records, not a failing worker
         still chewing through its input, so it may be committed (the count goes on)."""
-        self.floors.clear()
+        if self._stop.reason is None:
+            self._floors.clear()
 
     def fail(self, work: Work, error: Exception, *, stage: str) -> None:
+        if self._stop.reason is not None:
+            return  # stopping: the record stays unfinished, and the restarted worker redoes it
         self._metrics.failed.labels(stage=stage, error=type(error).__name__).inc()
         position = kafka_position(work)
         log.warning("record %s failed at %s: %s: %s", position, stage, type(error).__name__, safe_text(error),
                     extra=record_context(position, work.request.id if work.request else None))
         self._streak += 1
-        floor = self.floors.get(position.tp)
-        self.floors[position.tp] = position.offset if floor is None else min(floor, position.offset)
+        floor = self._floors.get(position.tp)
+        self._floors[position.tp] = position.offset if floor is None else min(floor, position.offset)
         if self._policy == "stop":
-            raise FatalError(f"record {position} failed at {stage} and on_error is stop: {safe_text(error)}")
+            self._stop.report(
+                FatalError(f"record {position} failed at {stage} and on_error is stop: {safe_text(error)}"))
+            return
         if self._streak > self._max_consecutive:
-            raise FatalError(
+            self._stop.report(FatalError(
                 f"{self._streak} records failed in a row (last: {type(error).__name__} at {stage}); "
                 "stopping rather than dead-lettering everything, without committing them"
-            )
+            ))
+            return
         self._send(work, error, stage=stage, minimal=False)
 
     def _send(self, work: Work, error: Exception, *, stage: str, minimal: bool) -> None:
@@ -188,9 +208,13 @@ class DeadLetterStage:
             if isinstance(refusal, OutputTooLarge) and not minimal:  # the topic's own limit is smaller
                 self._send(refused_work, error, stage=stage, minimal=True)
             else:
-                self.fatal = FatalError(f"dead-letter record for {kafka_position(refused_work)} was refused: {refusal}")
+                self._stop.report(
+                    FatalError(f"dead-letter record for {kafka_position(refused_work)} was refused: {refusal}"))
 
-        self._emitter.emit(work, record, on_done=self._done, on_refused=refused)
+        try:
+            self._emitter.emit(work, record, on_done=self._done, on_refused=refused)
+        except FatalError as exc:  # the producer is fenced or failed for good
+            self._stop.report(exc)
 
     def _done(self, work: Work) -> None:
         if self._policy == "dead-letter":

@@ -6,7 +6,8 @@ runs many times a second and max.poll.interval.ms is never at risk
 (backpressure.py pauses the input when the rest falls behind). No record can stop this loop: every
 stage turns what goes wrong with one record into that record's failure (failures.py); only
 FatalError - a fenced or wedged client, a broken device, the stop policy, the failure streak - ends
-it, and then nothing more is committed than what finished.
+it, and then nothing more is committed than what finished. What the stages meet is reported to the
+pipeline's Stop (stop.py), and this loop raises it, after each record taken and after each turn.
 """
 
 from __future__ import annotations
@@ -14,58 +15,30 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, Message
 
 from worker.config import PipelineSettings
 from worker.errors import ClientFatal, ClientWedged, WorkerError
-from worker.formats.positions import KafkaPosition, Partition
-from worker.formats.records import Headers, PolledRecord
-from worker.images.batching import Batcher
+from worker.formats.positions import Partition
 from worker.images.budget import InFlightBytes
-from worker.images.inference import InferenceStage
 from worker.images.stages import Stage
-from worker.images.wake import Wake
-from worker.images.work import Work
-from worker.kafka.boundary import is_code, kafka_call, read_headers, translate
+from worker.images.wake import busy_wait
+from worker.kafka.boundary import is_code, kafka_call, translate
 from worker.metrics import Metrics
 from worker.stream.backpressure import Backpressure
-from worker.stream.deadletter import DeadLetterStage
-from worker.stream.decode import MessageDecoder
 from worker.stream.delivery.acked import Committer
-from worker.stream.failures import FailureRouter
+from worker.stream.inputs import polled_work
 from worker.stream.offsets import OffsetTracker
-from worker.stream.outage import OutageGate
+from worker.stream.pipeline import Pipeline
 from worker.stream.produce import Outbox
 from worker.stream.rebalance import Rebalancer
 
 log = logging.getLogger(__name__)
-# The longest a busy turn waits. The stages signal what moves the pipeline (wake.py): the device's
-# batches, fetch threads falling idle, decoders' results; and a due batch bounds the wait. What cannot
-# signal waits for this timeout at most: new input and the producer's acks, and the preprocess
-# threads' results while no fetch signals come (input slower than the worker: latency, not
-# throughput). It was 5 ms; at 20 ms the main thread spent 7-14 µs less per record, img/s unchanged
-# (cpu_bench, BENCHMARKS.md, issue 8), since three busy turns in four ended on the timeout.
-_BUSY_POLL_SECONDS = 0.020
 _IDLE_POLL_SECONDS = 0.1
 _CLOSE_SECONDS = 30.0  # the consumer's close: leaving the group takes a round trip or two
 _MAX_CONSUME = 500
-
-
-@dataclass(frozen=True, slots=True)
-class Pipeline:
-    """The stages in data-path order (build.py draws the diagram), and where failures go."""
-
-    decode: MessageDecoder
-    images: tuple[Stage[Work], ...]  # fetch and preprocess threads, or the decoder processes doing both
-    batcher: Batcher
-    inference: InferenceStage
-    failures: FailureRouter
-    dead_letters: DeadLetterStage
-    outages: OutageGate
-    wake: Wake  # what a busy turn waits on: the device, fetch threads falling idle, decoder results
 
 
 class Runtime:
@@ -140,6 +113,7 @@ class Runtime:
         self._more_input = len(messages) == wanted  # more may be waiting: the next turn does not wait
         for message in messages:
             self._take(message)
+            self._raise_if_stopped()  # the rest of this batch of messages is redone after the restart
         self._advance()
         if self._tracker.in_flight() == 0:
             self._pipeline.dead_letters.settle()
@@ -181,18 +155,8 @@ class Runtime:
             self._metrics.unassigned.inc()  # fetched just before a revoke: the next owner reads it
             return
         self._metrics.consumed.inc()
-        timestamp_type, timestamp = message.timestamp()
-        work = Work(
-            position=KafkaPosition(topic=topic, partition=partition, offset=offset),
-            polled=PolledRecord(
-                generation=self._tracker.add(Partition(topic, partition), offset),
-                key=message.key(),
-                value=message.value(),
-                headers=_headers(message),
-                timestamp_ms=timestamp if timestamp_type else None,
-            ),
-        )
-        self._pipeline.decode.submit(work)
+        generation = self._tracker.add(Partition(topic, partition), offset)
+        self._pipeline.decode.submit(polled_work(message, generation=generation))
 
     def _advance(self) -> None:
         pipeline = self._pipeline
@@ -202,10 +166,13 @@ class Runtime:
         pipeline.inference.poll()
         pipeline.outages.poll()
         self._outbox.poll()
-        fatal = pipeline.failures.fatal or pipeline.dead_letters.fatal
-        if fatal is not None:
-            raise fatal
+        self._raise_if_stopped()
         self._metrics.in_flight.set(self._tracker.in_flight())
+
+    def _raise_if_stopped(self) -> None:
+        reason = self._pipeline.stop.reason
+        if reason is not None:
+            raise reason
 
     def _bytes_in_flight(self) -> int:
         held = self._budget.held()
@@ -241,14 +208,14 @@ class Runtime:
         except WorkerError as exc:  # a fenced or failed client: what was not committed is redone
             log.warning("final commit failed: %s", exc)
         finally:
-            self._rebalancer.closing = True
+            self._rebalancer.leaving()
             self._close_clients()
 
     def _close_clients(self) -> None:
         """Close the consumer, the committer and the producer. The consumer's close has a deadline: a
-        consumer fenced by a fatal error can hang in it for good (confluent-kafka-go #1588), and once
-        in CI one sat there after a broker restart, committing nothing for minutes. Past it the
-        process exits (ClientWedged) to be restarted, as for a wedged transaction."""
+        consumer fenced by a fatal error can hang in it for good (confluent-kafka-go #1588), after a
+        broker restart too, committing nothing. Past it the process exits (ClientWedged) to be
+        restarted, as for a wedged transaction."""
         wedged: ClientWedged | None = None
         try:
             kafka_call(self._consumer.close, what="consumer close", deadline=_CLOSE_SECONDS)
@@ -263,23 +230,3 @@ class Runtime:
                 log.warning("close failed: %s", exc)
         if wedged is not None:
             raise wedged
-
-
-def busy_wait(seconds_to_deadline: float | None, *, held: bool) -> float:
-    """How long a busy turn may wait: a busy poll at most, and no later than the next batch is due,
-    unless that batch is held for device room (only the device can move it then). Waiting on the
-    stages' signals (wake.py), not in consume(), a turn neither spins before a batch is due (a
-    consume timeout under a millisecond was truncated to zero: ~200 empty turns per partial batch)
-    nor sleeps past a batch the device has finished or threads that have run out of records."""
-    if held or seconds_to_deadline is None:
-        return _BUSY_POLL_SECONDS
-    return min(_BUSY_POLL_SECONDS, seconds_to_deadline)
-
-
-def _headers(message: Message) -> Headers:
-    """The record's headers; none when the client cannot decode them (e.g. a name that is not UTF-8)."""
-    headers = read_headers(message)
-    if headers is None:
-        log.warning("headers of %s [%s] @%s unreadable", message.topic(), message.partition(), message.offset())
-        return []
-    return headers

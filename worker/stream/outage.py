@@ -2,7 +2,8 @@
 
 S3 down past every attempt, credentials that expired, a schema registry that does not answer: the
 records that ran into these are fine, so they must not go to the dead-letter topic, and their
-offsets must not be committed. They are parked here, with the stage to resume them at. While
+offsets must not be committed. They are parked here, each with the stage object it goes back to
+(the one that failed it, failures.py). While
 anything is parked the runtime pauses the input (nothing new piles up behind the outage), and every
 `wait` seconds (doubling up to a cap) the parked records are handed back to their stages. The first
 record that then succeeds ends the outage. One log line and a metric per change of state, not per
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 from worker.errors import Outage
 from worker.formats.positions import Partition
-from worker.images.stages import Stage
+from worker.images.stages import Sink
 from worker.images.work import Work
 from worker.metrics import Metrics
 from worker.stream.inputs import kafka_position
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class Parked:
     work: Work
-    stage: str
+    resume: Sink[Work]  # where it is submitted again once the outage may be over
 
 
 class OutageGate:
@@ -41,26 +42,20 @@ class OutageGate:
         self._max = max_wait
         self._metrics = metrics
         self._clock = clock
-        self._stages: dict[str, Stage[Work]] = {}
         self._parked: list[Parked] = []
         self._cause: str | None = None
         self._began = 0.0
         self._wait = initial_wait
         self._retry_at = 0.0
 
-    def route(self, name: str, stage: Stage[Work]) -> None:
-        """Records parked at stage `name` resume by being submitted to `stage` again."""
-        self._stages[name] = stage
-
     @property
     def active(self) -> bool:
         """True from the first parked record until a record succeeds again."""
         return self._cause is not None
 
-    def park(self, work: Work, error: Outage, *, stage: str) -> None:
-        if stage not in self._stages:
-            raise KeyError(f"no stage to resume {stage!r} at")  # a wiring bug, found by the tests
-        self._parked.append(Parked(work, stage))
+    def park(self, work: Work, error: Outage, *, resume: Sink[Work]) -> None:
+        """Hold `work` until the next retry, when it is submitted to `resume` again."""
+        self._parked.append(Parked(work, resume))
         if self._cause is None:
             self._cause, self._began, self._wait = error.cause, self._clock(), self._initial
             self._retry_at = self._began + self._wait
@@ -76,7 +71,7 @@ class OutageGate:
         self._retry_at = self._clock() + self._wait
         self._metrics.outage_retries.inc(len(parked))
         for item in parked:
-            self._stages[item.stage].submit(item.work)
+            item.resume.submit(item.work)
 
     def record_success(self) -> None:
         """A record made it through: whatever was down is up again."""

@@ -1,7 +1,9 @@
-"""The output stage: each embedded record becomes one Avro record on the output topic, keyed by id.
+"""The output: each embedded record becomes one Avro record on the output topic, keyed by id.
 
-The record is built on the device thread as soon as the embedding exists (encode(), ~50 µs of Avro
-for 512 floats that the main thread no longer spends); submit() on the main thread produces it.
+The record is built on the device thread as soon as the embedding exists (encode(): the Avro of the
+vector is work the main thread no longer does); submit() on the main thread produces it. A Sink
+(sink.py), not a stage: the producer holds what is in flight, and its acknowledgements arrive in
+the loop's outbox.poll(), so there is nothing here to poll or to close.
 Anything that goes wrong building the record - the encoder, the key, a registry outage - is the
 record's failure (or, for the registry, an outage), never the loop's; and a record over the
 producer's size limit is refused here, before produce() would raise in the middle of the loop.
@@ -17,30 +19,30 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from worker.errors import OutputRejected, OutputTooLarge
+from worker.errors import FatalError, OutputRejected, OutputTooLarge
 from worker.formats.encoding import EmbeddingEncoder
 from worker.formats.records import Headers, OutRecord
-from worker.images.stages import FailureSink
 from worker.images.work import Work
 from worker.metrics import Metrics
-from worker.stream.deadletter import DeadLetterStage
+from worker.stream.deadletter import DeadLetters
+from worker.stream.failures import FailureRouter
 from worker.stream.inputs import polled
 from worker.stream.outage import OutageGate
 from worker.stream.produce import Emitter, Outbox
 
 
-class OutputStage:
-    name = "encode"
+class Output:
+    name = "encode"  # where a record failed, in the metrics and the dead letter
 
     def __init__(
-        self, *, emitter: Emitter, outbox: Outbox, encoder: EmbeddingEncoder, topic: str, failures: FailureSink,
-        dead_letters: DeadLetterStage, outages: OutageGate, metrics: Metrics, forward_headers: Iterable[str],
+        self, *, emitter: Emitter, outbox: Outbox, encoder: EmbeddingEncoder, topic: str, failures: FailureRouter,
+        dead_letters: DeadLetters, outages: OutageGate, metrics: Metrics, forward_headers: Iterable[str],
     ) -> None:
         self._emitter = emitter
         self._outbox = outbox
         self._encoder = encoder
         self._topic = topic
-        self._failures = failures
+        self._failures = failures.sink(resume=self)  # a registry outage: encoded again after it
         self._dead_letters = dead_letters
         self._outages = outages
         self._metrics = metrics
@@ -75,13 +77,10 @@ class OutputStage:
             self._failures.fail(item, error, stage=self.name)
             return
         item.sent_at = time.monotonic()
-        self._emitter.emit(item, record, on_done=self._done, on_refused=self._refused)
-
-    def poll(self) -> None:
-        return None
-
-    def close(self, deadline: float) -> None:
-        return None
+        try:
+            self._emitter.emit(item, record, on_done=self._done, on_refused=self._refused)
+        except FatalError as exc:  # the producer is fenced or failed for good: the loop stops
+            self._failures.fail(item, exc, stage="produce")
 
     def _headers(self, work: Work) -> Headers:
         """The encoder's headers, and the forwarded input headers after them (a new list only then)."""

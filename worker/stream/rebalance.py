@@ -47,7 +47,12 @@ class Rebalancer:
         self._cooperative = cooperative
         self._flush_seconds = flush_seconds
         self.assigned: set[Partition] = set()
-        self.closing = False  # leaving the group at shutdown is not a rebalance: nothing left to commit
+        self._leaving = False
+
+    def leaving(self) -> None:
+        """The worker is closing its consumer: the revoke that follows is not a rebalance, and what
+        could be committed was, by the shutdown (loop.py); it only drops the partitions."""
+        self._leaving = True
 
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._metrics.rebalances.labels(kind="assigned").inc()
@@ -64,7 +69,7 @@ class Rebalancer:
         log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in partitions))
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if not self.closing:
+        if not self._leaving:
             self._metrics.rebalances.labels(kind="revoked").inc()
             self._outbox.flush(self._flush_seconds)
             try:

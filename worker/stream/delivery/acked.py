@@ -4,7 +4,7 @@ Two committers, one contract, chosen once in build.py by the delivery setting:
 - StoredOffsetsCommitter (at-least-once, here): finished offsets go to store_offsets every turn and
   librdkafka's auto-commit sends them in the background; on revoke and at close they are committed
   synchronously.
-- TransactionalCommitter (exactly-once, transactions.py): outputs and offsets in one transaction.
+- TransactionalCommitter (exactly-once, transactional.py): outputs and offsets in one transaction.
 
 Both commit offsets only below the dead-letter streak's floors (deadletter.py) and count offsets as
 committed only once the commit (or store) succeeded (OffsetTracker.confirm).
@@ -23,7 +23,7 @@ from worker.kafka.boundary import kafka_call
 from worker.stream.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
-Floors = Mapping[Partition, int]
+Floors = Mapping[Partition, int]  # the dead letters' floors (deadletter.py), as a live read-only view
 
 
 class Committer(Protocol):

@@ -1,14 +1,14 @@
 """Exactly-once commits: outputs and input offsets in one Kafka transaction per turn of the loop.
 
-Commit order, as numbered steps (each under a deadline, kafka_boundary.py):
+Commit order, as numbered steps (each under a deadline, worker/kafka/boundary.py):
 1. send_offsets_to_transaction(offsets just past the outputs written, capped at the streak floors);
 2. commit_transaction();
 3. only now count the offsets as committed (OffsetTracker.confirm), and begin the next transaction.
 
 A step that times out is retried as the same call: librdkafka keeps a timed-out commit_transaction
 (or send_offsets) as the current, resumable call, and calling anything else fails at once with a
-conflict (the bug this replaced: a timed-out commit followed by send_offsets again, nine times,
-and the worker exited). An abortable error aborts the transaction; the runtime then rewinds to the
+conflict: sending the offsets again after a timed-out commit would fail every attempt, and the
+worker would exit. An abortable error aborts the transaction; the runtime then rewinds to the
 committed offsets and redoes the work. A fenced producer is fatal: a newer instance owns the id.
 """
 
