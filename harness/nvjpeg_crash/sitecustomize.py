@@ -1,6 +1,6 @@
 """A device JPEG decoder that crashes the process, as nvJPEG has on hostile JPEGs (a SIGSEGV in its header
 parser: NVIDIA/CUDALibrarySamples#116), for tests/pipeline/test_device_crash.py and the GPU script's
-hostile-JPEG check (tests/engine/test_engine_bench_scripts.py).
+hostile-JPEG check (bench/tests/test_bench_scripts.py).
 
 Imported at start-up by every Python process that has this folder on PYTHONPATH, and active only where
 CLIP_TEST_DECODER_CRASH_MARK is set: the decoder that the device path calls (torchvision's, reached through
