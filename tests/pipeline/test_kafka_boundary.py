@@ -9,6 +9,7 @@ test_commit_stalls.py and test_broker_outage.py.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -135,9 +136,13 @@ def test_init_transactions_may_take_its_whole_timeout_without_counting_as_wedged
     assert producer.calls == ["init_transactions", "begin_transaction"]
 
 
-def test_closing_after_being_fenced_logs_instead_of_replacing_the_real_error() -> None:
+def test_closing_after_being_fenced_logs_instead_of_replacing_the_real_error(caplog: pytest.LogCaptureFixture) -> None:
     fenced = KafkaException(error(KafkaError.PRODUCER_FENCED, fatal=True))
-    committer(StubProducer({"abort_transaction": [fenced]}), OffsetTracker()).close()  # must not raise
+    with caplog.at_level(logging.WARNING, logger="worker.stream.delivery.transactional"):
+        committer(StubProducer({"abort_transaction": [fenced]}), OffsetTracker()).close()  # must not raise
+    [line] = [r for r in caplog.records if r.name == "worker.stream.delivery.transactional"]
+    assert line.levelname == "WARNING" and "could not abort the open transaction" in line.getMessage()
+    assert "abort_transaction: simulated" in line.getMessage(), "the fenced client's own error, as a log line"
 
 
 class UnreachableCoordinator:
