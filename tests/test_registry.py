@@ -15,6 +15,7 @@ import io
 import json
 import socket
 import struct
+import time
 
 import fastavro
 import numpy as np
@@ -82,3 +83,17 @@ def test_a_registry_that_cannot_be_reached_is_an_outage_not_the_records_fault() 
     with pytest.raises(RegistryUnavailable):
         encoder.encode(request=REQUEST, embedding=np.ones(4, np.float32), position=KafkaPosition("images", 0, 1),
                        topic="out")
+
+
+def test_an_unreachable_registry_is_an_outage_at_once_not_after_the_clients_own_retries() -> None:
+    """The input decode asks the registry on the main loop: one refused request must end there (the
+    worker's outage handling retries with its own backoff), not after the client's 1 + 2 + 4 s."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed once the block ends: connections are refused
+    decode = registry.input_decoder(registry.registry_client(f"http://127.0.0.1:{port}"), "images")
+    framed = b"\x00" + struct.pack(">I", 42) + b"\x02a"
+    started = time.monotonic()
+    with pytest.raises(RegistryUnavailable):
+        decode(framed)
+    assert time.monotonic() - started < 1.5

@@ -32,8 +32,14 @@ T = TypeVar("T")
 _UNAVAILABLE_STATUS = frozenset({408, 429})
 
 
+# One request, bounded: the message decode asks the registry on the main loop (once per new schema id),
+# and the worker's outage handling already retries, with backoff, what the registry did not answer.
+# The client's own retries (three, waiting 1, 2 and 4 s) would hold the loop seven seconds per record.
+_CLIENT_CONF = {"max.retries": 0, "timeout": 5}
+
+
 def registry_client(url: str) -> SchemaRegistryClient:
-    client = SchemaRegistryClient({"url": url})
+    client = SchemaRegistryClient({"url": url} | _CLIENT_CONF)
     # The client lives as long as the serializer and decoder that hold it, and nothing closes it: close its
     # HTTP session when it is collected, rather than leave its kept-alive sockets to be found unclosed.
     weakref.finalize(client, client._rest_client.session.close)
