@@ -36,8 +36,11 @@ from tests.pipeline.conftest import FAST_TINY, requests_for
 from worker.checks import CheckResult, run_checks
 from worker.config import Settings
 from worker.engine import Embedder
+from worker.errors import ConfigError
 from worker.formats.encoding import embedding_schema
+from worker.metrics import Metrics
 from worker.schemas import load_schema
+from worker.stream.build import build_runtime
 
 MakeSettings = Callable[..., Settings]
 # The fields added to the output schema with defaults since its first release.
@@ -279,3 +282,18 @@ def test_clip_worker_check_reports_the_registry_ok_and_a_stopped_registry_as_fai
     finally:
         schema_registry.start()
     assert not stopped.ok and "refused" in stopped.detail.lower(), stopped.detail
+
+
+def test_confluent_output_with_the_schema_not_registered_and_auto_register_off_refuses_to_start(
+    photo_bucket: tuple[str, list[str]], make_settings: MakeSettings, embedder: Embedder,
+    registry: SchemaRegistryClient,
+) -> None:
+    """Otherwise every record's encode would fail alike and go to the dead letters."""
+    settings = make_settings(photo_bucket[0], pipeline={"output_format": "confluent",
+                                                        "schema_registry_auto_register": False})
+    with pytest.raises(ConfigError) as refused:
+        build_runtime(settings, embedder=embedder, metrics=Metrics())
+    assert refused.value.setting == "CLIP_WORKER_PIPELINE__SCHEMA_REGISTRY_AUTO_REGISTER"
+    assert f"{settings.kafka.output_topic}-value" in str(refused.value) and "register it first" in str(refused.value)
+    with pytest.raises(SchemaRegistryError):
+        registry.get_versions(f"{settings.kafka.output_topic}-value")  # the worker registered nothing

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 
 # The HTTP library the registry client itself uses (httpx2, or httpx): its transport errors are outages.
@@ -23,7 +23,8 @@ from confluent_kafka.schema_registry.common._httpx_compat import httpx as regist
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from worker.errors import RegistryUnavailable
+from worker.config import env_var
+from worker.errors import ConfigError, RegistryUnavailable
 from worker.formats.encoding import RegistrySerializer
 from worker.formats.messages import ConfluentDecoder
 from worker.text import safe_text
@@ -56,6 +57,23 @@ def _outages() -> Iterator[None]:
         raise
     except (registry_http.TransportError, OSError) as exc:
         raise RegistryUnavailable(f"schema registry unreachable: {type(exc).__name__}: {safe_text(exc)}") from exc
+
+
+def require_registered(client: Any, schema: dict[str, Any], *, subject: str) -> None:
+    """With auto-registration off, the output schema must be registered under `subject` before the
+    first record, or every record's encode would fail alike: refuse to start, saying what to do. A
+    registry that does not answer now is left to the first record's encode, which waits it out."""
+    try:
+        with _outages():
+            client.lookup_schema(subject, Schema(json.dumps(schema), "AVRO"))
+    except RegistryUnavailable:
+        return
+    except SchemaRegistryError as exc:
+        raise ConfigError(
+            env_var("pipeline", "schema_registry_auto_register"),
+            f"false, and the registry does not know the output schema under subject {subject!r} "
+            f"({exc.http_status_code} {safe_text(exc.error_message)}): register it first (docs/operations.md)",
+        ) from None
 
 
 def output_serializer(client: Any, schema: dict[str, Any], *, auto_register: bool) -> RegistrySerializer:

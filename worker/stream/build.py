@@ -1,30 +1,9 @@
-"""One function wires the whole data path.
-
-    Kafka input topic
-        │  poll (main thread)                               ┌──────────────────────────────┐
-        ▼                                                   │ dead letters (any stage):     │
-    decode message ──────────── bad ──────────────────────▶ │ DLQ topic, or skip, or stop   │
-        │                                                   └──────────────┬───────────────┘
-        │      outage (S3 down, credentials, registry): parked, input paused, retried later
-        ▼                                                                  │
-    fetch from S3          (fetch_workers threads, retries,
-        │                   starts while max_in_flight_bytes has room) ── fails ──▶│
-        ▼                                                                  │
-    decode + preprocess    (preprocess_workers threads;     ── fails ──────▶│
-        │                   model.decode: baseline JPEGs skip it, as bytes) │
-        ▼                                                                  │
-    batcher                (inference_batch_size or max_batch_wait_ms)     │
-        ▼                                                                  │
-    [decode JPEGs on the device, as one batch (model.decode)] ─ fails ────▶│
-    embed on the device    (one thread, <= 2 batches outstanding) ─ fails ─▶│   device broken: exit
-        ▼                                                                  ▼
-    Avro encode ─▶ emitter ─▶ output topic             emitter ─▶ DLQ topic
-        │  broker ack (at-least-once) or transaction (exactly-once)
-        ▼
-    offset tracker: watermark per partition ─▶ committer: store_offsets | transaction
+"""One function wires the stream: the Kafka clients, the message decoder, the image path both drivers
+share (images/path.py), the output, dead letters, outages, and the committer of the delivery mode.
+docs/architecture.md draws the data path.
 
 Every stage takes submit/poll/close (images/stages.py); the message decoder and the output finish their
-work inside submit() and are Sinks (sink.py). Every failure goes through failures.py.
+work inside submit() and are Sinks. Every failure goes through failures.py.
 """
 
 from __future__ import annotations
@@ -35,9 +14,8 @@ import torch
 from confluent_kafka import Consumer, Producer
 
 from worker import __version__
-from worker.config import Settings
+from worker.config import Settings, require_stream_settings
 from worker.engine import Embedder
-from worker.errors import ConfigError
 from worker.formats import registry
 from worker.formats.encoding import EmbeddingEncoder, embedding_schema
 from worker.images.budget import InFlightBytes
@@ -68,8 +46,7 @@ def build_runtime(
     settings: Settings, *, embedder: Embedder, metrics: Metrics, s3_client: Any | None = None
 ) -> Runtime:
     kafka, pipeline, model = settings.kafka, settings.pipeline, settings.model
-    if not settings.s3.allowed_sources:
-        raise ConfigError("CLIP_WORKER_S3__ALLOWED_SOURCES", "empty: name the buckets the worker may read")
+    require_stream_settings(settings)
     _describe(metrics, settings, embedder)
     consumer_conf = consumer_config(kafka, pipeline)
     consumer = Consumer(consumer_conf | {"stats_cb": lambda s: record_lag(metrics, s)})
@@ -84,16 +61,15 @@ def build_runtime(
     emitter: Emitter = (InOrderEmitter if exactly_once else AckedEmitter)(outbox=outbox, tracker=tracker)
 
     registry_client = None
-    if pipeline.output_format == "confluent" or pipeline.schema_registry_url:
-        if not pipeline.schema_registry_url:
-            raise ConfigError("CLIP_WORKER_PIPELINE__SCHEMA_REGISTRY_URL", "confluent output needs a registry")
+    if pipeline.schema_registry_url:
         registry_client = registry.registry_client(pipeline.schema_registry_url)
     serializer = None
     if pipeline.output_format == "confluent":
+        schema = embedding_schema(embedder.field_name)
+        if not pipeline.schema_registry_auto_register:
+            registry.require_registered(registry_client, schema, subject=f"{kafka.output_topic}-value")
         serializer = registry.output_serializer(
-            registry_client,
-            embedding_schema(embedder.field_name),
-            auto_register=pipeline.schema_registry_auto_register,
+            registry_client, schema, auto_register=pipeline.schema_registry_auto_register
         )
     encoder = EmbeddingEncoder(
         field_name=embedder.field_name,
