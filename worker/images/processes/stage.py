@@ -1,21 +1,17 @@
 """DecoderProcesses: the stage that fetches, decodes and preprocesses images in decoder processes
 (decoders.py), as the main process sees it.
 
-It honours the Stage contract like the thread stages it replaces: submit() queues, poll() never
-blocks (a zero-timeout epoll on the pipes and the process sentinels, registered as decoders start
-and stop, not built anew every turn as multiprocessing.connection.wait does), close(deadline) waits
-no longer than the deadline. Per record the main thread sends one small Task and receives one small
-Done: the pixels are already in a shared-memory slot (slots.py), wrapped as a tensor without a copy.
+It honours the Stage contract: submit() queues, poll() never blocks (a zero-timeout epoll on the
+pipes and process sentinels, kept as decoders start and stop), close(deadline) waits no longer than
+the deadline. Per record the main thread sends one small Task and receives one small Done: the pixels
+are already in a shared-memory slot (slots.py), wrapped as a tensor without a copy.
 
-Processes can do what threads cannot:
-- a record stuck in a decoder past its deadline fails (RecordTimeout) and the process is killed and
-  replaced; the records it also held are not at fault and are handed to another;
-- a decoder that dies (a codec's segfault, the OOM killer) takes only itself down. Each record it
-  held is handed out again, alone in a decoder: one that kills that one too is the killer for sure,
-  and fails as DecoderCrashed; the others finish. Decoders that keep dying without finishing any
-  record stop the worker (FatalError).
-Admission is that of ThreadStage: a record starts only while a decoder thread, a slot and the
-in-flight byte budget (its reservation of max_object_bytes) have room.
+Processes can do what threads cannot: a record stuck in a decoder past its deadline fails
+(RecordTimeout), and the process is killed and replaced (its other records are handed to another); a
+decoder that dies (a codec's segfault, the OOM killer) takes only itself down: each record it held is
+handed out again alone, and one that kills that decoder too fails as DecoderCrashed. Decoders that
+keep dying without finishing any record stop the worker (FatalError). Admission is ThreadStage's: a
+record starts only while a decoder thread, a slot and the in-flight byte budget have room.
 """
 
 from __future__ import annotations
@@ -66,8 +62,7 @@ class _Child:
 
 class DecoderProcesses:
     """Fetch + decode + preprocess on decoder processes. Its stage label stays "fetch", the label of the
-    thread stage it replaces: dead-letter headers and metrics name the stage by it, and outages hand
-    parked records back to the stage of that name."""
+    thread stage it replaces: dead-letter headers and metrics name the stage by it."""
 
     name = "fetch"
 
