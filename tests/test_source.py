@@ -22,7 +22,8 @@ from worker.errors import (
     SourceUnavailable,
 )
 from worker.formats.messages import S3Uri
-from worker.s3.source import Allowlist, S3Source, make_s3_client
+from worker.s3.allowlist import Allowlist
+from worker.s3.source import S3Source, make_s3_client
 
 
 def source_for(client: Any, **settings: Any) -> S3Source:

@@ -34,7 +34,8 @@ from worker.engine import Embedder
 from worker.errors import ConfigError, WeightsUnavailable
 from worker.kafka.boundary import kafka_call
 from worker.kafka.config import admin_config
-from worker.s3.source import Allowlist, make_s3_client
+from worker.s3.allowlist import Allowlist
+from worker.s3.source import make_s3_client
 from worker.text import safe_text
 from worker.weights import Budget, fetch_weights, with_weights
 

@@ -23,15 +23,13 @@ import pycurl
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from worker.config import S3Settings, env_var
+from worker.config import S3Settings
 from worker.errors import (
-    ConfigError,
     CredentialsUnavailable,
     RecordTimeout,
     RetriesExhausted,
     SourceAccessDenied,
     SourceError,
-    SourceForbidden,
     SourceNotFound,
     SourceOutage,
     SourceTooLarge,
@@ -39,6 +37,7 @@ from worker.errors import (
     WorkerError,
 )
 from worker.formats.messages import S3Uri
+from worker.s3.allowlist import Allowlist
 from worker.s3.get import SignedGet
 from worker.text import safe_text
 
@@ -47,47 +46,6 @@ _DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
 # The credentials as a whole, not this object: every other request fails the same way (an outage).
 _CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "TokenRefreshRequired"}
 _THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed", "503"}
-
-
-@dataclass(frozen=True, slots=True)
-class Allowlist:
-    """Buckets, or bucket/prefix pairs, that may be read. Empty allows nothing.
-
-    Keys are paths of "/"-separated segments. A key with an empty segment ("a//b", a leading or a
-    trailing "/") or a "." or ".." segment is refused whatever the entries: S3 takes such keys
-    literally, but a proxy, a filesystem-backed store or a later consumer of the key may not, and
-    "public/../private/x" must not read outside "public". A prefix matches whole segments only:
-    "raw/2026" and "raw/2026/" both allow "2026/x.jpg" in bucket "raw", neither allows
-    "2026-private/x.jpg" (nor the object "2026" itself). A bare bucket allows every key in it.
-    """
-
-    entries: tuple[tuple[str, str], ...]  # (bucket, prefix without the trailing "/"; "" for all keys)
-
-    @classmethod
-    def parse(cls, sources: tuple[str, ...]) -> Allowlist:
-        """Raises ConfigError for an entry with no bucket or with a prefix no checked key could match."""
-        entries = []
-        for source in sources:
-            bucket, _, prefix = source.partition("/")
-            if not bucket or (prefix and not _plain_segments(prefix.removesuffix("/"))):
-                reason = f"{source!r}: use a bucket, or bucket/prefix without empty, '.' or '..' segments"
-                raise ConfigError(env_var("s3", "allowed_sources"), reason)
-            entries.append((bucket, prefix.removesuffix("/")))
-        return cls(tuple(entries))
-
-    def check(self, uri: S3Uri) -> None:
-        if not _plain_segments(uri.key):
-            raise SourceForbidden(f"{safe_text(uri)}: empty, '.' or '..' path segments are not allowed")
-        if not any(uri.bucket == bucket and _under(uri.key, prefix) for bucket, prefix in self.entries):
-            raise SourceForbidden(f"{safe_text(uri)} is outside the allowed sources")
-
-
-def _plain_segments(path: str) -> bool:
-    return all(segment not in ("", ".", "..") for segment in path.split("/"))
-
-
-def _under(key: str, prefix: str) -> bool:
-    return not prefix or key.startswith(prefix + "/")
 
 
 def make_s3_client(settings: S3Settings) -> Any:
