@@ -16,6 +16,10 @@ Choices worth knowing:
   after a JDK upgrade it is ignored: delete .cache/kafka/libs/broker.jsa).
 - ``proxy_port=``: clients that bootstrap through a proxy on that port (harness/tcp_proxy.py) are told
   to make every later connection through it too; ``bootstrap_servers`` stays direct.
+- ``security=`` (harness/kafka_security.py): two more client listeners, SASL_SSL (SCRAM-SHA-512, the
+  users created when the storage is formatted) and SSL, with the given keystore; their addresses are
+  ``listener_bootstrap("SASL_SSL")`` and ``listener_bootstrap("SSL")``. The broker's own traffic, the
+  controller, ``admin()`` and ``create_topic`` stay on PLAINTEXT (``bootstrap_servers``).
 - Where util-linux ``setpriv`` exists the JVM gets PDEATHSIG=KILL (harness/children.py, as the benchmarks'
   S3 servers): if the Python process that started it dies (even by SIGKILL), the broker dies too instead
   of lingering. Start brokers from a long-lived thread.
@@ -44,6 +48,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # the documented path
 
 from harness.children import free_port, spawn
+from harness.kafka_security import SCRAM_MECHANISM, BrokerTls
 
 POM = Path(__file__).with_name("pom.xml")
 CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "kafka"
@@ -73,14 +78,22 @@ transaction.state.log.num.partitions=4
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 """
-# With ``proxy_port``: a second client listener whose advertised address is a proxy's port
+# With ``proxy_port``: a second client listener, PROXIED, whose advertised address is a proxy's port
 # (harness/tcp_proxy.py), so that a client bootstrapping through the proxy makes every later
 # connection through it too. PLAINTEXT stays direct: the broker's own traffic, ``admin()`` and
 # ``create_topic`` never pass through the proxy's faults.
-_PROXIED_LISTENER = """\
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller},PROXIED://127.0.0.1:{proxied}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port},PROXIED://127.0.0.1:{proxy}
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,PROXIED:PLAINTEXT
+
+# With ``security``: the listeners above plus SASL_SSL and SSL, and what those two need. No authorizer:
+# an authenticated client may do anything, as a PLAINTEXT one may.
+_SECURED_PROPERTIES = """\
+sasl.enabled.mechanisms={mechanism}
+listener.name.sasl_ssl.{mechanism_lower}.sasl.jaas.config=\\
+  org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PKCS12
+ssl.keystore.location={keystore}
+ssl.keystore.password={password}
+ssl.key.password={password}
+ssl.client.auth=none
 """
 _LOG4J2_PROPERTIES = (  # everything the broker logs goes to broker.log in its temp dir
     "appender.f.type=File\nappender.f.name=F\nappender.f.fileName={log}\nappender.f.layout.type=PatternLayout\n"
@@ -120,7 +133,8 @@ class KafkaBroker:
     """One broker process with a fresh data dir; ``stop``/``kill`` + ``start`` keep its ports and data."""
 
     def __init__(self, *, properties: Mapping[str, str] | None = None, keep_logs: bool = False,
-                 startup_timeout: float = 60.0, proxy_port: int | None = None) -> None:
+                 startup_timeout: float = 60.0, proxy_port: int | None = None,
+                 security: BrokerTls | None = None) -> None:
         self.keep_logs = keep_logs
         self._properties = dict(properties or {})
         self._startup_timeout = startup_timeout
@@ -129,8 +143,10 @@ class KafkaBroker:
         self._process: subprocess.Popen[bytes] | None = None
         self._cds_pending: Path | None = None  # class archive this JVM writes when it exits
         self._admin: AdminClient | None = None
-        self._proxy_port = proxy_port  # advertise this port for the PROXIED listener (see _PROXIED_LISTENER)
+        self._proxy_port = proxy_port  # advertise this port for the PROXIED listener (see _prepare)
         self._proxied_port = 0
+        self._security = security
+        self._secured_ports: dict[str, int] = {}  # listener name (SASL_SSL, SSL) -> port
 
     @property
     def log_dir(self) -> Path:
@@ -149,6 +165,12 @@ class KafkaBroker:
         if not self._proxied_port:
             raise RuntimeError("this broker has no proxied listener, or was never started")
         return ("127.0.0.1", self._proxied_port)
+
+    def listener_bootstrap(self, listener: str) -> str:
+        """The address of a secured listener, "SASL_SSL" or "SSL" (a broker started with ``security=``)."""
+        if listener not in self._secured_ports:
+            raise RuntimeError(f"this broker has no {listener} listener, or was never started")
+        return f"127.0.0.1:{self._secured_ports[listener]}"
 
     @property
     def pid(self) -> int | None:
@@ -177,17 +199,34 @@ class KafkaBroker:
         self._log_dir = Path(tempfile.mkdtemp(prefix="kafka-broker-"))
         self._port, controller = free_port(), free_port()
         props = _SERVER_PROPERTIES.format(port=self._port, controller=controller, data=self.log_dir / "data")
+        # name -> (security protocol, port, advertised port): later lines in the file win, so the
+        # listener lines are written once more whenever there is a listener beyond PLAINTEXT.
+        listeners = {"PLAINTEXT": ("PLAINTEXT", self._port, self._port)}
         if self._proxy_port is not None:
             self._proxied_port = free_port()
-            props += _PROXIED_LISTENER.format(port=self._port, controller=controller, proxied=self._proxied_port,
-                                              proxy=self._proxy_port)
+            listeners["PROXIED"] = ("PLAINTEXT", self._proxied_port, self._proxy_port)
+        if self._security is not None:
+            self._secured_ports = {"SASL_SSL": free_port(), "SSL": free_port()}
+            listeners |= {name: (name, port, port) for name, port in self._secured_ports.items()}
+            props += _SECURED_PROPERTIES.format(mechanism=SCRAM_MECHANISM, mechanism_lower=SCRAM_MECHANISM.lower(),
+                                                keystore=self._security.keystore,
+                                                password=self._security.keystore_password)
+        if len(listeners) > 1:
+            props += "listeners=" + ",".join([f"{name}://127.0.0.1:{port}" for name, (_, port, _) in listeners.items()]
+                                             + [f"CONTROLLER://127.0.0.1:{controller}"]) + "\n"
+            props += "advertised.listeners=" + ",".join(
+                f"{name}://127.0.0.1:{advertised}" for name, (_, _, advertised) in listeners.items()) + "\n"
+            props += "listener.security.protocol.map=CONTROLLER:PLAINTEXT," + ",".join(
+                f"{name}:{protocol}" for name, (protocol, _, _) in listeners.items()) + "\n"
         props += "".join(f"{k}={v}\n" for k, v in self._properties.items())  # later lines win
         (self.log_dir / "server.properties").write_text(props)
         (self.log_dir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES.format(log=self.log_dir / "broker.log"))
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         # "--cluster-id=" form: a urlsafe id can start with "-", which would parse as an option (1 in 64).
         cmd = self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
-                         "-c", str(self.log_dir / "server.properties"), "--standalone")
+                         "-c", str(self.log_dir / "server.properties"), "--standalone",
+                         *(arg for name, password in (self._security.scram_users if self._security else {}).items()
+                           for arg in ("--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]")))
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             log_dir, self._log_dir = self._log_dir, None  # a later start() prepares afresh

@@ -3,7 +3,8 @@
 Why these scopes: starting a broker costs a couple of seconds, so one broker serves the whole session and
 tests stay apart by using their own topics (``topic_factory``) and consumer groups. A test that stops,
 kills or restarts the broker takes ``private_kafka_broker`` so nobody else sees the outage; one that
-stalls or cuts the network between clients and broker takes ``proxied_kafka_broker``. S3 is one
+stalls or cuts the network between clients and broker takes ``proxied_kafka_broker``; one that
+connects through SASL_SSL or SSL takes ``secured_kafka_broker`` (one per test module). S3 is one
 moto server per session with a fresh bucket per test (``s3_bucket``). The Schema Registry
 (``schema_registry``) is one per session too, started only when a test asks for it (it costs a few
 seconds and ~300 MB); tests keep apart by subject names, which follow their own topics.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from typing import Any
 import pytest
 
 from harness.kafka_broker import KafkaBroker
+from harness.kafka_security import SCRAM_MECHANISM, make_broker_tls
 from harness.s3_server import S3Server
 from harness.schema_registry import SchemaRegistry
 from harness.tcp_proxy import TcpProxy
@@ -114,6 +117,44 @@ def proxied_kafka_broker(request: pytest.FixtureRequest) -> Iterator[ProxiedKafk
             proxy.close()
         finally:
             _close(broker, request.config, failed=request.node.stash.get(_failed_key, False))
+
+
+@dataclass(frozen=True)
+class SecuredKafka:
+    """A broker with a SASL_SSL listener (SCRAM-SHA-512, ``username``/``password``) and an SSL listener,
+    both with a certificate signed by the CA in ``ca_file``; ``other_ca_file`` is an unrelated CA, which a
+    client must refuse the broker with. Topics are made, and results read, on the PLAINTEXT listener
+    (``broker.bootstrap_servers`` and ``create_topic``)."""
+
+    broker: KafkaBroker
+    sasl_ssl_bootstrap: str
+    ssl_bootstrap: str
+    ca_file: str
+    other_ca_file: str
+    username: str
+    password: str
+    mechanism: str = SCRAM_MECHANISM
+
+    def create_topic(self, name: str, partitions: int = 1) -> None:
+        self.broker.create_topic(name, partitions)
+
+
+@pytest.fixture(scope="module")
+def secured_kafka_broker(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SecuredKafka]:
+    """A broker for this module with SASL_SSL and SSL listeners (see ``SecuredKafka``). The password is
+    new for every module, so that finding it anywhere it should not be cannot be a coincidence."""
+    username, password = "worker", f"pw-{secrets.token_hex(12)}"
+    tls = make_broker_tls(tmp_path_factory.mktemp("kafka-tls"), scram_users={username: password})
+    broker = KafkaBroker(security=tls)
+    try:
+        broker.start()
+        yield SecuredKafka(broker=broker, sasl_ssl_bootstrap=broker.listener_bootstrap("SASL_SSL"),
+                           ssl_bootstrap=broker.listener_bootstrap("SSL"), ca_file=str(tls.ca_file),
+                           other_ca_file=str(tls.other_ca_file), username=username, password=password)
+    finally:
+        _close(broker, request.config, failed=request.session.testsfailed > 0)
 
 
 @pytest.fixture

@@ -520,7 +520,8 @@ def test_all_features_render(helm: dict[str, Any], monkeypatch: pytest.MonkeyPat
     assert settings.kafka.group_instance_id == f"{FULLNAME}-0"
     assert settings.kafka.sasl_password is not None and settings.kafka.sasl_password.get_secret_value() == "s3cret"
     assert settings.kafka.sasl_username == "clip"
-    assert settings.kafka.client_config == {"ssl.ca.location": "/etc/kafka-ca/ca.crt"}
+    assert settings.kafka.client_config == {
+        "socket.keepalive.enable": "true", "ssl.ca.location": "/etc/kafka-ca/ca.crt"}, "kafkaAuth.caSecret, merged"
     assert settings.kafka.consumer_config == {"session.timeout.ms": "120000"}
     assert settings.s3.allowed_sources == ("photos", "raw/2026/")
     assert settings.s3.backoff_initial_seconds == 0.25
@@ -561,6 +562,8 @@ def test_all_features_render(helm: dict[str, Any], monkeypatch: pytest.MonkeyPat
     assert params.keys() == {"username", "password"}
     for entry in params.values():
         assert entry["containerName"] == container["name"] and entry["name"] in env
+    # ... and the CA the worker mounts, from the same Secret.
+    assert auth["spec"]["secretTargetRef"] == [{"parameter": "ca", "name": "kafka-cluster-ca-cert", "key": "ca.crt"}]
 
     # ServiceMonitor on the Service's metrics port.
     monitor = objects[("ServiceMonitor", FULLNAME)]
@@ -603,6 +606,12 @@ def test_explicit_termination_grace_is_checked(helm: dict[str, Any]) -> None:
             "kafkaAuth.existingSecret",
         ),
         (["--set", "kafkaAuth.existingSecret=s"], "not SASL_"),
+        (["--set", "kafkaAuth.caSecret=ca"], "a CA is for SSL or SASL_SSL"),
+        (
+            ["--set", "config.kafka.security_protocol=SSL", "--set", "kafkaAuth.caSecret=ca",
+             "--set", "config.kafka.client_config.ssl\\.ca\\.location=/ca.pem"],
+            "keep one",
+        ),
         (["--set", "config.pipeline.metrics_port=null"], "metrics_port must be set"),
         # Refused by values.schema.json's enum, which names the key as a JSON path.
         (["--set", "modelCache.type=hostPath"], "/modelCache/type"),
@@ -653,6 +662,61 @@ def test_chart_readme_names_the_probe_paths_the_chart_renders(helm: dict[str, An
     assert "**The startup probe is `/readyz`.**" in readme
 
 
+# -- a secured cluster: the SASL secret and a mounted CA --------------------------------------------
+
+
+def test_no_kafka_ca_is_mounted_unless_kafka_auth_ca_secret_is_set(helm: dict[str, Any]) -> None:
+    objects = _render(helm)
+    pod = objects[("StatefulSet", FULLNAME)]["spec"]["template"]["spec"]
+    assert "kafka-ca" not in {v["name"] for v in pod["volumes"]}
+    assert objects[("ConfigMap", FULLNAME)]["data"][env_var("kafka", "client_config")] == "{}"
+
+
+def test_a_kafka_ca_secret_is_mounted_read_only_and_named_by_ssl_ca_location(
+    helm: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects = _render(helm, "--set", "config.kafka.security_protocol=SSL", "--set", "kafkaAuth.caSecret=kafka-ca",
+                      "--set", "kafkaAuth.caKey=cluster.pem",
+                      "--set", "config.kafka.client_config.ssl\\.endpoint\\.identification\\.algorithm=https")
+    sts = objects[("StatefulSet", FULLNAME)]
+    for spec, container in ((sts["spec"]["template"]["spec"], _worker(sts)),
+                            (_check_pod(objects)["spec"], _check_pod(objects)["spec"]["containers"][0])):
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["kafka-ca"]["secret"] == {"secretName": "kafka-ca",
+                                                 "items": [{"key": "cluster.pem", "path": "cluster.pem"}]}
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        assert mounts["kafka-ca"] == {"name": "kafka-ca", "mountPath": "/etc/kafka-ca", "readOnly": True}
+    settings = _settings_from_pod(objects, monkeypatch, secrets={})
+    assert settings.kafka.security_protocol == "SSL"
+    assert settings.kafka.client_config == {"ssl.ca.location": "/etc/kafka-ca/cluster.pem",
+                                            "ssl.endpoint.identification.algorithm": "https"}, "merged, not replaced"
+
+
+def _secured_values_in_the_docs() -> str:
+    """The chart values of docs/operations.md's "Running against a secured cluster" (its first yaml block)."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text[text.index("## Running against a secured cluster"):]
+    return section[section.index("```yaml\n") + len("```yaml\n"):section.index("```\n", section.index("```yaml"))]
+
+
+def test_the_secured_cluster_values_in_the_docs_render_the_password_by_reference_and_the_ca_mounted(
+    helm: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    values = tmp_path / "secured.yaml"
+    values.write_text(_secured_values_in_the_docs())
+    objects = _render(helm, "-f", str(values))
+    documented = yaml.safe_load(values.read_text())
+    auth = documented["kafkaAuth"]
+    container = _worker(objects[("StatefulSet", FULLNAME)])
+    assert _env(container)[env_var("kafka", "sasl_password")]["valueFrom"] == {
+        "secretKeyRef": {"name": auth["existingSecret"], "key": auth["passwordKey"]}}
+    assert not any("PASSWORD" in name for name in objects[("ConfigMap", FULLNAME)]["data"])
+    assert {"name": "kafka-ca", "mountPath": "/etc/kafka-ca", "readOnly": True} in container["volumeMounts"]
+    settings = _settings_from_pod(objects, monkeypatch, secrets={(auth["existingSecret"], auth["passwordKey"]): "pw"})
+    assert (settings.kafka.security_protocol, settings.kafka.sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert settings.kafka.client_config["ssl.ca.location"] == f"/etc/kafka-ca/{auth.get('caKey', 'ca.crt')}"
+
+
 # -- values.schema.json ------------------------------------------------------------------------
 
 
@@ -669,6 +733,7 @@ def test_chart_readme_names_the_probe_paths_the_chart_renders(helm: dict[str, An
         (["--set", "config.pipeline.delivery=exactly_once"], "/config/pipeline/delivery"),
         (["--set", "config.kafka.producer_config.linger\\.ms=20"], "/config/kafka/producer_config/linger.ms"),
         (["--set-string", "gpu.count=1"], "/gpu/count"),
+        (["--set", "kafkaAuth.caKey="], "/kafkaAuth/caKey"),
     ],
 )
 def test_schema_refuses_unknown_and_mistyped_values(helm: dict[str, Any], args: list[str], message: str) -> None:
@@ -752,7 +817,8 @@ def test_helm_test_pod_runs_clip_worker_check_as_the_worker_would(
     assert spec["securityContext"] == sts["spec"]["template"]["spec"]["securityContext"]
     assert spec["enableServiceLinks"] is False and spec["automountServiceAccountToken"] is False
     mounts = {m["mountPath"]: m["name"] for m in check["volumeMounts"]}
-    assert mounts == {"/tmp": "tmp", "/cache": "model-cache", "/etc/kafka-ca": "kafka-ca"}
+    assert mounts == {"/tmp": "tmp", "/cache": "model-cache", "/etc/kafka-ca": "kafka-ca",
+                      "/etc/clip-worker-extra": "extra-config"}
     assert {v["name"] for v in spec["volumes"]} == set(mounts.values())
     # Not one of the worker's pods: no selector of the release may pick it up.
     labels = pod["metadata"]["labels"]

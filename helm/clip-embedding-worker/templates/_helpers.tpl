@@ -141,6 +141,12 @@ bucket), which in a pod mean no broker and every record dead-lettered: refused h
 {{- if and .Values.kafkaAuth.existingSecret (not (hasPrefix "SASL" $protocol)) }}
 {{- fail (printf "kafkaAuth.existingSecret is set but config.kafka.security_protocol is %s, not SASL_*" $protocol) }}
 {{- end }}
+{{- if and .Values.kafkaAuth.caSecret (not (hasSuffix "SSL" $protocol)) }}
+{{- fail (printf "kafkaAuth.caSecret is set but config.kafka.security_protocol is %s: a CA is for SSL or SASL_SSL" $protocol) }}
+{{- end }}
+{{- if and .Values.kafkaAuth.caSecret (hasKey (default dict .Values.config.kafka.client_config) "ssl.ca.location") }}
+{{- fail "config.kafka.client_config.ssl.ca.location is set, and so is kafkaAuth.caSecret (which sets it): keep one" }}
+{{- end }}
 {{- if not (has .Values.modelCache.type (list "image" "emptyDir" "pvc" "existingClaim")) }}
 {{- fail (printf "modelCache.type must be image, emptyDir, pvc or existingClaim, not %v" .Values.modelCache.type) }}
 {{- end }}
@@ -262,4 +268,32 @@ The port of each host:port in a comma-separated list, or of a URL (its scheme's 
 {{- $url := urlParse . }}
 {{- $port := regexFind ":[0-9]+$" $url.host | trimPrefix ":" }}
 {{- default (eq $url.scheme "http" | ternary "80" "443") $port }}
+{{- end }}
+
+{{/*
+The Kafka CA from kafkaAuth.caSecret: its mount, its volume, and the file ssl.ca.location names.
+*/}}
+{{- define "clip-embedding-worker.kafkaCaDir" -}}/etc/kafka-ca{{- end }}
+
+{{- define "clip-embedding-worker.kafkaCaFile" -}}
+{{ include "clip-embedding-worker.kafkaCaDir" . }}/{{ .Values.kafkaAuth.caKey }}
+{{- end }}
+
+{{- define "clip-embedding-worker.kafkaCaMount" -}}
+{{- if .Values.kafkaAuth.caSecret }}
+- name: kafka-ca
+  mountPath: {{ include "clip-embedding-worker.kafkaCaDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "clip-embedding-worker.kafkaCaVolume" -}}
+{{- with .Values.kafkaAuth.caSecret }}
+- name: kafka-ca
+  secret:
+    secretName: {{ . }}
+    items:
+      - key: {{ $.Values.kafkaAuth.caKey }}
+        path: {{ $.Values.kafkaAuth.caKey }}
+{{- end }}
 {{- end }}
