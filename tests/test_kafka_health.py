@@ -197,5 +197,5 @@ def test_a_property_librdkafka_refuses_at_construction_is_a_config_error_naming_
     with pytest.raises(ConfigError) as producer_error:
         create(Producer, {"acks": "banana"}, what="producer", settings=property_settings(kafka, role="producer"))
     assert producer_error.value.setting == "CLIP_WORKER_KAFKA__PRODUCER_CONFIG"
-    with pytest.raises(ConfigError, match="no.such.property"):
+    with pytest.raises(ConfigError, match=r"no\.such\.property"):
         create(Producer, {"no.such.property": "1"}, what="producer")
