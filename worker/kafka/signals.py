@@ -102,8 +102,8 @@ def redact(text: str) -> str:
 
 def refused_property(text: str) -> str | None:
     """The configuration property a client constructor's error names, if any
-    ('No such configuration property: "foo"', 'ssl.ca.location failed: ...')."""
-    quoted = re.search(r'property:?\s*"([\w.]+)"', text)
+    ('No such configuration property: "foo"', 'Expected bool value for "a.b"', 'ssl.ca.location failed: ...')."""
+    quoted = re.search(r'property:?\s*"([\w.]+)"', text) or re.search(r'"([a-z][\w]*(?:\.[\w]+)+)"', text)
     if quoted:
         return quoted.group(1)
     match = _PROPERTY.search(text)
