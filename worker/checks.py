@@ -31,9 +31,10 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from worker.config import KafkaSettings, PipelineSettings, S3Settings, Settings, env_var
 from worker.engine import Embedder
-from worker.errors import ConfigError, WeightsUnavailable
-from worker.kafka.boundary import kafka_call
-from worker.kafka.config import admin_config
+from worker.errors import ConfigError, KafkaAuthFailed, KafkaUnreachable, WeightsUnavailable
+from worker.kafka.boundary import create, kafka_call
+from worker.kafka.config import admin_config, property_settings
+from worker.kafka.health import KafkaHealth
 from worker.s3.allowlist import Allowlist
 from worker.s3.source import make_s3_client
 from worker.text import safe_text
@@ -70,13 +71,15 @@ def kafka_checks(kafka: KafkaSettings, *, timeout: float) -> list[CheckResult]:
     group = f"consumer group {kafka.group_id}"
     broker = f"kafka {kafka.bootstrap_servers}"
     skipped = [CheckResult(name, False, "not checked: no cluster metadata") for name in (*topics, group)]
+    health = KafkaHealth.for_tool(kafka.bootstrap_servers, kafka.auth_failure_seconds)  # prints no line
     try:
-        admin = AdminClient(admin_config(kafka))  # never polled: its librdkafka lines stay unprinted
+        admin = create(AdminClient, health.attach(admin_config(kafka)), what="admin client",
+                       settings=property_settings(kafka, role="admin"))
     except Exception as exc:  # a client property librdkafka refuses
         return [_failure(broker, exc), *skipped]
     with admin:
         try:
-            metadata: Any = kafka_call(lambda: admin.list_topics(timeout=timeout), what="cluster metadata")
+            metadata: Any = health.probe(admin, what="cluster metadata", timeout=timeout)
         except Exception as exc:  # reported; what needs the metadata is not asked for again
             return [_failure(broker, exc), *skipped]
         return [
@@ -176,7 +179,7 @@ def _reason(exc: Exception) -> str:
         return f"{error.get('Code') or status}: {error.get('Message') or 'no message'}"
     if isinstance(exc, NoCredentialsError):
         return "no AWS credentials found in the standard chain"
-    if isinstance(exc, CheckFailed | ConfigError | WeightsUnavailable):
+    if isinstance(exc, CheckFailed | ConfigError | WeightsUnavailable | KafkaUnreachable | KafkaAuthFailed):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
 

@@ -238,6 +238,14 @@ class KafkaSettings(_Section):
         "and the worker exits to be restarted.",
     )
 
+    auth_failure_seconds: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="How long the brokers may refuse authentication (SASL) or the TLS handshake, with no broker "
+        "answering, before the worker stops with exit code 1 and a line naming it: retrying does not fix either.",
+    )
+
     @field_validator("output_topic", "dead_letter_topic")
     @classmethod
     def _not_the_input(cls, value: str, info: ValidationInfo) -> str:

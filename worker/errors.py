@@ -9,6 +9,8 @@ this record ever succeed (retryable or permanent), and at which stage did it fai
     ├── FatalError                  stop without committing more: policy "stop", streak limit, Kafka
     │   ├── ClientFatal             librdkafka says this client is done: fenced, a fatal error
     │   ├── ClientWedged            a librdkafka call did not return by its deadline
+    │   ├── KafkaUnreachable        a tool found no broker that answers within its bound
+    │   ├── KafkaAuthFailed         the brokers kept refusing authentication or the TLS handshake
     │   ├── DeviceFailed            the device fails a known-good input, or a batch ran past its deadline
     │   └── WeightsUnavailable      the model's weights could not be fetched or failed their checksum
     ├── RetryableError              transient: the same request may succeed later
@@ -78,6 +80,15 @@ class ClientFatal(FatalError):
 
 class ClientWedged(FatalError):
     """A librdkafka call did not return by its deadline; the client cannot be closed cleanly."""
+
+
+class KafkaUnreachable(FatalError):
+    """No broker answered a one-shot command (replay, enqueue) within its bound: it stops, rather than wait."""
+
+
+class KafkaAuthFailed(FatalError):
+    """The brokers refused the worker's credentials, or its TLS handshake, for kafka.auth_failure_seconds:
+    retrying does not change either, so the worker stops (exit 1) with a line naming which."""
 
 
 class DeviceFailed(FatalError):

@@ -3,7 +3,8 @@
 - /livez: 200 while the poll loop turned within `stall_seconds`, and records in flight have seen an
   offset finished within it too (outside an outage): a stuck loop, or a pipeline stuck behind a
   thread that never returns, gets the pod restarted.
-- /readyz: 200 once the model is loaded and the consumer holds at least one partition.
+- /readyz: 200 while `ready` says so (clip-worker run: the model is loaded, the loop turns and a Kafka
+  broker answers; a worker that cannot reach Kafka takes no traffic, and is not restarted for it).
 - /metrics: the worker's Prometheus registry.
 """
 

@@ -4,7 +4,8 @@ Each input becomes the stream's own JSON message (messages.encode_request_json),
 any upstream producer writes it; the workers embed it like any other record, under their own
 allowlist. Workers read S3 only, so a local file cannot be enqueued: a manifest line naming a local
 path is refused, as is a line that is no request or an id seen before (a line on stderr each; the
-command then exits 1). With dry_run nothing is produced and the counts say what would be.
+command then exits 1). With dry_run nothing is produced and the counts say what would be. A broker that does not answer
+the first request within CONNECT_SECONDS stops it with one line, before anything is listed.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from worker.batch.inputs import BatchInput, InputError
 from worker.config import KafkaSettings
 from worker.errors import FatalError, WorkerError
 from worker.formats.messages import ImageRequest, S3Uri, encode_request_json
-from worker.kafka.boundary import kafka_call, translate
-from worker.kafka.config import tool_producer_config
+from worker.kafka.boundary import create, kafka_call, translate
+from worker.kafka.config import property_settings, tool_producer_config
+from worker.kafka.health import KafkaHealth
 from worker.text import safe_text
 
+CONNECT_SECONDS = 10.0
 _FLUSH_SECONDS = 60.0
 _FULL_QUEUE_WAIT_SECONDS = 0.1
 
@@ -43,7 +46,9 @@ def enqueue(inputs: Iterable[BatchInput | InputError], *, kafka: KafkaSettings, 
     the broker did not take them all (the records it took stay: enqueue again, the workers take duplicates
     as they take any)."""
     tally = EnqueueTally()
-    producer = None if dry_run else Producer(tool_producer_config(kafka))
+    health = KafkaHealth.for_tool(kafka.bootstrap_servers, kafka.auth_failure_seconds)
+    producer = None if dry_run else create(Producer, health.attach(tool_producer_config(kafka)), what="producer",
+                                           settings=property_settings(kafka, role="producer"))
     failures: list[WorkerError] = []
 
     def delivered(error: KafkaError | None, _message: Message) -> None:
@@ -51,6 +56,8 @@ def enqueue(inputs: Iterable[BatchInput | InputError], *, kafka: KafkaSettings, 
             failures.append(translate(error, what=f"enqueue to {kafka.input_topic}"))
 
     try:
+        if producer is not None:  # a missing broker: one error within CONNECT_SECONDS, before any listing
+            health.probe(producer, what="cluster metadata", timeout=CONNECT_SECONDS)
         for item in inputs:
             if isinstance(item, InputError):
                 _refuse(report, item.id, item.error.reason, tally)

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from worker import __version__
 from worker.cli import check, embed, enqueue, fetch_model, replay, run
 from worker.config import Settings, load_settings
-from worker.errors import ClientWedged, ConfigError, FatalError
+from worker.errors import ClientWedged, ConfigError, FatalError, RetryableError
 from worker.logs import configure_logging
 
 log = logging.getLogger("worker")
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("stopping: %s%s", exc, f" (while stopping for: {exc.__context__})" if exc.__context__ else "")
         logging.shutdown()
         os._exit(1)  # a wedged librdkafka client can hang its own destructor at interpreter exit
-    except FatalError as exc:
+    except (FatalError, RetryableError) as exc:  # a tool's Kafka call that failed too: one line, no traceback
         log.error("stopping: %s", exc)
         return 1
     except Exception:  # through the log, so that a JSON log stays JSON

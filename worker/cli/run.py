@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 
 from worker import __version__
 from worker.config import Settings, require_stream_settings
+from worker.errors import WorkerError
 from worker.health import HealthServer
+from worker.kafka.health import KafkaHealth
 from worker.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -53,29 +55,38 @@ def run(settings: Settings) -> int:
     from worker.weights import fetch_weights, with_weights
 
     metrics = Metrics()
+    kafka = KafkaHealth(bootstrap=settings.kafka.bootstrap_servers,
+                        auth_failure_seconds=settings.kafka.auth_failure_seconds, metrics=metrics)
     runtime: Runtime | None = None
     health = None
     if settings.pipeline.metrics_port is not None:
         # Live while loading, then while the loop turns; ready once the model is loaded and the loop
-        # runs. Not "holds partitions": pods beyond the partition count must not block a rollout.
+        # runs, while a broker answers. Not "holds partitions": pods beyond the partition count must
+        # not block a rollout.
         health = HealthServer(
             port=settings.pipeline.metrics_port,
             registry=metrics.registry,
             last_loop_at=lambda: runtime.last_loop_at if runtime else time.monotonic(),
             stalled_seconds=lambda: runtime.stalled_seconds() if runtime else 0.0,
-            ready=lambda: runtime is not None and time.monotonic() - runtime.last_loop_at < 5.0,
+            ready=lambda: runtime is not None and time.monotonic() - runtime.last_loop_at < 5.0 and kafka.ready,
             stall_seconds=settings.pipeline.liveness_stall_seconds,
         )
         health.start()
     try:
         embedder = Embedder.load(with_weights(settings, fetch_weights(settings)))
         share_cores(embedder.device, preprocess_workers=settings.model.preprocess_workers)
-        runtime = build_runtime(settings, embedder=embedder, metrics=metrics)
+        runtime = build_runtime(settings, embedder=embedder, metrics=metrics, kafka_health=kafka)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: runtime.request_stop() if runtime else None)
         log.info("clip-embedding-worker %s consuming %s", __version__, settings.kafka.input_topic)
         with frozen_heap():
-            runtime.run()
+            try:
+                runtime.run()
+            except WorkerError as exc:  # e.g. init_transactions timed out while the brokers refused the login
+                explained = kafka.explain(exc)
+                if explained is exc:
+                    raise
+                raise explained from exc
     finally:
         if health is not None:
             health.stop()

@@ -10,6 +10,9 @@ Three ways librdkafka reports a failure, all translated by ``translate``:
   not return in time; the process must then exit (its destructor can hang too), and its successor
   fences what it left open.
 
+A client's constructor raises ``KafkaException`` too, for a property librdkafka refuses: ``create``
+turns that into a ``ConfigError`` naming the property and the setting it came from (exit code 2).
+
 And a record's headers, which confluent-kafka decodes (and may fail to) only when asked, are read
 here too (``read_headers``), for the worker and for replay alike.
 """
@@ -18,13 +21,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, Message
 
 from worker.errors import (
     ClientFatal,
     ClientWedged,
+    ConfigError,
     FatalError,
     KafkaUnavailable,
     OutputRejected,
@@ -32,6 +36,7 @@ from worker.errors import (
     TransactionAborted,
     WorkerError,
 )
+from worker.kafka.signals import redact, refused_property
 
 T = TypeVar("T")
 
@@ -46,6 +51,10 @@ _UNAVAILABLE_CODES = frozenset({
     KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
     KafkaError.CONCURRENT_TRANSACTIONS,
 })
+# librdkafka names some properties by their older names in its errors
+_ALIASES = {
+    "request.required.acks": "acks", "queue.buffering.max.ms": "linger.ms", "message.send.max.retries": "retries",
+}
 _TOO_LARGE_CODES = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
 
 
@@ -94,6 +103,26 @@ def kafka_call(
     if isinstance(result, BaseException):
         raise result
     return result
+
+
+def create(factory: Callable[[dict[str, Any]], T], conf: dict[str, Any], *, what: str,
+           settings: dict[str, dict[str, str]] | None = None) -> T:
+    """``factory(conf)`` (a Consumer, Producer or AdminClient): a property librdkafka refuses becomes a
+    ConfigError naming it, and the setting (a key of ``settings``: an env var -> the properties it sets)
+    that holds it; any other error is translated as a call's."""
+    try:
+        return factory(conf)
+    except KafkaException as exc:
+        error: KafkaError = exc.args[0]
+        if error.code() not in (KafkaError._INVALID_ARG, KafkaError._INVALID_TYPE, KafkaError._UNKNOWN_PROTOCOL):
+            raise translate(error, what=what) from None
+        prop = refused_property(error.str())
+        names = {prop, _ALIASES.get(prop or "")}
+        setting = next((env for env, props in (settings or {}).items() if names & props.keys()), None)
+        raise ConfigError(setting or f"kafka client property {prop or '?'}",
+                          f"librdkafka refuses it for the {what}: {redact(error.str())}") from None
+    except (TypeError, ValueError) as exc:  # a property of the wrong Python type
+        raise ConfigError(f"kafka client configuration ({what})", redact(str(exc))) from None
 
 
 def read_headers(message: Message) -> list[tuple[str, str | bytes | None]] | None:

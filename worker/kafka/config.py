@@ -14,7 +14,7 @@ import socket
 import uuid
 from typing import Any
 
-from worker.config import KafkaSettings, PipelineSettings
+from worker.config import KafkaSettings, PipelineSettings, env_var
 from worker.logs import LIBRDKAFKA_LOGGER
 
 
@@ -89,3 +89,11 @@ def tool_producer_config(kafka: KafkaSettings) -> dict[str, Any]:
     librdkafka's finite delivery timeout, so that a record the broker never takes is reported rather
     than waited for."""
     return _common(kafka) | {"acks": "all", "enable.idempotence": True, "linger.ms": 5} | kafka.producer_config
+
+
+def property_settings(kafka: KafkaSettings, *, role: str) -> dict[str, dict[str, str]]:
+    """The settings that hand librdkafka properties to a client of ``role`` (consumer, producer, admin),
+    by env var, most specific first: for naming the one that holds a property librdkafka refuses."""
+    specific = {"consumer": kafka.consumer_config, "producer": kafka.producer_config}.get(role)
+    named = {env_var("kafka", f"{role}_config"): specific} if specific is not None else {}
+    return named | {env_var("kafka", "client_config"): kafka.client_config}

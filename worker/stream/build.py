@@ -16,12 +16,15 @@ from confluent_kafka import Consumer, Producer
 from worker import __version__
 from worker.config import Settings, require_stream_settings
 from worker.engine import Embedder
+from worker.errors import WorkerError
 from worker.formats import registry
 from worker.formats.encoding import EmbeddingEncoder, embedding_schema
 from worker.images.budget import InFlightBytes
 from worker.images.path import build_image_path
 from worker.images.wake import Wake
-from worker.kafka.config import consumer_config, is_cooperative, producer_config
+from worker.kafka.boundary import create
+from worker.kafka.config import consumer_config, is_cooperative, producer_config, property_settings
+from worker.kafka.health import KafkaHealth
 from worker.metrics import Metrics, record_lag
 from worker.s3.source import S3Source, make_s3_client
 from worker.stream.backpressure import Backpressure
@@ -43,15 +46,25 @@ _DEFAULT_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes
 
 
 def build_runtime(
-    settings: Settings, *, embedder: Embedder, metrics: Metrics, s3_client: Any | None = None
+    settings: Settings, *, embedder: Embedder, metrics: Metrics, s3_client: Any | None = None,
+    kafka_health: KafkaHealth | None = None,
 ) -> Runtime:
     kafka, pipeline, model = settings.kafka, settings.pipeline, settings.model
     require_stream_settings(settings)
     _describe(metrics, settings, embedder)
+    health = kafka_health or KafkaHealth(
+        bootstrap=kafka.bootstrap_servers, auth_failure_seconds=kafka.auth_failure_seconds, metrics=metrics
+    )
     consumer_conf = consumer_config(kafka, pipeline)
-    consumer = Consumer(consumer_conf | {"stats_cb": lambda s: record_lag(metrics, s)})
+    consumer = create(Consumer, health.attach(consumer_conf | {"stats_cb": lambda s: record_lag(metrics, s)}),
+                      what="consumer", settings=property_settings(kafka, role="consumer"))
     producer_conf = producer_config(kafka, pipeline)
-    producer = Producer(producer_conf)
+    try:
+        producer = create(Producer, health.attach(producer_conf), what="producer",
+                          settings=property_settings(kafka, role="producer"))
+    except WorkerError:
+        consumer.close()  # no librdkafka handle is left for the interpreter's exit to destroy
+        raise
     outbox = Outbox(
         producer, max_message_bytes=int(producer_conf.get("message.max.bytes", _DEFAULT_MESSAGE_MAX_BYTES))
     )
@@ -80,6 +93,7 @@ def build_runtime(
     )
 
     stop = Stop()
+    health.stop_with(stop.report)  # a persisting authentication or TLS failure stops the loop
     dead_letters = DeadLetters(
         emitter=emitter, topic=kafka.dead_letter_topic, policy=pipeline.on_error,
         max_consecutive=pipeline.max_consecutive_failures, max_bytes=outbox.max_record_bytes,

@@ -11,7 +11,8 @@ topic (value, key or headers) is never replayed, only counted: it is not the ori
 Its consumer assigns the partitions itself, reads committed records only (an aborted transaction's
 dead letters are not replayed) and commits nothing: replay keeps no position, and a second run
 replays the same records again. Keep runs apart with --since/--until; downstream, an output's key
-and sha256 tell a duplicate.
+and sha256 tell a duplicate. Its first request must be answered within CONNECT_SECONDS: with no
+broker it stops with one line (worker/kafka/health.py), and librdkafka's own lines are not printed.
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, Topic
 from worker.config import KafkaSettings
 from worker.errors import ClientFatal, FatalError, WorkerError
 from worker.formats.records import Headers, OutRecord
-from worker.kafka.boundary import kafka_call, read_headers, translate
-from worker.kafka.config import replay_consumer_config, tool_producer_config
+from worker.kafka.boundary import create, kafka_call, read_headers, translate
+from worker.kafka.config import property_settings, replay_consumer_config, tool_producer_config
+from worker.kafka.health import KafkaHealth
 from worker.stream import deadletter as dl
 from worker.stream.produce import Outbox
 from worker.text import safe_text
 
+CONNECT_SECONDS = 10.0  # no broker answers the first request within this: replay stops, exit code 1
 _STALL_SECONDS = 120.0  # no record and no partition finished for this long: an open transaction, or no broker
 _MAX_TIMESTAMP_MS = 2**63 - 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -146,9 +149,18 @@ def replay_command(kafka: KafkaSettings, options: ReplayOptions) -> int:
 def replay(kafka: KafkaSettings, options: ReplayOptions) -> ReplayReport:
     target = options.to_topic or kafka.input_topic
     report = ReplayReport()
-    consumer = Consumer(replay_consumer_config(kafka))
-    # The outbox's size check (fits) is not asked: produce() itself refuses a record over the limit (below).
-    outbox = None if options.dry_run else Outbox(Producer(tool_producer_config(kafka)), max_message_bytes=0)
+    health = KafkaHealth.for_tool(kafka.bootstrap_servers, kafka.auth_failure_seconds)
+    consumer = create(Consumer, health.attach(replay_consumer_config(kafka)), what="replay consumer",
+                      settings=property_settings(kafka, role="consumer"))
+    try:
+        health.probe(consumer, what="cluster metadata", timeout=CONNECT_SECONDS)
+        # The outbox's size check (fits) is not asked: produce() itself refuses a record over the limit (below).
+        outbox = None if options.dry_run else Outbox(
+            create(Producer, health.attach(tool_producer_config(kafka)), what="replay producer",
+                   settings=property_settings(kafka, role="producer")), max_message_bytes=0)
+    except WorkerError:
+        kafka_call(consumer.close, what="close")
+        raise
 
     def acked(error: Exception | None) -> None:
         if error is None:
