@@ -164,11 +164,18 @@ class KafkaHealth:
 
     def check(self) -> None:
         """Report ``KafkaAuthFailed`` once an authentication or TLS failure has lasted its bound."""
-        if self._refused is None or self._fired or self._report is None:
+        if self._fired or self._report is None:
             return
-        if self._clock() - self._refused[1] >= self._auth_seconds:
+        refusal = self.due_refusal()
+        if refusal is not None:
             self._fired = True
-            self._report(self.refusal_error())
+            self._report(refusal)
+
+    def due_refusal(self) -> KafkaAuthFailed | None:
+        """The authentication or TLS failure to stop with, once it has lasted its bound; else None."""
+        if self._refused is None or self._clock() - self._refused[1] < self._auth_seconds:
+            return None
+        return self.refusal_error()
 
     # -- the errors a client stops with ----------------------------------------------------------
 

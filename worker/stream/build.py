@@ -125,7 +125,8 @@ def build_runtime(
     floors = dead_letters.floors  # read-only: only the dead letters move the floors
     committer: Committer = (
         TransactionalCommitter(producer=producer, consumer=consumer, outbox=outbox, tracker=tracker, floors=floors,
-                               metrics=metrics, call_seconds=settings.kafka.transaction_call_seconds)
+                               metrics=metrics, call_seconds=settings.kafka.transaction_call_seconds,
+                               refused=health.due_refusal)
         if exactly_once
         else StoredOffsetsCommitter(consumer=consumer, tracker=tracker, floors=floors)
     )

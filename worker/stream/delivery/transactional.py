@@ -14,7 +14,9 @@ committed offsets and redoes the work. A fenced producer is fatal: a newer insta
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 from collections.abc import Callable
 
 from confluent_kafka import Consumer, Producer
@@ -30,16 +32,20 @@ from worker.stream.produce import Outbox
 log = logging.getLogger(__name__)
 _ATTEMPTS = 10  # timeouts of one commit before giving up (the process restarts and fences)
 _INIT_SECONDS = 30.0
+# init_transactions is asked again after each slice: a blocked call serves none of the producer's error
+# callbacks, so a login the brokers refuse would be seen only after the whole init.
+_INIT_SLICE_SECONDS = 2.0
 
 
 class TransactionalCommitter:
     def __init__(
         self, *, producer: Producer, consumer: Consumer, outbox: Outbox, tracker: OffsetTracker, floors: Floors,
         metrics: Metrics, call_seconds: float, init_seconds: float = _INIT_SECONDS,
-        deadline_margin: float | None = None,
+        deadline_margin: float | None = None, refused: Callable[[], FatalError | None] = lambda: None,
     ) -> None:
         """`call_seconds`: what librdkafka is asked to wait in each call (kafka.transaction_call_seconds);
-        a call that has not returned `deadline_margin` (by default as long again) past that counts as wedged."""
+        a call that has not returned `deadline_margin` (by default as long again) past that counts as wedged.
+        `refused`: the refused login or handshake to stop with, once it has lasted its bound (KafkaHealth)."""
         self._producer = producer
         self._consumer = consumer
         self._outbox = outbox
@@ -50,10 +56,25 @@ class TransactionalCommitter:
         self._call_seconds = call_seconds
         self._init_seconds = init_seconds
         self._margin = call_seconds if deadline_margin is None else deadline_margin
+        self._refused = refused
 
     def start(self) -> None:
-        init = self._init_seconds
-        self._call(lambda: self._producer.init_transactions(init), "init_transactions", init)
+        """1. init_transactions, asked again every few seconds (librdkafka resumes a timed-out one) until
+        `init_seconds` have passed; between the tries the producer serves its error callbacks, and a
+        refused login or handshake past its bound stops the start. 2. begin_transaction."""
+        deadline = time.monotonic() + self._init_seconds
+        while True:
+            wait = max(0.1, min(_INIT_SLICE_SECONDS, deadline - time.monotonic()))
+            try:
+                self._call(functools.partial(self._producer.init_transactions, wait), "init_transactions", wait)
+                break
+            except KafkaUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                self._producer.poll(0)
+                refusal = self._refused()
+                if refusal is not None:
+                    raise refusal from None
         self._call(self._producer.begin_transaction, "begin_transaction")
 
     def commit(self, *, force: bool = False) -> bool:
