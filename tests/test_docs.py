@@ -166,6 +166,39 @@ def test_every_relative_link_in_the_readme_and_docs_points_at_a_file_that_exists
     assert not broken, f"links to files that do not exist: {broken}"
 
 
+ARCHITECTURE = DOCS / "architecture.md"
+
+
+def _named_code_paths() -> set[str]:
+    """Every `worker/...` path the architecture page names, the short forms after a first path in a
+    cell (`metrics.py` beside `worker/logs.py`) resolved against that path's folder."""
+    named = set()
+    for line in ARCHITECTURE.read_text().splitlines():
+        if not line.startswith("| `worker/"):
+            continue
+        spans = re.findall(r"`([^`]+)`", line.split("|")[1])
+        folder = spans[0].rsplit("/", 1)[0] if not spans[0].endswith("/") else spans[0].rstrip("/")
+        named.add(spans[0].rstrip("/"))
+        named.update(f"{folder}/{span}" for span in spans[1:])
+    return named
+
+
+def test_every_worker_path_the_architecture_page_names_exists() -> None:
+    missing = sorted(path for path in _named_code_paths() if not (ROOT / path).exists())
+    assert missing == [], f"docs/architecture.md names paths that do not exist: {missing}"
+
+
+def test_the_architecture_page_names_every_package_and_top_level_module_of_the_worker() -> None:
+    named = _named_code_paths()
+    worker = ROOT / "worker"
+    parts = [p for p in worker.iterdir() if (p.is_dir() and (p / "__init__.py").exists())
+             or (p.suffix == ".py" and p.name not in ("__init__.py", "__main__.py"))]
+    unnamed = sorted(str(p.relative_to(ROOT)) for p in parts
+                     if str(p.relative_to(ROOT)) not in named
+                     and not any(n.startswith(str(p.relative_to(ROOT)) + "/") for n in named))
+    assert unnamed == [], f"docs/architecture.md does not say where these live: {unnamed}"
+
+
 # Written with [ ] so that the pattern does not find itself in this file.
 DEVELOPMENT_SPEAK = re.compile(
     r"issue[ ][0-9]+|\.\./shared|not[ ]drawn|device[ ]tool|this[ ]task|pass(es)?[ ]of[ ]issue", re.I
