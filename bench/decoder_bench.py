@@ -55,7 +55,7 @@ from worker.images.stages import keep_fetched
 from worker.images.wake import Wake, busy_wait
 from worker.images.work import Work
 from worker.metrics import Metrics
-from worker.s3.source import S3Source, make_s3_client
+from worker.s3.reader import S3Reader, make_s3_client
 
 
 class Drop:
@@ -83,7 +83,7 @@ def stages_for(mode: str, workers: int, settings: Settings, embedder: Embedder, 
         return [decoder_processes(sized, embedder, next_step=sink, failures=sink, metrics=metrics, budget=budget,
                               wake=wake)]
     preprocess = preprocess_threads(sized, embedder, next_step=sink, failures=sink, metrics=metrics)
-    source = S3Source(client=make_s3_client(settings.s3), settings=settings.s3)
+    source = S3Reader(client=make_s3_client(settings.s3), settings=settings.s3)
     fetch = fetch_threads(settings, source, next_step=preprocess, failures=sink, metrics=metrics, budget=budget,
                           wake=wake)
     return [fetch, preprocess]

@@ -3,8 +3,8 @@
 Why: with boto3 the fetch threads cost ~0.5-1 ms of pure Python per object under the GIL, most of
 it botocore's. Both paths fetch the same photos (harness.photos at 1024 px, ~190 KB each) from s3proxy
 (harness/s3proxy.py: moto would cost more CPU than either client) with 1, 2 and 4 threads:
-- boto3: ``client.get_object`` and the body read a socket read at a time, as S3Source did before;
-- signed: ``S3Source.fetch``, the worker's path (allowlist, retry loop, a GET signed by botocore and sent
+- boto3: ``client.get_object`` and the body read a socket read at a time, as S3Reader did before;
+- signed: ``S3Reader.fetch``, the worker's path (allowlist, retry loop, a GET signed by botocore and sent
   by libcurl).
 CPU per GET is this process's CPU time (all its threads; s3proxy is another process) over the GETs.
 The paths take turns, in alternating order, for every thread count and repeat, so that drift on a
@@ -42,7 +42,7 @@ from harness.s3_server import REGION, fill_bucket
 from harness.s3proxy import S3Proxy
 from worker.config import S3Settings
 from worker.formats.messages import S3Uri
-from worker.s3.source import S3Source, make_s3_client
+from worker.s3.reader import S3Reader, make_s3_client
 
 BUCKET = "fetch-bench"
 LONG_SIDE = 1024
@@ -51,7 +51,7 @@ Get = Callable[[str], bytes]
 
 
 def boto3_get(client: Any) -> Get:
-    """get_object and a read1 loop over the body: what S3Source._get did before the signed GET."""
+    """get_object and a read1 loop over the body: what S3Reader._get did before the signed GET."""
 
     def get(key: str) -> bytes:
         body = client.get_object(Bucket=BUCKET, Key=key)["Body"]
@@ -66,7 +66,7 @@ def boto3_get(client: Any) -> Get:
     return get
 
 
-def signed_get(source: S3Source) -> Get:
+def signed_get(source: S3Reader) -> Get:
     return lambda key: source.fetch(S3Uri(BUCKET, key))[0]
 
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = S3Settings(endpoint_url=proxy.endpoint_url, region=REGION, fetch_workers=max(counts),
                               allowed_sources=(BUCKET,))
         client = make_s3_client(settings)
-        paths = {"boto3": boto3_get(client), "signed": signed_get(S3Source(client=client, settings=settings))}
+        paths = {"boto3": boto3_get(client), "signed": signed_get(S3Reader(client=client, settings=settings))}
         for name, get in paths.items():
             for key in ODD_KEYS:  # s3proxy verifies the signature: a wrongly signed key fails here
                 if get(key) != key.encode():
@@ -144,7 +144,7 @@ def server_costs(photos: list[tuple[str, bytes]], *, gets: int, repeats: int) ->
             server.start()
             fill_bucket(server, BUCKET, photos)
             settings = S3Settings(endpoint_url=server.endpoint_url, region=REGION, allowed_sources=(BUCKET,))
-            gets_of[name] = signed_get(S3Source(client=make_s3_client(settings), settings=settings))
+            gets_of[name] = signed_get(S3Reader(client=make_s3_client(settings), settings=settings))
             measure(gets_of[name], keys, gets=gets, threads=2)  # warm-up: connections, s3proxy's JIT
         for _ in range(repeats):
             for name, server in servers.items():

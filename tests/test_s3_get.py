@@ -1,4 +1,4 @@
-"""The signed GET through libcurl (worker/s3/get.py) through S3Source, against a scripted S3 on a real socket.
+"""The signed GET through libcurl (worker/s3/get.py) through S3Reader, against a scripted S3 on a real socket.
 
 The server below writes whatever bytes a test gives it: statuses, headers and bodies no well-behaved
 S3 would send, bodies cut short, a body a byte at a time. Whatever comes back, a fetch ends as bytes
@@ -35,7 +35,7 @@ from worker.errors import (
     SourceTooLarge,
 )
 from worker.formats.messages import S3Uri
-from worker.s3.source import S3Source, make_s3_client
+from worker.s3.reader import S3Reader, make_s3_client
 
 BUCKET = "scripted"
 
@@ -132,11 +132,11 @@ def client(server: ScriptedS3) -> Iterator[Any]:
     made.close()
 
 
-def source_for(client: Any, **overrides: Any) -> S3Source:
+def source_for(client: Any, **overrides: Any) -> S3Reader:
     served = overrides.pop("served", None)
     options: dict[str, Any] = {"allowed_sources": (BUCKET,), "backoff_initial_seconds": 0.001,
                                "backoff_max_seconds": 0.002, "max_attempts": 1}
-    return S3Source(client=client, settings=S3Settings(**(options | overrides)), served=served)
+    return S3Reader(client=client, settings=S3Settings(**(options | overrides)), served=served)
 
 
 def test_a_200_is_its_body_and_the_request_is_signed(server: ScriptedS3, client: Any) -> None:
@@ -223,7 +223,7 @@ def test_missing_credentials_make_no_request(server: ScriptedS3, monkeypatch: py
     bare = make_s3_client(settings)
     before = len(server.requests)
     with pytest.raises(CredentialsUnavailable, match="no AWS credentials"):
-        S3Source(client=bare, settings=settings).fetch(S3Uri(BUCKET, "x.jpg"))
+        S3Reader(client=bare, settings=settings).fetch(S3Uri(BUCKET, "x.jpg"))
     assert len(server.requests) == before
     bare.close()
 
@@ -238,7 +238,7 @@ def test_a_shared_served_value_decides_record_failure_or_outage(
     other = source_for(client, served=served)
     server.script("down.jpg", *[s3_error(503, "SlowDown")] * 2)
     server.script("fine.jpg", reply(200, b"fine"))
-    failing = S3Source(
+    failing = S3Reader(
         client=client,
         settings=S3Settings(allowed_sources=(BUCKET,), max_attempts=2, backoff_initial_seconds=0.001),
         sleep=lambda _: other.fetch(S3Uri(BUCKET, "fine.jpg")),

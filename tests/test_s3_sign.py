@@ -4,7 +4,7 @@ checks signatures takes it.
 botocore's S3SigV4Auth is the definition: for any credentials (session tokens included), region,
 endpoint and key the header lines must be botocore's, byte for byte. Then s3proxy (a real S3 server
 that verifies SigV4, a JVM from Maven Central: harness/s3proxy.py) serves keys that need quoting
-through the worker's S3Source. s3proxy answers a session token with NotImplemented, so tokens are
+through the worker's S3Reader. s3proxy answers a session token with NotImplemented, so tokens are
 checked against botocore only.
 """
 
@@ -30,8 +30,8 @@ from harness.s3proxy import S3Proxy
 from worker.config import S3Settings
 from worker.errors import CredentialsUnavailable
 from worker.formats.messages import S3Uri
+from worker.s3.reader import S3Reader
 from worker.s3.sign import GetSigner, host_of
-from worker.s3.source import S3Source
 
 BUCKET = "signed"
 ODD_KEYS = ("plain.jpg", "odd/a b+c%d~e.jpg", "odd/ünï cödé/(1)!*'.jpg", "odd/x=y&z;@$,.jpg", "odd/?#[]{}^`|\\.jpg")
@@ -107,7 +107,7 @@ def client_for(server: S3Proxy, **credentials: Any) -> Any:
 
 def test_a_server_that_checks_signatures_serves_keys_that_need_quoting(s3proxy: S3Proxy) -> None:
     client = client_for(s3proxy, aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET_ACCESS_KEY)
-    source = S3Source(client=client, settings=S3Settings(allowed_sources=(BUCKET,), max_attempts=1))
+    source = S3Reader(client=client, settings=S3Settings(allowed_sources=(BUCKET,), max_attempts=1))
     try:
         for key in ODD_KEYS:
             assert source.fetch(S3Uri(BUCKET, key)) == (key.encode(), 1)
@@ -118,7 +118,7 @@ def test_a_server_that_checks_signatures_serves_keys_that_need_quoting(s3proxy: 
 def test_a_wrong_secret_is_refused_by_that_server(s3proxy: S3Proxy) -> None:
     """The check above can fail: s3proxy does verify what we sign."""
     client = client_for(s3proxy, aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key="not-the-secret")
-    source = S3Source(client=client, settings=S3Settings(allowed_sources=(BUCKET,), max_attempts=1))
+    source = S3Reader(client=client, settings=S3Settings(allowed_sources=(BUCKET,), max_attempts=1))
     try:
         with pytest.raises(CredentialsUnavailable, match="SignatureDoesNotMatch"):
             source.fetch(S3Uri(BUCKET, "plain.jpg"))

@@ -36,7 +36,7 @@ from worker.kafka.boundary import create, kafka_call
 from worker.kafka.config import admin_config, property_settings
 from worker.kafka.health import KafkaHealth
 from worker.s3.allowlist import Allowlist
-from worker.s3.source import make_s3_client
+from worker.s3.reader import make_s3_client
 from worker.text import safe_text
 from worker.weights import Budget, fetch_weights, with_weights
 

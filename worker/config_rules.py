@@ -51,7 +51,7 @@ def http_url(value: str) -> str:
 
 
 def allowlist_entry(value: str) -> str:
-    """A bucket, or bucket/prefix, whose segments are plain (see s3/source.py's Allowlist)."""
+    """A bucket, or bucket/prefix, whose segments are plain (see s3/reader.py's Allowlist)."""
     if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value):
         bare = value.split("://", 1)[1]
         raise ValueError(f"{value!r}: drop the scheme, the entries are buckets: write {bare!r}")

@@ -13,12 +13,12 @@ from worker.config import S3Settings
 from worker.errors import BadMessage, ConfigError, FatalError
 from worker.formats.messages import S3Uri
 from worker.formats.positions import BatchPosition
-from worker.s3.source import S3Source
+from worker.s3.reader import S3Reader
 
-NO_S3 = S3Source(client=None, settings=S3Settings())
+NO_S3 = S3Reader(client=None, settings=S3Settings())
 
 
-def inputs(*arguments: str, s3: S3Source = NO_S3) -> list[BatchInput | InputError]:
+def inputs(*arguments: str, s3: S3Reader = NO_S3) -> list[BatchInput | InputError]:
     return list(read_inputs([InputSource.parse(a) for a in arguments], s3=s3))
 
 
@@ -58,7 +58,7 @@ def test_an_s3_prefix_lists_its_objects_by_whole_segments_and_leaves_folder_keys
 ) -> None:
     for key in ("raw/a.jpg", "raw/sub/b.jpg", "raw/", "raw-2/c.jpg", "top.jpg"):
         s3_client.put_object(Bucket=s3_bucket, Key=key, Body=b"x")
-    s3 = S3Source(client=s3_client, settings=S3Settings(allowed_sources=(s3_bucket,)))
+    s3 = S3Reader(client=s3_client, settings=S3Settings(allowed_sources=(s3_bucket,)))
     raw = inputs(f"s3://{s3_bucket}/raw", s3=s3)
     assert [item.id for item in raw] == [f"s3://{s3_bucket}/raw/a.jpg", f"s3://{s3_bucket}/raw/sub/b.jpg"]
     assert [item.position for item in raw] == [BatchPosition(f"s3://{s3_bucket}/raw", i) for i in (0, 1)]
@@ -68,6 +68,6 @@ def test_an_s3_prefix_lists_its_objects_by_whole_segments_and_leaves_folder_keys
 
 
 def test_a_listing_that_fails_stops_the_run_naming_the_prefix(s3_client: Any) -> None:
-    s3 = S3Source(client=s3_client, settings=S3Settings(allowed_sources=("no-such-bucket",)))
+    s3 = S3Reader(client=s3_client, settings=S3Settings(allowed_sources=("no-such-bucket",)))
     with pytest.raises(FatalError, match=r"listing s3://no-such-bucket/x failed: SourceNotFound"):
         inputs("s3://no-such-bucket/x", s3=s3)

@@ -162,7 +162,7 @@ class Bad:
     attempts: int | None  # None: not pinned here (see test_the_fetch_attempts_header_counts_the_requests_made)
     reason: str  # a part of __connect.errors.exception.message
     # Out of attempts with no success seen before the last one began, an object gets one more once S3
-    # serves the last good object (worker/s3/source.py): whether it does depends on the other fetches' timing.
+    # serves the last good object (worker/s3/reader.py): whether it does depends on the other fetches' timing.
     or_one_more: bool = False
 
 

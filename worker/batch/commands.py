@@ -18,7 +18,7 @@ from worker.batch.progress import Progress, Tally
 from worker.batch.sinks import PartSink, RowSink, StdoutSink
 from worker.config import Settings
 from worker.formats.encoding import embedding_schema
-from worker.s3.source import S3Source, make_s3_client
+from worker.s3.reader import S3Reader, make_s3_client
 
 if TYPE_CHECKING:
     from worker.engine import Embedder
@@ -56,7 +56,7 @@ def embed(
     if embedder is None:  # this process's own: it shares the cores with the preprocess workers
         embedder = Embedder.load(settings.model)
         share_cores(embedder.device, preprocess_workers=settings.model.preprocess_workers)
-    s3 = S3Source(client=s3_client or make_s3_client(settings.s3), settings=settings.s3)
+    s3 = S3Reader(client=s3_client or make_s3_client(settings.s3), settings=settings.s3)
     progress = Progress(stderr)
     run = BatchRun(settings=settings, embedder=embedder, sink=sink, written=written, progress=progress, s3=s3)
     try:

@@ -29,7 +29,7 @@ from worker.batch.manifest import read_manifest
 from worker.errors import BadMessage, ConfigError, FatalError, Outage, RecordError, SourceError
 from worker.formats.messages import S3Uri, parse_s3_prefix
 from worker.formats.positions import BatchPosition
-from worker.s3.source import S3Source
+from worker.s3.reader import S3Reader
 from worker.text import safe_text
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif"})
@@ -86,7 +86,7 @@ class InputSource:
         return cls(argument, "manifest" if path.suffix.lower() in MANIFEST_SUFFIXES else "file")
 
 
-def read_inputs(sources: Iterable[InputSource], *, s3: S3Source) -> Iterator[BatchInput | InputError]:
+def read_inputs(sources: Iterable[InputSource], *, s3: S3Reader) -> Iterator[BatchInput | InputError]:
     """Every source's inputs in order, lazily; an id already seen becomes an InputError (one row per input)."""
     seen: set[str] = set()
     for source in sources:
@@ -100,7 +100,7 @@ def read_inputs(sources: Iterable[InputSource], *, s3: S3Source) -> Iterator[Bat
             yield item
 
 
-def _read(source: InputSource, s3: S3Source) -> Iterator[BatchInput | InputError]:
+def _read(source: InputSource, s3: S3Reader) -> Iterator[BatchInput | InputError]:
     origin = source.argument
     if source.kind == "s3-prefix":
         yield from _listing(origin, s3)
@@ -120,7 +120,7 @@ def _read(source: InputSource, s3: S3Source) -> Iterator[BatchInput | InputError
         yield BatchInput(id=safe_text(path, limit=_PATH_ID_LIMIT), location=path, position=BatchPosition(origin, 0))
 
 
-def _listing(origin: str, s3: S3Source) -> Iterator[BatchInput]:
+def _listing(origin: str, s3: S3Reader) -> Iterator[BatchInput]:
     prefix = parse_s3_prefix(origin)
     assert prefix is not None, "InputSource.parse checked it"
     try:

@@ -30,7 +30,7 @@ from worker.images.path import build_image_path
 from worker.images.wake import Wake, busy_wait
 from worker.images.work import Work
 from worker.metrics import Metrics
-from worker.s3.source import S3Source
+from worker.s3.reader import S3Reader
 
 _MAX_TAKE = 500  # inputs taken per turn, so that finished work is collected often
 
@@ -68,7 +68,7 @@ class Finisher:
 class BatchRun:
     def __init__(
         self, *, settings: Settings, embedder: Embedder, sink: RowSink, written: set[str], progress: Progress,
-        s3: S3Source,
+        s3: S3Reader,
     ) -> None:
         model, pipeline = settings.model, settings.pipeline
         encoder = EmbeddingEncoder(field_name=embedder.field_name, model_name=model.model_name,

@@ -14,7 +14,7 @@ from worker.batch.enqueue import enqueue
 from worker.batch.inputs import InputSource, read_inputs
 from worker.config import Settings
 from worker.errors import ConfigError
-from worker.s3.source import S3Source, make_s3_client
+from worker.s3.reader import S3Reader, make_s3_client
 
 NAME = "enqueue"
 SUMMARY = "produce an s3:// prefix or a manifest into the input topic"
@@ -37,7 +37,7 @@ def handle(settings: Settings, args: argparse.Namespace) -> int:
     sources = [InputSource.parse(argument) for argument in args.sources]
     if not sources or any(source.kind not in ("s3-prefix", "manifest") for source in sources):
         raise ConfigError("SOURCE", "enqueue takes s3:// prefixes and manifests: the workers read S3 only")
-    s3 = S3Source(client=make_s3_client(settings.s3), settings=settings.s3)
+    s3 = S3Reader(client=make_s3_client(settings.s3), settings=settings.s3)
     tally = enqueue(read_inputs(sources, s3=s3), kafka=settings.kafka, dry_run=args.dry_run, report=sys.stderr)
     print(tally.summary(topic=settings.kafka.input_topic, dry_run=args.dry_run), flush=True)
     return 1 if tally.refused else 0

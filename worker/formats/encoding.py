@@ -10,8 +10,8 @@ The plain body is written in three parts, because an Avro record is its fields' 
 the other: fastavro writes the fields before the embedding and those after it (two records cut from
 the schema), and the float array between them is the vector's little-endian bytes as they lie,
 framed as one Avro block (count, items, 0). Byte for byte what fastavro writes for the whole record
-(tests), at a fraction of its cost per float: fastavro's writer converts each float through Python
-(39 µs per 512-dim record, on the device thread, under the GIL; BENCHMARKS.md, issue 8).
+(tests), at a fraction of its cost: fastavro's writer converts each float through Python, on the
+device thread, under the GIL (bench/encode_bench.py; BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Reading image bytes from local files: the fetch step of a local input (batch mode), next to the S3
 one (stages.py).
 
-The local twin of worker/s3/source.py: the same byte limit (s3.max_object_bytes, so that the in-flight
+The local twin of worker/s3/reader.py: the same byte limit (s3.max_object_bytes, so that the in-flight
 byte budget means the same), and the OS's errors translated once, here, into the fetch stage's
 SourceErrors: a missing file is SourceNotFound, an unreadable one SourceAccessDenied.
 """

@@ -38,7 +38,7 @@ from worker.images.stages import (
 from worker.images.wake import Wake
 from worker.images.work import Work
 from worker.metrics import Metrics
-from worker.s3.source import S3Source
+from worker.s3.reader import S3Reader
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +85,7 @@ class ImagePath:
 
 
 def build_image_path(
-    settings: Settings, embedder: Embedder, *, s3: S3Source, next_step: Sink[Work], failures: FailureSink,
+    settings: Settings, embedder: Embedder, *, s3: S3Reader, next_step: Sink[Work], failures: FailureSink,
     metrics: Metrics, wake: Wake, budget: InFlightBytes, encode: Callable[[Work], None] | None = None,
     local_file: Callable[[Work], Path] | None = None,
 ) -> ImagePath:
@@ -123,7 +123,7 @@ def build_image_path(
 
 
 def fetch_threads(
-    settings: Settings, source: S3Source, *, next_step: Sink[Work], failures: FailureSink, metrics: Metrics,
+    settings: Settings, source: S3Reader, *, next_step: Sink[Work], failures: FailureSink, metrics: Metrics,
     budget: InFlightBytes, wake: Wake, route: ReadHeader | None = None,
 ) -> ThreadStage:
     """S3 reads on s3.fetch_workers threads, each starting only while the byte budget has room; with

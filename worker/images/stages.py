@@ -28,7 +28,7 @@ from worker.images.pool import WorkPool
 from worker.images.wake import Wake
 from worker.images.work import Work
 from worker.metrics import Metrics
-from worker.s3.source import S3Source
+from worker.s3.reader import S3Reader
 
 T_contra = TypeVar("T_contra", contravariant=True)
 # The fetch stage's watchdog waits this much past record_timeout_seconds: the fetch judges its own
@@ -180,7 +180,7 @@ def keep_fetched(work: Work, data: bytes, read_header: ReadHeader | None) -> Non
 
 
 def fetch_step(
-    source: S3Source, metrics: Metrics, *, timeout: float, read_header: ReadHeader | None = None
+    source: S3Reader, metrics: Metrics, *, timeout: float, read_header: ReadHeader | None = None
 ) -> Callable[[Work], None]:
     """Read the image bytes of a decoded request (keep_fetched); counts attempts for the dead-letter headers."""
 

@@ -1,19 +1,17 @@
 """One S3 GetObject signed by botocore and sent by libcurl (pycurl): the fetch threads' hot path.
 
-Why not ``client.get_object``: botocore spends 0.5-1 ms of pure Python per call, under the GIL, on
-event hooks, parameter validation, endpoint rules and response parsing, and the fetch threads pay it
-for every record (issue 8; bench/fetch_bench.py measures both paths). Why not urllib3, which carried
-these GETs before: http.client parses every response's headers with the email package (a third of a
-GET's CPU in cProfile) and urllib3 reads the body in Python, all under the GIL; libcurl does both in C
-with the GIL released: 179-221 µs of CPU per GET instead of 297-414 (fetch_bench, BENCHMARKS.md,
-issue 8). Here botocore still does what must be right, and libcurl only carries the bytes:
+Why not ``client.get_object``: botocore spends pure Python per call, under the GIL, on event hooks,
+parameter validation, endpoint rules and response parsing, and the fetch threads pay it for every
+record. Why not urllib3: http.client parses every response's headers with the email package and
+urllib3 reads the body in Python, all under the GIL; libcurl does both in C with the GIL released
+(bench/fetch_bench.py measures the paths; BENCHMARKS.md). Here botocore still does what must be
+right, and libcurl only carries the bytes:
 - credentials: the client's own, resolved through the standard chain when it was built, refreshed by
   botocore when they expire (``client._get_credentials()``: botocore's accessor, marked private);
 - the URL of a bucket: endpoint_url, region and addressing style as the client resolves them, learned
   once per bucket from ``generate_presigned_url`` (its query is dropped: only the base is kept);
-- the signature: what botocore's ``S3SigV4Auth`` would sign, computed by worker.s3.sign at a twelfth
-  of botocore's CPU (3.3 against 40-67 µs per GET, under the GIL) and checked equal to botocore's by
-  its tests. It covers the path as sent (PATH_AS_IS: curl must not squash it); keys with "." or ".."
+- the signature: what botocore's ``S3SigV4Auth`` would sign, computed by worker.s3.sign for a fraction
+  of botocore's CPU under the GIL, and checked equal to botocore's by its tests. It covers the path as sent (PATH_AS_IS: curl must not squash it); keys with "." or ".."
   segments never get here (the allowlist);
 - an error response: botocore's own rest-xml parser, so the ClientError carries the Code and status
   that get_object would have raised.
@@ -26,7 +24,7 @@ instead of being retried there: set the region), and response checksums are not 
 curl's Content-Length check guard the bytes).
 
 Each thread keeps its own curl handle, and so its own kept-alive connection. This module raises
-botocore's exceptions and ``pycurl.error``; worker.s3.source translates every error, in one place.
+botocore's exceptions and ``pycurl.error``; worker.s3.reader translates every error, in one place.
 """
 
 from __future__ import annotations

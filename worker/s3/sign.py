@@ -1,12 +1,11 @@
-"""SigV4 for the fetch threads' GETs: what botocore's S3SigV4Auth signs, at a twelfth of its CPU.
+"""SigV4 for the fetch threads' GETs: what botocore's S3SigV4Auth signs, for a fraction of its CPU.
 
-Why not botocore's signer, which signed these GETs until the tenth pass of issue 8: an ``AWSRequest``
-and ``S3SigV4Auth.add_auth`` cost 40 µs of pure Python per GET alone and 67 µs in the fetch loop (cold
-caches), all of it under the GIL, where curl's whole transfer of a 190 kB photo takes ~100. It parses the URL
-three times, keeps headers in an ``email.message``, and derives the signing key (four HMACs) for every
-request. At B-32's 10,000 img/s that is 0.4-0.67 s of the one GIL every second. Here the key is
-derived once a day (it depends on the secret, the day and the region only), and the canonical
-request is one format string: 3.3 µs per GET (BENCHMARKS.md, issue 8, tenth pass).
+Why not botocore's signer: an ``AWSRequest`` and ``S3SigV4Auth.add_auth`` cost pure Python under the
+GIL comparable to curl's whole transfer of a photo. It parses the URL three times, keeps headers in an
+``email.message``, and derives the signing key (four HMACs) for every request; at ten thousand images
+a second that is a large share of the one GIL. Here the key is derived once a day (it depends on the
+secret, the day and the region only), and the canonical request is one format string (the figures:
+BENCHMARKS.md).
 
 What it signs is what ``S3SigV4Auth`` signs for a GET with no body and no query, nothing more:
 - the headers host, x-amz-content-sha256, x-amz-date and, with temporary credentials,

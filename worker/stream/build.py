@@ -26,7 +26,7 @@ from worker.kafka.boundary import create
 from worker.kafka.config import consumer_config, is_cooperative, producer_config, property_settings
 from worker.kafka.health import KafkaHealth
 from worker.metrics import Metrics, record_lag
-from worker.s3.source import S3Source, make_s3_client
+from worker.s3.reader import S3Reader, make_s3_client
 from worker.stream.backpressure import Backpressure
 from worker.stream.deadletter import DeadLetters
 from worker.stream.decode import MessageDecoder
@@ -111,7 +111,7 @@ def build_runtime(
     failures = router.sink()  # the image path's: a record it parks is redone from its first stage (bound below)
     wake = Wake()
     images = build_image_path(
-        settings, embedder, s3=S3Source(client=s3_client or make_s3_client(settings.s3), settings=settings.s3),
+        settings, embedder, s3=S3Reader(client=s3_client or make_s3_client(settings.s3), settings=settings.s3),
         next_step=output, failures=failures, metrics=metrics, wake=wake, budget=budget, encode=output.encode,
     )
     failures.resume_at(images.fetch)

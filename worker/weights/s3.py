@@ -1,6 +1,6 @@
 """An ``s3://bucket/key`` checkpoint, downloaded with the worker's own S3 client into the cache.
 
-The client is the one the worker reads images with (worker.s3.source.make_s3_client): the same
+The client is the one the worker reads images with (worker.s3.reader.make_s3_client): the same
 endpoint, region and credential chain, so MinIO, Ceph, R2 and IRSA work as they do for images.
 
 Where the file lands, under ``<cache_dir>/weights/`` (the key's extension is kept, since OpenCLIP
@@ -27,7 +27,7 @@ from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadErro
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from worker.config import S3Settings
-from worker.s3.source import make_s3_client
+from worker.s3.reader import make_s3_client
 from worker.weights.files import atomic_file, check_sha256, sha256_of
 from worker.weights.retry import Budget, retried
 

@@ -42,7 +42,7 @@ from worker.formats.messages import S3Uri
 from worker.images.pool import name_os_thread
 from worker.images.processes.slots import SlotLayout, SlotWriter
 from worker.logs import configure_logging
-from worker.s3.source import S3Source, make_s3_client
+from worker.s3.reader import S3Reader, make_s3_client
 
 _MAX_BATCH = 64  # outcomes per message back to the parent
 # Decoders fork from a server process started clean (no CUDA context, no librdkafka threads to copy).
@@ -50,7 +50,7 @@ CONTEXT = multiprocessing.get_context("forkserver")
 
 
 def last_success() -> Any:
-    """The value every decoder's S3Source shares as `served`: when any of them last fetched an object."""
+    """The value every decoder's S3Reader shares as `served`: when any of them last fetched an object."""
     return CONTEXT.Value("d", float("-inf"))
 
 
@@ -68,7 +68,7 @@ class DecoderSpec:
     threads: int
     fetch_timeout: float
     log: LogSettings
-    served: Any  # multiprocessing.Value("d"): when any decoder's fetch last succeeded (S3Source)
+    served: Any  # multiprocessing.Value("d"): when any decoder's fetch last succeeded (S3Reader)
     environ: dict[str, str]  # the worker's environment when it built the stage (AWS_* credentials, ...)
 
 
@@ -161,7 +161,7 @@ def serve(spec: DecoderSpec, conn: Connection, decoding: Any) -> None:
 class _Decoder:
     def __init__(self, spec: DecoderSpec) -> None:
         self._spec = spec
-        self._source = S3Source(client=make_s3_client(spec.s3), settings=spec.s3, served=spec.served)
+        self._source = S3Reader(client=make_s3_client(spec.s3), settings=spec.s3, served=spec.served)
         self._preprocessor = Preprocessor(
             spec.cfg, mode=spec.mode, max_pixels=spec.max_pixels, exif_orientation=spec.exif_orientation
         )

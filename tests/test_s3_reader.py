@@ -23,12 +23,12 @@ from worker.errors import (
 )
 from worker.formats.messages import S3Uri
 from worker.s3.allowlist import Allowlist
-from worker.s3.source import S3Source, make_s3_client
+from worker.s3.reader import S3Reader, make_s3_client
 
 
-def source_for(client: Any, **settings: Any) -> S3Source:
+def source_for(client: Any, **settings: Any) -> S3Reader:
     defaults: dict[str, Any] = {"backoff_initial_seconds": 0.001, "backoff_max_seconds": 0.01}
-    return S3Source(client=client, settings=S3Settings(**(defaults | settings)))
+    return S3Reader(client=client, settings=S3Settings(**(defaults | settings)))
 
 
 @pytest.fixture

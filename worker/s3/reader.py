@@ -3,7 +3,7 @@ listing a prefix, for the batch commands.
 
 boto3's client holds the configuration and credentials, so the same code runs against AWS S3, MinIO,
 Ceph RGW, R2 or moto; a GET is signed as botocore signs it (worker.s3.sign) and sent by libcurl
-(worker.s3.get: botocore's get_object costs about a millisecond of the GIL per object), listing stays
+(worker.s3.get: botocore's get_object costs the GIL more than the transfer itself), listing stays
 on boto3. botocore's and libcurl's errors are translated here, once, into worker.errors: a transient
 failure (throttling, 5xx, timeout, reset) is retried with exponential backoff and full jitter; after
 the last attempt it becomes RetriesExhausted. Credentials come from the standard AWS chain and are never logged.
@@ -75,7 +75,7 @@ class LastSuccess:
     value: float = float("-inf")
 
 
-class S3Source:
+class S3Reader:
     """Fetches objects for the fetch stage's threads; thread-safe (boto3 clients are; SignedGet: a handle per thread).
 
     An outage is not the record's fault. When a record runs out of attempts, or past its deadline,
