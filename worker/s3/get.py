@@ -11,8 +11,9 @@ right, and libcurl only carries the bytes:
 - the URL of a bucket: endpoint_url, region and addressing style as the client resolves them, learned
   once per bucket from ``generate_presigned_url`` (its query is dropped: only the base is kept);
 - the signature: what botocore's ``S3SigV4Auth`` would sign, computed by worker.s3.sign for a fraction
-  of botocore's CPU under the GIL, and checked equal to botocore's by its tests. It covers the path as sent (PATH_AS_IS: curl must not squash it); keys with "." or ".."
-  segments never get here (the allowlist);
+  of botocore's CPU under the GIL, and checked equal to botocore's by its tests. It covers the path as
+  sent (PATH_AS_IS: curl must not squash it); keys with "." or ".." segments never get here (the
+  allowlist);
 - an error response: botocore's own rest-xml parser, so the ClientError carries the Code and status
   that get_object would have raised.
 The connect timeout is the client's, its read timeout a stall of that long (curl's low-speed limit of

@@ -1,0 +1,1 @@
+"""The benchmarks: scripts that measure the worker, and their own tests (bench/tests)."""
