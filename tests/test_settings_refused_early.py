@@ -39,6 +39,12 @@ MISTAKES = [
      "http:// or https://"),
     ({"CLIP_WORKER_PIPELINE__OUTPUT_FORMAT": "confluent"}, "CLIP_WORKER_PIPELINE__SCHEMA_REGISTRY_URL",
      "needs a registry"),
+    ({"CLIP_WORKER_MODEL__PRETRAINED": "/nonexistent/weights.pt"}, "CLIP_WORKER_MODEL__PRETRAINED",
+     "no such checkpoint file"),
+    ({"CLIP_WORKER_MODEL__PRETRAINED": "/tmp"}, "CLIP_WORKER_MODEL__PRETRAINED", "is a folder"),
+    ({"CLIP_WORKER_MODEL__MODEL_CONFIG_DIR": "/nonexistent/configs"}, "CLIP_WORKER_MODEL__MODEL_CONFIG_DIR",
+     "is not a folder"),
+    ({"CLIP_WORKER_MODEL__CACHE_DIR": "/etc/hostname"}, "CLIP_WORKER_MODEL__CACHE_DIR", "is a file"),
     ({"CLIP_WORKER_MODEL_DEVICE": "cuda"}, "CLIP_WORKER_MODEL_DEVICE", "did you mean CLIP_WORKER_MODEL__DEVICE"),
     ({"CLIP_WORKER_MODELL__DEVICE": "cuda"}, "CLIP_WORKER_MODELL__DEVICE", "did you mean CLIP_WORKER_MODEL__DEVICE"),
 ]

@@ -126,16 +126,16 @@ class ModelSettings(_Section):
         "device decoder refuses, on the CPU. Needs preprocess_mode=fast, preprocess_in=threads and "
         "exif_orientation off. auto: gpu where the device is CUDA and those hold, else cpu.",
     )
-    decode_journal_dir: Path = Field(
+    decode_journal_dir: Annotated[Path, AfterValidator(rules.folder_to_be)] = Field(
         Path("/tmp/clip-worker-device-journal"),
         description="While JPEGs are decoded on the device: where the worker notes which records the device "
         "is decoding, so that records that were there when a worker crashed are decoded on the CPU when they "
         "come again, not crash it again. Must outlive a restart of the worker (the chart's /tmp does).",
     )
-    model_config_dir: Path | None = Field(
+    model_config_dir: Annotated[Path, AfterValidator(rules.existing_folder)] | None = Field(
         None, description="A folder (or file) of extra OpenCLIP model configs (JSON) to register before loading."
     )
-    cache_dir: Path | None = Field(
+    cache_dir: Annotated[Path, AfterValidator(rules.folder_to_be)] | None = Field(
         None,
         description="Where pretrained weights are downloaded and looked for: OpenCLIP tags (Hugging Face hub cache "
         "layout; unset: the hub's default) and s3:// checkpoints (under weights/; unset: ~/.cache/clip-worker).",
@@ -143,10 +143,10 @@ class ModelSettings(_Section):
 
     @field_validator("pretrained")
     @classmethod
-    def _s3_uri_names_an_object(cls, value: str) -> str:
+    def _where_the_weights_are(cls, value: str) -> str:
         if value.strip().lower().startswith("s3:") and parse_weights_uri(value.strip()) is None:
             raise ValueError("an s3 checkpoint must look like s3://bucket/key (a bucket name, then a key)")
-        return value
+        return rules.checkpoint_file(value)
 
     @field_validator("weights_sha256")
     @classmethod

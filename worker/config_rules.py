@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from urllib.parse import urlsplit
 
 # Kafka's own limits on a topic name (kafka.common.internals.Topic).
@@ -59,6 +60,40 @@ def allowlist_entry(value: str) -> str:
     if not bucket or (prefix and not plain_segments(prefix.removesuffix("/"))):
         raise ValueError(f"{value!r}: use a bucket, or bucket/prefix without empty, '.' or '..' segments")
     return value
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
+
+
+def names_a_file(pretrained: str) -> bool:
+    """Whether model.pretrained is a local checkpoint path rather than a tag, "none" or an s3:// URI:
+    it has a folder in it or a checkpoint's suffix."""
+    value = pretrained.strip()
+    if value.lower() in ("", "none") or value.lower().startswith("s3:"):
+        return False
+    return "/" in value or value.startswith("~") or Path(value).suffix in CHECKPOINT_SUFFIXES
+
+
+def checkpoint_file(pretrained: str) -> str:
+    if names_a_file(pretrained) and not Path(pretrained.strip()).expanduser().is_file():
+        path = Path(pretrained.strip()).expanduser()
+        if path.is_dir():
+            raise ValueError(f"{pretrained} is a folder; pass a checkpoint file, or model_name local-dir:{pretrained}")
+        raise ValueError(f"no such checkpoint file: {pretrained}")
+    return pretrained
+
+
+def existing_folder(path: Path) -> Path:
+    if not path.expanduser().is_dir():
+        raise ValueError(f"{path} is not a folder")
+    return path
+
+
+def folder_to_be(path: Path) -> Path:
+    """A folder the worker may create: anything but an existing file."""
+    if path.expanduser().exists() and not path.expanduser().is_dir():
+        raise ValueError(f"{path} is a file, not a folder")
+    return path
 
 
 def plain_segments(path: str) -> bool:

@@ -117,8 +117,6 @@ def test_a_missing_mps_device_fails_at_startup(monkeypatch: pytest.MonkeyPatch) 
     [
         ({"model_name": "ViT-Q-99"}, "MODEL_NAME", "unknown OpenCLIP model"),
         ({"pretrained": "no-such-tag"}, "PRETRAINED", "neither a checkpoint file nor a pretrained tag"),
-        ({"pretrained": "/nonexistent/weights.pt"}, "PRETRAINED", "no such checkpoint file"),
-        ({"model_config_dir": Path("/nonexistent/configs")}, "MODEL_CONFIG_DIR", "does not exist"),
     ],
 )
 def test_bad_settings_fail_at_startup_naming_the_variable(
@@ -129,10 +127,9 @@ def test_bad_settings_fail_at_startup_naming_the_variable(
     assert caught.value.setting == f"CLIP_WORKER_MODEL__{setting}"
 
 
-def test_a_folder_or_a_broken_checkpoint_is_a_pretrained_error(tmp_path: Path, tiny_checkpoint: Path) -> None:
-    with pytest.raises(ConfigError, match="is a folder") as caught:
-        Embedder.load(tiny_model_settings(tiny_checkpoint, pretrained=str(tmp_path)))
-    assert caught.value.setting == "CLIP_WORKER_MODEL__PRETRAINED"
+def test_a_broken_checkpoint_is_a_pretrained_error(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """A missing file, a folder or a missing config folder are refused with the settings
+    (tests/test_settings_refused_early.py); a file that is no checkpoint only when loading."""
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="could not build") as caught:

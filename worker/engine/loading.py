@@ -29,6 +29,7 @@ import open_clip
 import torch
 from open_clip.transform import PreprocessCfg
 
+from worker import config_rules as rules
 from worker.config import ModelSettings, env_var
 from worker.engine.preprocess import preprocess_cfg_from
 from worker.errors import ConfigError, WeightsUnavailable
@@ -139,10 +140,10 @@ def resolve_pretrained(model_name: str, pretrained: str) -> tuple[str | None, bo
         # (e.g. ViT-B-32) lacks; open_clip then only warns and runs nn.GELU. Follow the tag instead.
         model_quick = bool((open_clip.get_model_config(config_name) or {}).get("quick_gelu", False))
         return value, bool(tag_cfg.get("quick_gelu", False)) and not model_quick
-    if path.exists():
-        raise ConfigError(setting, f"{value} is a folder; pass a checkpoint file, or model_name local-dir:{value}")
-    if "/" in value or path.suffix in (".pt", ".pth", ".bin", ".safetensors", ".npz"):
-        raise ConfigError(setting, f"no such checkpoint file: {value}")
+    try:
+        rules.checkpoint_file(value)
+    except ValueError as exc:
+        raise ConfigError(setting, str(exc)) from None
     tags = ", ".join(open_clip.list_pretrained_tags_by_model(config_name)) or "none known"
     raise ConfigError(setting, f"{value!r} is neither a checkpoint file nor a pretrained tag of {model_name} ({tags})")
 
