@@ -23,6 +23,10 @@
         ▼
     offset tracker: watermark per partition ─▶ committer: store_offsets | transaction
 
+The consumer, the producer and what is bound to them (committer, backpressure, rebalancer) are one
+generation, built by `generation()` here at start and again whenever a client has to be replaced
+(clients.py); the rest is built once.
+
 Every stage takes submit/poll/close (images/stages.py); the message decoder and the output finish their
 work inside submit() and are Sinks (sink.py). Every failure goes through failures.py.
 """
@@ -47,6 +51,7 @@ from worker.kafka.config import consumer_config, is_cooperative, producer_config
 from worker.metrics import Metrics, record_lag
 from worker.s3.source import S3Source, make_s3_client
 from worker.stream.backpressure import Backpressure
+from worker.stream.clients import Clients, Generation
 from worker.stream.deadletter import DeadLetters
 from worker.stream.decode import MessageDecoder
 from worker.stream.delivery.acked import Committer, StoredOffsetsCommitter
@@ -72,11 +77,10 @@ def build_runtime(
         raise ConfigError("CLIP_WORKER_S3__ALLOWED_SOURCES", "empty: name the buckets the worker may read")
     _describe(metrics, settings, embedder)
     consumer_conf = consumer_config(kafka, pipeline)
-    consumer = Consumer(consumer_conf | {"stats_cb": lambda s: record_lag(metrics, s)})
     producer_conf = producer_config(kafka, pipeline)
-    producer = Producer(producer_conf)
+    first_producer = [Producer(producer_conf)]  # the outbox's until generation() takes it
     outbox = Outbox(
-        producer, max_message_bytes=int(producer_conf.get("message.max.bytes", _DEFAULT_MESSAGE_MAX_BYTES))
+        first_producer[0], max_message_bytes=int(producer_conf.get("message.max.bytes", _DEFAULT_MESSAGE_MAX_BYTES))
     )
     tracker = OffsetTracker()
     budget = InFlightBytes(limit=pipeline.max_in_flight_bytes)
@@ -133,27 +137,38 @@ def build_runtime(
     )
 
     floors = dead_letters.floors  # read-only: only the dead letters move the floors
-    committer: Committer = (
-        TransactionalCommitter(producer=producer, consumer=consumer, outbox=outbox, tracker=tracker, floors=floors,
-                               metrics=metrics, call_seconds=settings.kafka.transaction_call_seconds)
-        if exactly_once
-        else StoredOffsetsCommitter(consumer=consumer, tracker=tracker, floors=floors)
-    )
-    backpressure = Backpressure(
-        consumer=consumer, max_in_flight=pipeline.max_in_flight, max_bytes=pipeline.max_in_flight_bytes,
-        metrics=metrics,
-    )
-    rebalancer = Rebalancer(
-        consumer=consumer, outbox=outbox, tracker=tracker, emitter=emitter, committer=committer,
-        backpressure=backpressure, outages=outages, metrics=metrics, cooperative=is_cooperative(consumer_conf),
-        flush_seconds=pipeline.shutdown_grace_seconds,
+
+    def generation() -> Generation:
+        """New Kafka clients and what is bound to them: at start, and for each replacement (clients.py)."""
+        consumer = Consumer(consumer_conf | {"stats_cb": lambda s: record_lag(metrics, s)})
+        producer = outbox.producer = first_producer.pop() if first_producer else Producer(producer_conf)
+        committer: Committer = (
+            TransactionalCommitter(producer=producer, consumer=consumer, outbox=outbox, tracker=tracker, floors=floors,
+                                   metrics=metrics, call_seconds=kafka.transaction_call_seconds)
+            if exactly_once
+            else StoredOffsetsCommitter(consumer=consumer, tracker=tracker, floors=floors)
+        )
+        backpressure = Backpressure(
+            consumer=consumer, max_in_flight=pipeline.max_in_flight, max_bytes=pipeline.max_in_flight_bytes,
+            metrics=metrics,
+        )
+        rebalancer = Rebalancer(
+            consumer=consumer, outbox=outbox, tracker=tracker, emitter=emitter, committer=committer,
+            backpressure=backpressure, outages=outages, metrics=metrics, cooperative=is_cooperative(consumer_conf),
+            flush_seconds=pipeline.shutdown_grace_seconds,
+        )
+        return Generation(consumer=consumer, producer=producer, committer=committer, backpressure=backpressure,
+                          rebalancer=rebalancer)
+
+    clients = Clients(
+        build=generation, input_topic=kafka.input_topic, metrics=metrics,
+        max_replacements=kafka.client_replacements_max, window_seconds=kafka.client_replacements_window_seconds,
     )
     return Runtime(
-        consumer=consumer, outbox=outbox, tracker=tracker, budget=budget, committer=committer,
-        rebalancer=rebalancer, backpressure=backpressure,
+        clients=clients, outbox=outbox, tracker=tracker, budget=budget,
         pipeline=Pipeline(decode=decode, images=images.upstream, batcher=images.batcher, inference=images.inference,
                           dead_letters=dead_letters, outages=outages, wake=wake, stop=stop),
-        input_topic=kafka.input_topic, settings=pipeline, metrics=metrics,
+        settings=pipeline, metrics=metrics,
     )
 
 

@@ -9,7 +9,10 @@ A step that times out is retried as the same call: librdkafka keeps a timed-out 
 (or send_offsets) as the current, resumable call, and calling anything else fails at once with a
 conflict: sending the offsets again after a timed-out commit would fail every attempt, and the
 worker would exit. An abortable error aborts the transaction; the runtime then rewinds to the
-committed offsets and redoes the work. A fenced producer is fatal: a newer instance owns the id.
+committed offsets and redoes the work. A fenced producer is fatal to this producer, and a call that
+never returns leaves it wedged for good: either way it is replaced with its consumer (clients.py),
+whose new producer fences this one. A wedged committer answers every later call with the same
+ClientWedged: its call is still running, and calling anything else would only conflict with it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, Producer
 
-from worker.errors import FatalError, KafkaUnavailable, TransactionAborted, WorkerError
+from worker.errors import ClientWedged, FatalError, KafkaUnavailable, TransactionAborted, WorkerError
 from worker.formats.positions import Partition
 from worker.kafka.boundary import kafka_call
 from worker.metrics import Metrics
@@ -30,6 +33,7 @@ from worker.stream.produce import Outbox
 log = logging.getLogger(__name__)
 _ATTEMPTS = 10  # timeouts of one commit before giving up (the process restarts and fences)
 _INIT_SECONDS = 30.0
+_INIT_ATTEMPTS = 4  # init_transactions that time out (coordinator unavailable) before giving up
 
 
 class TransactionalCommitter:
@@ -50,10 +54,22 @@ class TransactionalCommitter:
         self._call_seconds = call_seconds
         self._init_seconds = init_seconds
         self._margin = call_seconds if deadline_margin is None else deadline_margin
+        self._wedged: ClientWedged | None = None
 
     def start(self) -> None:
+        """init_transactions (which fences an earlier producer of the same id and aborts its open
+        transaction), then begin. A timed-out init is retried, as librdkafka allows: the transaction
+        coordinator may be moving to another broker."""
         init = self._init_seconds
-        self._call(lambda: self._producer.init_transactions(init), "init_transactions", init)
+        self._committed_produced = self._outbox.produced
+        for attempt in range(1, _INIT_ATTEMPTS + 1):
+            try:
+                self._call(lambda: self._producer.init_transactions(init), "init_transactions", init)
+                break
+            except KafkaUnavailable as exc:
+                if attempt == _INIT_ATTEMPTS:
+                    raise
+                log.warning("init_transactions attempt %d timed out, retrying: %s", attempt, exc)
         self._call(self._producer.begin_transaction, "begin_transaction")
 
     def commit(self, *, force: bool = False) -> bool:
@@ -98,4 +114,10 @@ class TransactionalCommitter:
             log.warning("could not abort the open transaction (its successor will fence it): %s", exc)
 
     def _call(self, fn: Callable[[], object], what: str, seconds: float | None = None) -> None:
-        kafka_call(fn, what=what, deadline=(self._call_seconds if seconds is None else seconds) + self._margin)
+        if self._wedged is not None:
+            raise self._wedged
+        try:
+            kafka_call(fn, what=what, deadline=(self._call_seconds if seconds is None else seconds) + self._margin)
+        except ClientWedged as exc:
+            self._wedged = exc
+            raise
