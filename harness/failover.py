@@ -4,7 +4,8 @@
   idempotent, never timing out: an outage delays it, never drops a record), noting when each id was
   produced.
 - ``Watcher``: a thread reading the output topic as a ``read_committed`` consumer, noting when each id
-  first became visible and how often it was seen.
+  first became visible and how often it was seen (the tests count duplicates with a fresh reader
+  afterwards too: harness/kafka_io.py ``read_all``).
 - ``latencies``: produce-to-visible, per id, from the two.
 """
 
@@ -16,7 +17,7 @@ import threading
 import time
 import uuid
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from worker.formats.messages import ImageRequest, S3Uri, encode_request_json
 
@@ -65,7 +66,10 @@ class Watcher:
         self._consumer = Consumer({"bootstrap.servers": bootstrap, "logger": _LOG, "group.id": f"watch-{uuid.uuid4()}",
                                    "auto.offset.reset": "earliest", "enable.auto.commit": False,
                                    "isolation.level": "read_committed"})
-        self._consumer.subscribe([topic])
+        # Assigned, not subscribed: a group of its own would rebalance through the outage and read
+        # again from the start, counting the same records twice.
+        partitions = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         self.visible_at: dict[str, float] = {}
         self.seen: dict[str, int] = {}
         self._stop = threading.Event()

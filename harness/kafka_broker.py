@@ -313,8 +313,8 @@ class KafkaBroker:
     def create_topic(self, name: str, partitions: int = 1, *, config: Mapping[str, str] | None = None,
                      timeout: float = 30.0, replication_factor: int = 1) -> None:
         """Create a topic and wait until every partition has a leader."""
-        topic = NewTopic(name, partitions, replication_factor, config=dict(config or {}))
-        futures = self.admin().create_topics([topic],
+        new = NewTopic(name, partitions, replication_factor, config=dict(config or {}))
+        futures = self.admin().create_topics([new],
                                              operation_timeout=timeout, request_timeout=timeout)
         futures[name].result(timeout=timeout)
         deadline = time.monotonic() + timeout

@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]  # the documented path
+from confluent_kafka.admin import AdminClient
 
 from harness.children import free_port
 from harness.kafka_broker import KafkaBroker, Membership, new_cluster_id

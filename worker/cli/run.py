@@ -62,7 +62,8 @@ def run(settings: Settings) -> int:
         health = HealthServer(
             port=settings.pipeline.metrics_port,
             registry=metrics.registry,
-            last_loop_at=lambda: runtime.last_loop_at if runtime else time.monotonic(),
+            # A replacement of the Kafka clients holds the loop (bounded: init_transactions' attempts).
+            last_loop_at=lambda: runtime.last_loop_at if runtime and not runtime.replacing else time.monotonic(),
             stalled_seconds=lambda: runtime.stalled_seconds() if runtime else 0.0,
             ready=lambda: (runtime is not None and not runtime.replacing
                            and time.monotonic() - runtime.last_loop_at < 5.0),
