@@ -112,3 +112,25 @@ def test_replacements_are_bounded_per_window_then_the_failure_stops_the_worker()
                                                          {"reason": labels}) for labels in ("wedged", "fatal")}
     assert samples == {"wedged": 2, "fatal": 1}
     assert not clients.replacing
+
+
+def test_new_clients_that_wedge_as_they_start_are_replaced_in_turn_within_the_budget() -> None:
+    failures: list[BaseException] = [ClientWedged("init_transactions did not return")]
+
+    class FailsToStart(StubGeneration):
+        def start(self, topic: str) -> None:
+            if failures:
+                raise failures.pop()
+            super().start(topic)
+
+    built: list[StubGeneration] = []
+
+    def build() -> Any:
+        built.append(FailsToStart())
+        return built[-1]
+
+    metrics = Metrics()
+    clients = Clients(build=build, input_topic="in", metrics=metrics, max_replacements=2, window_seconds=60)
+    clients.replace(ClientFatal("fenced"))
+    assert len(built) == 3 and built[-1].started, "the generation that wedged as it started was replaced too"
+    assert metrics.registry.get_sample_value("clip_worker_kafka_client_replacements_total", {"reason": "wedged"}) == 1

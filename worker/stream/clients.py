@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, Producer
 
-from worker.errors import ClientWedged, FatalError
+from worker.errors import ClientFatal, ClientWedged, FatalError
 from worker.metrics import Metrics
 from worker.stream.backpressure import Backpressure
 from worker.stream.delivery.acked import Committer
@@ -82,7 +82,28 @@ class Clients:
         self.current.start(self._input_topic)
 
     def replace(self, cause: FatalError) -> None:
-        """Replace the clients after `cause`, or raise `cause` once the budget is spent."""
+        """Replace the clients after `cause`, or raise `cause` once the budget is spent. New clients
+        that fail as they start (a wedged or fatal init) are replaced in turn, within the budget."""
+        began = self._clock()
+        self.replacing = True
+        try:
+            while True:
+                self._spend(cause)
+                old = self.current
+                old.rebalancer.retire()
+                _abandon(old)
+                self.current = self._build()
+                try:
+                    self.current.start(self._input_topic)
+                    break
+                except (ClientFatal, ClientWedged) as again:
+                    cause = again
+        finally:
+            self.replacing = False
+        log.warning("Kafka clients replaced in %.1f s; resuming from the committed offsets", self._clock() - began)
+
+    def _spend(self, cause: FatalError) -> None:
+        """Count one replacement for `cause`, or raise it when the window holds the most allowed."""
         now = self._clock()
         while self._recent and now - self._recent[0] > self._window:
             self._recent.popleft()
@@ -95,16 +116,6 @@ class Clients:
         log.error("replacing the Kafka clients (%s, %d of %d within %.0f s): %s", reason, len(self._recent),
                   self._max, self._window, cause)
         self._metrics.client_replacements.labels(reason=reason).inc()
-        self.replacing = True
-        try:
-            old = self.current
-            old.rebalancer.retire()
-            _abandon(old)
-            self.current = self._build()
-            self.current.start(self._input_topic)
-        finally:
-            self.replacing = False
-        log.warning("Kafka clients replaced in %.1f s; resuming from the committed offsets", self._clock() - now)
 
 
 def reason_of(cause: FatalError) -> str:

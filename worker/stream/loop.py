@@ -8,9 +8,8 @@ stage turns what goes wrong with one record into that record's failure (failures
 FatalError - a fenced or wedged client, a broken device, the stop policy, the failure streak - ends
 it, and then nothing more is committed than what finished. What the stages meet is reported to the
 pipeline's Stop (stop.py), and this loop raises it, after each record taken and after each turn.
-A Kafka client that is done (ClientFatal) or wedged (ClientWedged) is the exception: the turn ends,
-the clients are replaced (clients.py) and the loop goes on from the committed offsets, until the
-replacements allowed in a window are spent.
+A Kafka client that is done (ClientFatal) or wedged (ClientWedged) ends only the turn: the clients
+are replaced (clients.py) and the loop goes on from the committed offsets, within a budget.
 """
 
 from __future__ import annotations
@@ -99,7 +98,7 @@ class Runtime:
                 except (ClientFatal, ClientWedged) as exc:
                     if self._stop_deadline is not None:
                         raise  # stopping anyway: the restart resumes from the commit, as before
-                    self._clients.replace(exc)  # raises exc once the replacements allowed are spent
+                    self._clients.replace(exc)  # raises once the replacements allowed are spent
                     self._pipeline.stop.clear(exc)
         except BaseException as exc:
             error = exc
