@@ -41,6 +41,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -58,8 +59,8 @@ _CDS_ARCHIVE = "broker.jsa"  # lives in LIBS_DIR so that it is thrown away toget
 JVM_FLAGS = ("-Xmx512m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
 _SERVER_PROPERTIES = """\
 process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:{controller}
+node.id={node_id}
+{quorum}
 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
 advertised.listeners=PLAINTEXT://127.0.0.1:{port}
 controller.listener.names=CONTROLLER
@@ -129,13 +130,27 @@ def ensure_jars() -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class Membership:
+    """A node of a multi-node cluster (harness/kafka_cluster.py): its id, its ports (chosen by the
+    cluster, since every node names every controller) and the static controller quorum."""
+
+    node_id: int
+    port: int
+    controller_port: int
+    voters: str  # controller.quorum.voters: "1@127.0.0.1:p1,2@127.0.0.1:p2,..."
+    cluster_id: str
+
+
 class KafkaBroker:
-    """One broker process with a fresh data dir; ``stop``/``kill`` + ``start`` keep its ports and data."""
+    """One broker process with a fresh data dir; ``stop``/``kill`` + ``start`` keep its ports and data.
+    Alone (the default) it is its own single-voter quorum; with ``membership`` it is one node of a cluster."""
 
     def __init__(self, *, properties: Mapping[str, str] | None = None, keep_logs: bool = False,
                  startup_timeout: float = 60.0, proxy_port: int | None = None,
-                 security: BrokerTls | None = None) -> None:
+                 security: BrokerTls | None = None, membership: Membership | None = None) -> None:
         self.keep_logs = keep_logs
+        self.membership = membership
         self._properties = dict(properties or {})
         self._startup_timeout = startup_timeout
         self._log_dir: Path | None = None
@@ -197,8 +212,15 @@ class KafkaBroker:
     def _prepare(self) -> None:
         """First start only: pick ports, write the configs and format the storage."""
         self._log_dir = Path(tempfile.mkdtemp(prefix="kafka-broker-"))
-        self._port, controller = free_port(), free_port()
-        props = _SERVER_PROPERTIES.format(port=self._port, controller=controller, data=self.log_dir / "data")
+        member = self.membership
+        if member is None:
+            self._port, controller = free_port(), free_port()
+            quorum, node_id = f"controller.quorum.bootstrap.servers=127.0.0.1:{controller}", 1
+        else:
+            self._port, controller = member.port, member.controller_port
+            quorum, node_id = f"controller.quorum.voters={member.voters}", member.node_id
+        props = _SERVER_PROPERTIES.format(port=self._port, controller=controller, data=self.log_dir / "data",
+                                          quorum=quorum, node_id=node_id)
         # name -> (security protocol, port, advertised port): later lines in the file win, so the
         # listener lines are written once more whenever there is a listener beyond PLAINTEXT.
         listeners = {"PLAINTEXT": ("PLAINTEXT", self._port, self._port)}
@@ -221,10 +243,10 @@ class KafkaBroker:
         props += "".join(f"{k}={v}\n" for k, v in self._properties.items())  # later lines win
         (self.log_dir / "server.properties").write_text(props)
         (self.log_dir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES.format(log=self.log_dir / "broker.log"))
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = member.cluster_id if member else new_cluster_id()
         # "--cluster-id=" form: a urlsafe id can start with "-", which would parse as an option (1 in 64).
         cmd = self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
-                         "-c", str(self.log_dir / "server.properties"), "--standalone",
+                         "-c", str(self.log_dir / "server.properties"), *(() if member else ("--standalone",)),
                          *(arg for name, password in (self._security.scram_users if self._security else {}).items()
                            for arg in ("--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]")))
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -232,8 +254,9 @@ class KafkaBroker:
             log_dir, self._log_dir = self._log_dir, None  # a later start() prepares afresh
             raise RuntimeError(f"formatting Kafka storage failed:\n{done.stdout}{done.stderr}\nfiles: {log_dir}")
 
-    def start(self) -> None:
-        """Start the broker (formatting its storage the first time); wait until it serves consumer groups."""
+    def start(self, *, wait: bool = True) -> None:
+        """Start the broker (formatting its storage the first time); wait until it serves consumer groups
+        (``wait=False``: the caller calls ``wait_until_serving``, once a cluster's quorum can form)."""
         if self._process is not None:
             raise RuntimeError("broker is already running")
         if self._log_dir is None:
@@ -244,6 +267,10 @@ class KafkaBroker:
             flags = (f"-XX:ArchiveClassesAtExit={self._cds_pending}",)
         cmd = self._java("kafka.Kafka", str(self.log_dir / "server.properties"), extra_flags=flags)
         self._process = spawn(cmd, self.log_dir / "jvm.log")  # harness/children.py: tied to this process
+        if wait:
+            self.wait_until_serving()
+
+    def wait_until_serving(self) -> None:
         try:
             self._wait_until_serving()
         except BaseException:
@@ -255,7 +282,11 @@ class KafkaBroker:
         deadline = time.monotonic() + self._startup_timeout
         while self.is_running and time.monotonic() < deadline:
             with contextlib.suppress(KafkaException):
-                if probe.list_topics(timeout=1).brokers:
+                brokers = probe.list_topics(timeout=1).brokers
+                if self.membership is not None:  # a cluster's node: registered is enough; the cluster
+                    if self.membership.node_id in brokers:  # warms its coordinators once all are up
+                        return
+                elif brokers:
                     # Load the group coordinator too, or the first group to join gets NOT_COORDINATOR and
                     # librdkafka backs off for ~3 s.
                     probe.describe_consumer_groups(["harness-warmup"], request_timeout=5)["harness-warmup"].result()
@@ -318,9 +349,10 @@ class KafkaBroker:
             print(f"Kafka broker logs kept in {self._log_dir}", file=sys.stderr)
 
     def create_topic(self, name: str, partitions: int = 1, *, config: Mapping[str, str] | None = None,
-                     timeout: float = 30.0) -> None:
+                     timeout: float = 30.0, replication_factor: int = 1) -> None:
         """Create a topic and wait until every partition has a leader."""
-        futures = self.admin().create_topics([NewTopic(name, partitions, 1, config=dict(config or {}))],
+        new = NewTopic(name, partitions, replication_factor, config=dict(config or {}))
+        futures = self.admin().create_topics([new],
                                              operation_timeout=timeout, request_timeout=timeout)
         futures[name].result(timeout=timeout)
         deadline = time.monotonic() + timeout
@@ -332,6 +364,10 @@ class KafkaBroker:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"topic {name} has no leaders after {timeout}s")
             time.sleep(0.05)
+
+
+def new_cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
 def main() -> None:

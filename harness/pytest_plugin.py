@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from harness.kafka_broker import KafkaBroker
+from harness.kafka_cluster import KafkaCluster
 from harness.kafka_security import SCRAM_MECHANISM, make_broker_tls
 from harness.s3_server import S3Server
 from harness.schema_registry import SchemaRegistry
@@ -204,3 +205,18 @@ def schema_registry(request: pytest.FixtureRequest) -> Iterator[SchemaRegistry]:
     registry.start()
     yield registry
     _close(registry, request.config, failed=request.session.testsfailed > 0)
+
+
+@pytest.fixture(scope="module")
+def kafka_cluster(request: pytest.FixtureRequest) -> Iterator[KafkaCluster]:
+    """Three replicated nodes (harness/kafka_cluster.py) shared by one test module: three JVMs, so only
+    the modules that fail brokers over take it. Tests may kill, stop and start nodes; each must leave
+    all three running."""
+    cluster = KafkaCluster(keep_logs=_KEEP_LOGS)
+    cluster.start()
+    yield cluster
+    failed = request.session.testsfailed > 0
+    cluster.close(keep_logs=failed or _KEEP_LOGS)
+    if failed or _KEEP_LOGS:
+        config = request.config
+        config.stash.setdefault(_kept_key, []).extend(str(node.log_dir) for node in cluster.nodes)

@@ -235,7 +235,17 @@ class KafkaSettings(_Section):
         le=300,
         description="exactly-once: how long one transactional call (offsets, commit, abort) waits on the broker "
         "before it is resumed as the same call; one that has not returned after twice this long counts as wedged, "
-        "and the worker exits to be restarted.",
+        "and the Kafka clients are replaced.",
+    )
+    client_replacements_max: int = Field(
+        3,
+        ge=0,
+        le=100,
+        description="Kafka clients replaced in the running process (a wedged call, a fatal client error) within "
+        "client_replacements_window_seconds; the next failure makes the worker exit to be restarted. 0: exit at once.",
+    )
+    client_replacements_window_seconds: float = Field(
+        600.0, gt=0, description="The window client_replacements_max counts replacements in."
     )
 
     auth_failure_seconds: float = Field(

@@ -117,6 +117,11 @@ class Metrics:
         self.transactions = Counter(
             "clip_worker_transactions_total", "Kafka transactions, by outcome.", ["outcome"], registry=r
         )
+        self.client_replacements = Counter(
+            "clip_worker_kafka_client_replacements_total",
+            "Kafka clients replaced in the running process, by reason (wedged: a call did not return; "
+            "fatal: the client was done).", ["reason"], registry=r,
+        )
         self.build_info = Gauge(
             "clip_worker_build_info", "Always 1; the labels say what runs.",
             ["version", "model", "pretrained", "device", "dtype"], registry=r,

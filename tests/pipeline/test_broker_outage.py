@@ -1,13 +1,14 @@
 """The broker goes away mid-stream and comes back: nothing is lost.
 
 The worker runs as a process under a supervisor that restarts it when it exits, as Kubernetes
-would. Two client failures can make it exit on its own, and both are tested here when they happen:
-a static member whose session timed out during the outage is fenced by its own rejoin (a fatal
-librdkafka error: the process must restart), and, exactly-once, send_offsets_to_transaction can
-hang for good after its group coordinator restarts (librdkafka #5456, #5511; the worker exits on
-its own deadline: twice kafka.transaction_call_seconds, 5 s here against the default 10, which took
-14 s more). Either way the restarted worker resumes from the commit: every id arrives, and
-a read_committed reader sees each input exactly once in exactly-once mode.
+would. Two client failures are tested here when they happen: a static member whose session timed
+out during the outage is fenced by its own rejoin (a fatal librdkafka error), and, exactly-once,
+send_offsets_to_transaction can hang for good after its group coordinator restarts (librdkafka
+#5456, #5511; wedged after twice kafka.transaction_call_seconds, 5 s here against the default 10,
+which took 14 s more). Either way the worker replaces its Kafka clients in the process
+(worker/stream/clients.py); what still makes it exit is restarted by the supervisor. It resumes from
+the commit: every id arrives, and a read_committed reader sees each input exactly once in
+exactly-once mode.
 """
 
 from __future__ import annotations

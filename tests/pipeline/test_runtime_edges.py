@@ -112,8 +112,8 @@ def test_a_consumer_close_that_never_returns_stops_the_worker_as_wedged_by_its_d
     monkeypatch.setattr(runtime_module, "_CLOSE_SECONDS", 0.5)
     settings = make_settings(photo_bucket[0], input_partitions=1, model=MODEL)
     worker = InProcessWorker(settings, embedder=Embedder.load(tiny_model_settings(tiny_checkpoint, **MODEL)))
-    hanging = CloseNeverReturns(worker.runtime._consumer)
-    worker.runtime._consumer = hanging  # type: ignore[assignment]
+    hanging = CloseNeverReturns(worker.runtime._clients.current.consumer)
+    worker.runtime._clients.current.consumer = hanging  # type: ignore[assignment]
     worker.start()
     deadline = time.monotonic() + 60
     while not worker.runtime.assigned:

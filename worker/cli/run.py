@@ -61,14 +61,16 @@ def run(settings: Settings) -> int:
     health = None
     if settings.pipeline.metrics_port is not None:
         # Live while loading, then while the loop turns; ready once the model is loaded and the loop
-        # runs, while a broker answers. Not "holds partitions": pods beyond the partition count must
-        # not block a rollout.
+        # runs, while a broker answers and its Kafka clients are not being replaced. Not "holds
+        # partitions": pods beyond the partition count must not block a rollout.
         health = HealthServer(
             port=settings.pipeline.metrics_port,
             registry=metrics.registry,
-            last_loop_at=lambda: runtime.last_loop_at if runtime else time.monotonic(),
+            # A replacement of the Kafka clients holds the loop (bounded: init_transactions' attempts).
+            last_loop_at=lambda: runtime.last_loop_at if runtime and not runtime.replacing else time.monotonic(),
             stalled_seconds=lambda: runtime.stalled_seconds() if runtime else 0.0,
-            ready=lambda: runtime is not None and time.monotonic() - runtime.last_loop_at < 5.0 and kafka.ready,
+            ready=lambda: (runtime is not None and not runtime.replacing and kafka.ready
+                           and time.monotonic() - runtime.last_loop_at < 5.0),
             stall_seconds=settings.pipeline.liveness_stall_seconds,
         )
         health.start()

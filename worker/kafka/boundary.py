@@ -7,8 +7,8 @@ Three ways librdkafka reports a failure, all translated by ``translate``:
 - a call that never returns: librdkafka's ``send_offsets_to_transaction`` can block past its own
   timeout, forever, after the group coordinator went away and came back (librdkafka #5456, #5511).
   With ``deadline=`` the call runs on a daemon thread and ``ClientWedged`` is raised when it does
-  not return in time; the process must then exit (its destructor can hang too), and its successor
-  fences what it left open.
+  not return in time; the client is then abandoned (its destructor can hang too) and replaced by
+  new clients that fence what it left open (worker/stream/clients.py).
 
 A client's constructor raises ``KafkaException`` too, for a property librdkafka refuses: ``create``
 turns that into a ``ConfigError`` naming the property and the setting it came from (exit code 2).

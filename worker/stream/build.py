@@ -2,6 +2,10 @@
 share (images/path.py), the output, dead letters, outages, and the committer of the delivery mode.
 docs/architecture.md draws the data path.
 
+The consumer, the producer and what is bound to them (committer, backpressure, rebalancer) are one
+generation, built by `generation()` here at start and again whenever a client has to be replaced
+(clients.py); the rest is built once.
+
 Every stage takes submit/poll/close (images/stages.py); the message decoder and the output finish their
 work inside submit() and are Sinks. Every failure goes through failures.py.
 """
@@ -28,6 +32,7 @@ from worker.kafka.health import KafkaHealth
 from worker.metrics import Metrics, record_lag
 from worker.s3.reader import S3Reader, make_s3_client
 from worker.stream.backpressure import Backpressure
+from worker.stream.clients import Clients, Generation
 from worker.stream.deadletter import DeadLetters
 from worker.stream.decode import MessageDecoder
 from worker.stream.delivery.acked import Committer, StoredOffsetsCommitter
@@ -56,17 +61,19 @@ def build_runtime(
         bootstrap=kafka.bootstrap_servers, auth_failure_seconds=kafka.auth_failure_seconds, metrics=metrics
     )
     consumer_conf = consumer_config(kafka, pipeline)
-    consumer = create(Consumer, health.attach(consumer_conf | {"stats_cb": lambda s: record_lag(metrics, s)}),
-                      what="consumer", settings=property_settings(kafka, role="consumer"))
     producer_conf = producer_config(kafka, pipeline)
-    try:
-        producer = create(Producer, health.attach(producer_conf), what="producer",
-                          settings=property_settings(kafka, role="producer"))
-    except WorkerError:
-        consumer.close()  # no librdkafka handle is left for the interpreter's exit to destroy
-        raise
+
+    def new_consumer() -> Consumer:
+        return create(Consumer, health.attach(consumer_conf | {"stats_cb": lambda s: record_lag(metrics, s)}),
+                      what="consumer", settings=property_settings(kafka, role="consumer"))
+
+    def new_producer() -> Producer:
+        return create(Producer, health.attach(producer_conf), what="producer",
+                      settings=property_settings(kafka, role="producer"))
+
+    first_producer = [new_producer()]  # the outbox's until generation() takes it
     outbox = Outbox(
-        producer, max_message_bytes=int(producer_conf.get("message.max.bytes", _DEFAULT_MESSAGE_MAX_BYTES))
+        first_producer[0], max_message_bytes=int(producer_conf.get("message.max.bytes", _DEFAULT_MESSAGE_MAX_BYTES))
     )
     tracker = OffsetTracker()
     budget = InFlightBytes(limit=pipeline.max_in_flight_bytes)
@@ -123,28 +130,43 @@ def build_runtime(
     )
 
     floors = dead_letters.floors  # read-only: only the dead letters move the floors
-    committer: Committer = (
-        TransactionalCommitter(producer=producer, consumer=consumer, outbox=outbox, tracker=tracker, floors=floors,
-                               metrics=metrics, call_seconds=settings.kafka.transaction_call_seconds,
-                               refused=health.due_refusal)
-        if exactly_once
-        else StoredOffsetsCommitter(consumer=consumer, tracker=tracker, floors=floors)
-    )
-    backpressure = Backpressure(
-        consumer=consumer, max_in_flight=pipeline.max_in_flight, max_bytes=pipeline.max_in_flight_bytes,
-        metrics=metrics,
-    )
-    rebalancer = Rebalancer(
-        consumer=consumer, outbox=outbox, tracker=tracker, emitter=emitter, committer=committer,
-        backpressure=backpressure, outages=outages, metrics=metrics, cooperative=is_cooperative(consumer_conf),
-        flush_seconds=pipeline.shutdown_grace_seconds,
+
+    def generation() -> Generation:
+        """New Kafka clients and what is bound to them: at start, and for each replacement (clients.py)."""
+        consumer = new_consumer()
+        try:
+            producer = outbox.producer = first_producer.pop() if first_producer else new_producer()
+        except WorkerError:
+            consumer.close()  # no librdkafka handle is left for the interpreter's exit to destroy
+            raise
+        committer: Committer = (
+            TransactionalCommitter(producer=producer, consumer=consumer, outbox=outbox, tracker=tracker, floors=floors,
+                                   metrics=metrics, call_seconds=kafka.transaction_call_seconds,
+                                   refused=health.due_refusal)
+            if exactly_once
+            else StoredOffsetsCommitter(consumer=consumer, tracker=tracker, floors=floors)
+        )
+        backpressure = Backpressure(
+            consumer=consumer, max_in_flight=pipeline.max_in_flight, max_bytes=pipeline.max_in_flight_bytes,
+            metrics=metrics,
+        )
+        rebalancer = Rebalancer(
+            consumer=consumer, outbox=outbox, tracker=tracker, emitter=emitter, committer=committer,
+            backpressure=backpressure, outages=outages, metrics=metrics, cooperative=is_cooperative(consumer_conf),
+            flush_seconds=pipeline.shutdown_grace_seconds,
+        )
+        return Generation(consumer=consumer, producer=producer, committer=committer, backpressure=backpressure,
+                          rebalancer=rebalancer)
+
+    clients = Clients(
+        build=generation, input_topic=kafka.input_topic, metrics=metrics,
+        max_replacements=kafka.client_replacements_max, window_seconds=kafka.client_replacements_window_seconds,
     )
     return Runtime(
-        consumer=consumer, outbox=outbox, tracker=tracker, budget=budget, committer=committer,
-        rebalancer=rebalancer, backpressure=backpressure,
+        clients=clients, outbox=outbox, tracker=tracker, budget=budget,
         pipeline=Pipeline(decode=decode, images=images.upstream, batcher=images.batcher, inference=images.inference,
                           dead_letters=dead_letters, outages=outages, wake=wake, stop=stop),
-        input_topic=kafka.input_topic, settings=pipeline, metrics=metrics,
+        settings=pipeline, metrics=metrics,
     )
 
 

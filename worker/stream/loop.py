@@ -8,6 +8,8 @@ stage turns what goes wrong with one record into that record's failure (failures
 FatalError - a fenced or wedged client, a broken device, the stop policy, the failure streak - ends
 it, and then nothing more is committed than what finished. What the stages meet is reported to the
 pipeline's Stop (stop.py), and this loop raises it, after each record taken and after each turn.
+A Kafka client that is done (ClientFatal) or wedged (ClientWedged) ends only the turn: the clients
+are replaced (clients.py) and the loop goes on from the committed offsets, within a budget.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, Message
+from confluent_kafka import Message
 
 from worker.config import PipelineSettings
 from worker.errors import ClientFatal, ClientWedged, WorkerError
@@ -28,6 +30,7 @@ from worker.images.wake import busy_wait
 from worker.kafka.boundary import is_code, kafka_call, translate
 from worker.metrics import Metrics
 from worker.stream.backpressure import Backpressure
+from worker.stream.clients import Clients
 from worker.stream.delivery.acked import Committer
 from worker.stream.inputs import polled_work
 from worker.stream.offsets import OffsetTracker
@@ -43,19 +46,14 @@ _MAX_CONSUME = 500
 
 class Runtime:
     def __init__(
-        self, *, consumer: Consumer, outbox: Outbox, tracker: OffsetTracker, budget: InFlightBytes,
-        committer: Committer, rebalancer: Rebalancer, backpressure: Backpressure, pipeline: Pipeline,
-        input_topic: str, settings: PipelineSettings, metrics: Metrics, clock: Callable[[], float] = time.monotonic,
+        self, *, clients: Clients, outbox: Outbox, tracker: OffsetTracker, budget: InFlightBytes,
+        pipeline: Pipeline, settings: PipelineSettings, metrics: Metrics, clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._consumer = consumer
+        self._clients = clients
         self._outbox = outbox
         self._tracker = tracker
         self._budget = budget
-        self._committer = committer
-        self._rebalancer = rebalancer
-        self._backpressure = backpressure
         self._pipeline = pipeline
-        self._input_topic = input_topic
         self._settings = settings
         self._metrics = metrics
         self._clock = clock
@@ -65,6 +63,24 @@ class Runtime:
         self._idle_at = clock()
         self.last_loop_at = clock()
 
+    # The clients of the current generation (clients.py): read afresh, since a replacement swaps them.
+    @property
+    def _committer(self) -> Committer:
+        return self._clients.current.committer
+
+    @property
+    def _rebalancer(self) -> Rebalancer:
+        return self._clients.current.rebalancer
+
+    @property
+    def _backpressure(self) -> Backpressure:
+        return self._clients.current.backpressure
+
+    @property
+    def replacing(self) -> bool:
+        """True while the Kafka clients are being replaced (not ready)."""
+        return self._clients.replacing
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     def request_stop(self) -> None:
@@ -73,16 +89,17 @@ class Runtime:
             self._stop_deadline = self._clock() + self._settings.shutdown_grace_seconds
 
     def run(self) -> None:
-        rebalancer = self._rebalancer
-        self._consumer.subscribe(
-            [self._input_topic], on_assign=rebalancer.on_assign, on_revoke=rebalancer.on_revoke,
-            on_lost=rebalancer.on_lost,
-        )
-        self._committer.start()
         error: BaseException | None = None
         try:
+            self._clients.start()
             while not self._finished_stopping():
-                self.step()
+                try:
+                    self.step()
+                except (ClientFatal, ClientWedged) as exc:
+                    if self._stop_deadline is not None:
+                        raise  # stopping anyway: the restart resumes from the commit, as before
+                    self._clients.replace(exc)  # raises once the replacements allowed are spent
+                    self._pipeline.stop.clear(exc)
         except BaseException as exc:
             error = exc
             raise
@@ -109,7 +126,8 @@ class Runtime:
             self._pipeline.wake.wait(busy_wait(batcher.seconds_to_deadline(), held=batcher.held()))
         wanted = max(1, min(self._settings.max_in_flight - in_flight, _MAX_CONSUME))
         timeout = _IDLE_POLL_SECONDS if in_flight == 0 else 0.0
-        messages = kafka_call(lambda: self._consumer.consume(wanted, timeout), what="consume") or []
+        consumer = self._clients.current.consumer
+        messages = kafka_call(lambda: consumer.consume(wanted, timeout), what="consume") or []
         self._more_input = len(messages) == wanted  # more may be waiting: the next turn does not wait
         for message in messages:
             self._take(message)
@@ -144,7 +162,7 @@ class Runtime:
             translated = translate(error, what="consume")
             if isinstance(translated, ClientFatal):
                 # e.g. a static member fenced after its session timed out during a broker outage:
-                # this client instance is done; a restarted process rejoins and resumes at the commit.
+                # this client instance is done; its replacement rejoins and resumes at the commit.
                 raise translated
             if not is_code(error, "_PARTITION_EOF"):
                 log.warning("consumer error: %s", translated)
@@ -218,7 +236,7 @@ class Runtime:
         restarted, as for a wedged transaction."""
         wedged: ClientWedged | None = None
         try:
-            kafka_call(self._consumer.close, what="consumer close", deadline=_CLOSE_SECONDS)
+            kafka_call(self._clients.current.consumer.close, what="consumer close", deadline=_CLOSE_SECONDS)
         except ClientWedged as exc:
             wedged = exc
         except WorkerError as exc:

@@ -6,6 +6,7 @@
 - lost: another member may own them already, so commit nothing, just drop.
 - rewind (exactly-once, after an abort): drop all in-flight work and seek every partition back to
   its committed offset.
+- retire (the consumer is being replaced, clients.py): its callbacks do nothing more; drop all.
 Dropping means: the tracker forgets the partition, the emitter its held records, the outage gate its
 parked records, and the pause flag is cleared (librdkafka keeps the flag of a partition this
 consumer paused, lost and got back: it would never be fetched again).
@@ -17,7 +18,7 @@ import logging
 
 from confluent_kafka import OFFSET_INVALID, Consumer, TopicPartition
 
-from worker.errors import FatalError, WorkerError
+from worker.errors import ClientFatal, WorkerError
 from worker.formats.positions import Partition
 from worker.kafka.boundary import kafka_call
 from worker.metrics import Metrics
@@ -48,6 +49,17 @@ class Rebalancer:
         self._flush_seconds = flush_seconds
         self.assigned: set[Partition] = set()
         self._leaving = False
+        self._retired = False
+
+    def retire(self) -> None:
+        """This consumer is being replaced (clients.py): from now on its callbacks do nothing, and all
+        in-flight work is dropped without a call to it; the next consumer redoes it from the commit."""
+        self._retired = True
+        self._emitter.forget()
+        self._outages.forget()
+        for key in self.assigned:
+            self._tracker.revoke(key)
+        self.assigned.clear()
 
     def leaving(self) -> None:
         """The worker is closing its consumer: the revoke that follows is not a rebalance, and what
@@ -55,6 +67,8 @@ class Rebalancer:
         self._leaving = True
 
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._retired:
+            return
         self._metrics.rebalances.labels(kind="assigned").inc()
         for tp in partitions:
             key = Partition(tp.topic, tp.partition)
@@ -69,6 +83,8 @@ class Rebalancer:
         log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in partitions))
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._retired:
+            return
         if not self._leaving:
             self._metrics.rebalances.labels(kind="revoked").inc()
             self._outbox.flush(self._flush_seconds)
@@ -79,12 +95,15 @@ class Rebalancer:
         self._forget(partitions)
 
     def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._retired:
+            return
         self._metrics.rebalances.labels(kind="lost").inc()
         self._forget(partitions)
 
     def rewind(self) -> None:
         """After an aborted transaction: every in-flight record is redone from the committed offsets.
-        If the committed offsets cannot be read, the worker stops; its restart resumes from them."""
+        If the committed offsets cannot be read, this consumer is given up (ClientFatal): its
+        replacement starts from them (clients.py)."""
         self._emitter.forget()
         self._outages.forget()
         assigned = [TopicPartition(t, p) for t, p in self.assigned]
@@ -96,7 +115,7 @@ class Rebalancer:
             for position in committed:
                 self._seek(position)
         except WorkerError as exc:
-            raise FatalError(f"cannot rewind to the committed offsets after an abort: {exc}") from exc
+            raise ClientFatal(f"cannot rewind to the committed offsets after an abort: {exc}") from exc
 
     def _seek(self, position: TopicPartition) -> None:
         offset = position.offset

@@ -37,3 +37,8 @@ class Stop:
     def reason(self) -> FatalError | None:
         """Why the worker must stop, or None while it may go on."""
         return self._reason
+
+    def clear(self, reason: FatalError) -> None:
+        """Forget `reason` once it has been dealt with without stopping (a Kafka client replaced, clients.py)."""
+        if self._reason is reason:
+            self._reason = None

@@ -9,7 +9,10 @@ A step that times out is retried as the same call: librdkafka keeps a timed-out 
 (or send_offsets) as the current, resumable call, and calling anything else fails at once with a
 conflict: sending the offsets again after a timed-out commit would fail every attempt, and the
 worker would exit. An abortable error aborts the transaction; the runtime then rewinds to the
-committed offsets and redoes the work. A fenced producer is fatal: a newer instance owns the id.
+committed offsets and redoes the work. A fenced producer is fatal to this producer, and a call that
+never returns leaves it wedged for good: either way it is replaced with its consumer (clients.py),
+whose new producer fences this one. A wedged committer answers every later call with the same
+ClientWedged: its call is still running, and calling anything else would only conflict with it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, Producer
 
-from worker.errors import FatalError, KafkaUnavailable, TransactionAborted, WorkerError
+from worker.errors import ClientWedged, FatalError, KafkaUnavailable, TransactionAborted, WorkerError
 from worker.formats.positions import Partition
 from worker.kafka.boundary import kafka_call
 from worker.metrics import Metrics
@@ -32,8 +35,9 @@ from worker.stream.produce import Outbox
 log = logging.getLogger(__name__)
 _ATTEMPTS = 10  # timeouts of one commit before giving up (the process restarts and fences)
 _INIT_SECONDS = 30.0
-# init_transactions is asked again after each slice: a blocked call serves none of the producer's error
-# callbacks, so a login the brokers refuse would be seen only after the whole init.
+_INIT_ATTEMPTS = 4  # init_seconds that pass without an init (the coordinator unavailable) before giving up
+# init_transactions is asked again after each slice (librdkafka resumes a timed-out one): a blocked call
+# serves none of the producer's error callbacks, so a login the brokers refuse would be seen only late.
 _INIT_SLICE_SECONDS = 2.0
 
 
@@ -57,24 +61,34 @@ class TransactionalCommitter:
         self._init_seconds = init_seconds
         self._margin = call_seconds if deadline_margin is None else deadline_margin
         self._refused = refused
+        self._wedged: ClientWedged | None = None
 
     def start(self) -> None:
-        """1. init_transactions, asked again every few seconds (librdkafka resumes a timed-out one) until
-        `init_seconds` have passed; between the tries the producer serves its error callbacks, and a
-        refused login or handshake past its bound stops the start. 2. begin_transaction."""
-        deadline = time.monotonic() + self._init_seconds
+        """1. init_transactions (which fences an earlier producer of the same id and aborts its open
+        transaction), asked again every few seconds while it times out, for up to _INIT_ATTEMPTS times
+        `init_seconds`: the transaction coordinator may be moving to another broker. Between the tries
+        the producer serves its error callbacks, and a refused login or handshake past its bound stops
+        the start. 2. begin_transaction."""
+        self._committed_produced = self._outbox.produced
+        started = time.monotonic()
+        deadline, warned = started + _INIT_ATTEMPTS * self._init_seconds, 0
         while True:
             wait = max(0.1, min(_INIT_SLICE_SECONDS, deadline - time.monotonic()))
             try:
                 self._call(functools.partial(self._producer.init_transactions, wait), "init_transactions", wait)
                 break
-            except KafkaUnavailable:
+            except KafkaUnavailable as exc:
                 if time.monotonic() >= deadline:
                     raise
                 self._producer.poll(0)
                 refusal = self._refused()
                 if refusal is not None:
                     raise refusal from None
+                periods = int((time.monotonic() - started) // self._init_seconds)
+                if periods > warned:
+                    warned = periods
+                    log.warning("init_transactions has not completed in %.0f s, still trying: %s",
+                                time.monotonic() - started, exc)
         self._call(self._producer.begin_transaction, "begin_transaction")
 
     def commit(self, *, force: bool = False) -> bool:
@@ -119,4 +133,10 @@ class TransactionalCommitter:
             log.warning("could not abort the open transaction (its successor will fence it): %s", exc)
 
     def _call(self, fn: Callable[[], object], what: str, seconds: float | None = None) -> None:
-        kafka_call(fn, what=what, deadline=(self._call_seconds if seconds is None else seconds) + self._margin)
+        if self._wedged is not None:
+            raise self._wedged
+        try:
+            kafka_call(fn, what=what, deadline=(self._call_seconds if seconds is None else seconds) + self._margin)
+        except ClientWedged as exc:
+            self._wedged = exc
+            raise
