@@ -24,7 +24,7 @@ CHECK=(bench/gpu_check.py --wheels "$WHEELS" --jsonl "$OUTDIR/gpu_check.jsonl")
 
 if [[ " $* " == *" --cpu-smoke "* ]]; then
     PY=${PYTHON:-.venv/bin/python}
-    timeout --kill-after=5 100 "$PY" "${CHECK[@]}" --cpu-smoke --json "$OUTDIR/gpu_check.json" 2>&1 | tee "$LOG"
+    timeout --kill-after=5 150 "$PY" "${CHECK[@]}" --cpu-smoke --json "$OUTDIR/gpu_check.json" 2>&1 | tee "$LOG"
     exit "${PIPESTATUS[0]}"
 fi
 
