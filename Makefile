@@ -49,7 +49,7 @@ $(PROMTOOL):
 demo: $(INSTALLED)
 	$(PY) -m demo
 
-# docs/configuration.md, rendered from the settings model in worker/config.py (tests/test_docs.py
+# docs/configuration.md, rendered from the settings model in worker/config/ (tests/test_docs.py
 # fails when the committed page differs).
 docs: $(INSTALLED)
 	$(PY) -m worker.config_reference --write docs/configuration.md

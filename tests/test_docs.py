@@ -47,7 +47,7 @@ def _table_first_column(page: Path, heading: str) -> list[str]:
 
 def test_the_committed_configuration_reference_is_what_the_settings_model_generates() -> None:
     assert CONFIGURATION.read_text() == config_reference.render(), (
-        "docs/configuration.md differs from worker/config.py: run `make docs` and commit the result"
+        "docs/configuration.md differs from worker/config/: run `make docs` and commit the result"
     )
 
 

@@ -244,11 +244,11 @@ def test_values_schema_types_the_config_section_as_the_worker_settings_do() -> N
             elif (section, key) not in CHART_OWNED | {("pipeline", "metrics_port")} and (
                 actual.get("description") != model.model_fields[key].description
             ):
-                # The description is worker/config.py's, word for word (editors show it); the chart-owned
+                # The description is worker/config/'s, word for word (editors show it); the chart-owned
                 # settings and metrics_port say what the chart does with them instead.
                 differ[f"config.{section}.{key}"] = {
                     "schema's description": actual.get("description"),
-                    "worker/config.py's": model.model_fields[key].description,
+                    "worker/config/'s": model.model_fields[key].description,
                 }
         differ.update({f"config.{section}.{key}": "not a setting" for key in schema["properties"].keys()
                        - model.model_fields.keys()})

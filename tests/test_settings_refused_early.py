@@ -12,8 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker import config_rules as rules
-from worker.config import every_variable, load_settings
+from worker.config import every_variable, load_settings, rules
 from worker.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

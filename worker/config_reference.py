@@ -25,7 +25,7 @@ DEFAULT_PATH = Path("docs") / "configuration.md"
 _INTRO = f"""\
 # Configuration reference
 
-<!-- Generated from worker/config.py by `make docs` (python -m worker.config_reference --write).
+<!-- Generated from worker/config/ by `make docs` (python -m worker.config_reference --write).
      Do not edit by hand: tests/test_docs.py fails when this page differs from the settings model. -->
 
 Every setting is an environment variable `{ENV_PREFIX}<SECTION>{ENV_NESTED_DELIMITER}<NAME>`, upper-cased,

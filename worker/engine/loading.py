@@ -29,8 +29,7 @@ import open_clip
 import torch
 from open_clip.transform import PreprocessCfg
 
-from worker import config_rules as rules
-from worker.config import ModelSettings, env_var
+from worker.config import ModelSettings, env_var, rules
 from worker.engine.preprocess import preprocess_cfg_from
 from worker.errors import ConfigError, WeightsUnavailable
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from worker.config import env_var
-from worker.config_rules import allowlist_entry, plain_segments
+from worker.config.rules import allowlist_entry, plain_segments
 from worker.errors import ConfigError, SourceForbidden
 from worker.formats.messages import S3Uri
 from worker.text import safe_text
@@ -27,7 +27,7 @@ class Allowlist:
 
     @classmethod
     def parse(cls, sources: tuple[str, ...]) -> Allowlist:
-        """Raises ConfigError for an entry the settings would refuse (config_rules.allowlist_entry)."""
+        """Raises ConfigError for an entry the settings would refuse (rules.allowlist_entry)."""
         entries = []
         for source in sources:
             try:

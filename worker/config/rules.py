@@ -1,8 +1,8 @@
 """The rules a setting's value must meet before anything starts: Kafka names and addresses, URLs,
 allowlist entries, the SASL combinations this build of librdkafka serves, and no unknown variables.
 
-Each rule is a function that returns the value or raises ValueError with how to fix it; config.py
-attaches them to the settings, so that a bad value stops the worker at startup, in well under a second,
+Each rule is a function that returns the value or raises ValueError with how to fix it; the settings
+attach them, so that a bad value stops the worker at startup, in well under a second,
 before the model loads or any client connects, with a ConfigError naming the variable.
 """
 
@@ -12,7 +12,10 @@ import difflib
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 # Kafka's own limits on a topic name (kafka.common.internals.Topic).
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -135,3 +138,18 @@ def unknown_variables(environ: Mapping[str, str], *, prefix: str, known: Iterabl
         close = difflib.get_close_matches(name.removeprefix(prefix), list(suffixes), n=1, cutoff=0.7)
         unknown.append((variable, suffixes[close[0]] if close else None))
     return sorted(unknown)
+
+
+Topic = Annotated[str, AfterValidator(kafka_topic)]
+HttpUrl = Annotated[str, AfterValidator(http_url)]
+AllowlistEntry = Annotated[str, AfterValidator(allowlist_entry)]
+
+
+def upper_case(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+class Section(BaseModel):
+    """A section of the settings: frozen, and an unknown name in it is an error."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
