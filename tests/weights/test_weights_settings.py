@@ -8,7 +8,7 @@ import string
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.config import load_settings, parse_weights_uri
+from worker.config import load_settings, parse_weights_uri, rules
 from worker.errors import ConfigError
 
 FUZZ = settings(max_examples=300, deadline=None)
@@ -23,7 +23,8 @@ def test_a_pretrained_value_is_accepted_or_refused_naming_its_variable_never_cra
         loaded = load_settings(model={"pretrained": value})
     except ConfigError as exc:
         assert exc.setting == "CLIP_WORKER_MODEL__PRETRAINED"
-        assert value.strip().lower().startswith("s3:")
+        missing_file = rules.names_a_file(value) and not rules.expanded(value.strip()).is_file()
+        assert value.strip().lower().startswith("s3:") or missing_file
     else:
         assert loaded.model.pretrained == value
         assert not value.strip().lower().startswith("s3:") or parse_weights_uri(value.strip()) is not None

@@ -77,9 +77,17 @@ def names_a_file(pretrained: str) -> bool:
     return "/" in value or value.startswith("~") or Path(value).suffix in CHECKPOINT_SUFFIXES
 
 
+def expanded(path: str | Path) -> Path:
+    """`path` with a leading ~ or ~user expanded; as it is where there is no such home."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # "~nobody-here": pathlib cannot determine that home directory
+        return Path(path)
+
+
 def checkpoint_file(pretrained: str) -> str:
-    if names_a_file(pretrained) and not Path(pretrained.strip()).expanduser().is_file():
-        path = Path(pretrained.strip()).expanduser()
+    path = expanded(pretrained.strip())
+    if names_a_file(pretrained) and not path.is_file():
         if path.is_dir():
             raise ValueError(f"{pretrained} is a folder; pass a checkpoint file, or model_name local-dir:{pretrained}")
         raise ValueError(f"no such checkpoint file: {pretrained}")
@@ -87,14 +95,14 @@ def checkpoint_file(pretrained: str) -> str:
 
 
 def existing_folder(path: Path) -> Path:
-    if not path.expanduser().is_dir():
+    if not expanded(path).is_dir():
         raise ValueError(f"{path} is not a folder")
     return path
 
 
 def folder_to_be(path: Path) -> Path:
     """A folder the worker may create: anything but an existing file."""
-    if path.expanduser().exists() and not path.expanduser().is_dir():
+    if expanded(path).exists() and not expanded(path).is_dir():
         raise ValueError(f"{path} is a file, not a folder")
     return path
 

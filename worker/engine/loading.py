@@ -129,7 +129,7 @@ def resolve_pretrained(model_name: str, pretrained: str) -> tuple[str | None, bo
         return None, False
     if value.lower().startswith("s3://"):
         raise ConfigError(setting, f"{value} must be fetched first (worker.weights.fetch_weights), then loaded by path")
-    path = Path(value).expanduser()
+    path = rules.expanded(value)
     if path.is_file():
         return str(path), False
     config_name = model_name.replace("/", "-")  # as open_clip looks it up
