@@ -23,7 +23,8 @@ ARG CUDA=13.2
 # brings its own cuBLAS, cuDNN, NCCL, ... as pip packages, so the runtime flavour's copies would be
 # gigabytes never loaded. Bump the CUDA bases together with torch (test_install.py checks them).
 ARG PYTHON_IMAGE=python:3.11-slim
-ARG PYTHON_DIGEST=
+# python:3.11-slim's index as Docker's official-images record (docker-library/repo-info) gave it, 2026-08-05.
+ARG PYTHON_DIGEST=sha256:90744cff8f32887f075c47d747a173ff333e9e98801667af93c357fa9f5e28ff
 ARG CUDA_13_2_IMAGE=nvidia/cuda:13.2.2-base-ubuntu24.04
 ARG CUDA_13_2_DIGEST=
 ARG CUDA_12_8_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04
