@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Message
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, topic_subject_name_strategy
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -76,7 +76,7 @@ def make_settings(
 @pytest.fixture
 def registry(schema_registry: SchemaRegistry) -> Iterator[SchemaRegistryClient]:
     """A client of the session's registry for the test's own registrations and reads."""
-    with SchemaRegistryClient({"url": schema_registry.url}) as client:
+    with SchemaRegistryClient({"url": schema_registry.url, "timeout": 10}) as client:
         yield client
 
 
@@ -102,7 +102,8 @@ def framed_requests(client: SchemaRegistryClient, schema: dict[str, Any], topic:
                     records: list[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
     """(key, value) of each request, serialised by confluent-kafka's AvroSerializer with a schema registered
     beforehand (auto-registration off)."""
-    serializer = AvroSerializer(client, json.dumps(schema), conf={"auto.register.schemas": False})
+    serializer = AvroSerializer(client, json.dumps(schema), conf={"auto.register.schemas": False,
+                                                                  "subject.name.strategy": topic_subject_name_strategy})
     context = SerializationContext(topic, MessageField.VALUE)
     return [(record["id"].encode(), serializer(record, context)) for record in records]
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, topic_subject_name_strategy
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 
 # The HTTP library the registry client itself uses (httpx2, or httpx): its transport errors are outages.
@@ -77,7 +77,10 @@ def require_registered(client: Any, schema: dict[str, Any], *, subject: str) -> 
 
 
 def output_serializer(client: Any, schema: dict[str, Any], *, auto_register: bool) -> RegistrySerializer:
-    serializer = AvroSerializer(client, json.dumps(schema), conf={"auto.register.schemas": auto_register})
+    # The subject is "<topic>-value", named here: the client's default strategy first asks the registry's
+    # associations API, which registries other than Confluent's may not serve (or answer at all).
+    conf = {"auto.register.schemas": auto_register, "subject.name.strategy": topic_subject_name_strategy}
+    serializer = AvroSerializer(client, json.dumps(schema), conf=conf)
 
     def serialize(record: dict[str, Any], topic: str) -> bytes:
         value: bytes = _checked(lambda: serializer(record, SerializationContext(topic, MessageField.VALUE)))
