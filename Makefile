@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# Rebuilt whenever pyproject.toml changes. Also fetches what the tests' servers need into .cache (the Kafka
-# broker's jars, and Apicurio Registry as the Schema Registry: ~150 MB), so that tests run offline afterwards.
+# Rebuilt whenever pyproject.toml or the lock changes: the runtime dependencies at the lock's versions
+# (requirements.lock, what the image installs), so the suite tests what ships, with the dev tools on
+# top. Also fetches what the tests' servers need into .cache (the Kafka broker's jars, and Apicurio
+# Registry as the Schema Registry: ~150 MB), so that tests run offline afterwards.
 INSTALLED := $(VENV)/.installed
 # A real helm renders the chart in tests/test_helm_chart.py; built from its Go module (~2.5 min
 # the first time on a machine, seconds once Go's caches are warm).
@@ -17,10 +19,10 @@ PROMTOOL_VERSION := v0.316.0
 
 .PHONY: test demo docs lint typecheck imports pytest bench bench-cpu gpu-wheels lock lock-cu128 image clean
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev]' -c requirements.lock
 	$(PY) -c "import harness.kafka_broker as k; k.ensure_jars()"
 	$(PY) -c "import harness.schema_registry as r; r.ensure_registry(); r.train_aot_cache()"
 	touch $@

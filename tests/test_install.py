@@ -374,7 +374,8 @@ def test_make_image_tags_the_image_the_chart_deploys_by_default() -> None:
     assert chart["appVersion"] == VERSION, "the chart's appVersion is the worker's version, the image's tag"
     assert values["image"]["tag"] == "", "an empty tag means appVersion (see _helpers.tpl)"
     # -n: print the command only; Docker is not needed (nor here).
-    done = subprocess.run(["make", "-n", "image"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(["make", "--no-print-directory", "-n", "image"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
     assert done.returncode == 0, done.stderr
     command = done.stdout.replace("\\\n", " ").split()
     assert command[:4] == ["docker", "build", "-t", f"{values['image']['repository']}:{VERSION}"], command

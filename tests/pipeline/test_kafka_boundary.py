@@ -130,6 +130,25 @@ def test_offsets_of_an_aborted_transaction_are_not_confirmed() -> None:
     assert tracker.committable() == {TP: 1}, "still to be committed: nothing counts as committed after an abort"
 
 
+def test_an_abort_that_times_out_is_resumed_before_anything_else_is_sent() -> None:
+    """After a failover the coordinator may still be loading: the abort is asked again, as the same
+    call, until it is done; sending offsets meanwhile would only conflict with it."""
+    abortable = KafkaException(error(KafkaError._STATE, txn_requires_abort=True))
+    loading = KafkaException(error(KafkaError._TIMED_OUT, retriable=True))
+    producer = StubProducer({"send_offsets_to_transaction": [abortable, None],
+                             "abort_transaction": [loading, loading, None]})
+    tracker = finished_tracker()
+    assert not committer(producer, tracker).commit(), "the caller must rewind"
+    assert producer.calls == ["send_offsets_to_transaction", *["abort_transaction"] * 3, "begin_transaction"]
+
+
+def test_a_transaction_that_never_commits_gets_the_producer_replaced_not_the_process_stopped() -> None:
+    timed_out = KafkaException(error(KafkaError._TIMED_OUT, retriable=True))
+    producer = StubProducer({"commit_transaction": [timed_out]})
+    with pytest.raises(ClientFatal, match="did not commit"):
+        committer(producer, finished_tracker()).commit()
+
+
 def test_init_transactions_may_take_its_whole_timeout_without_counting_as_wedged() -> None:
     producer = StubProducer({}, init_sleep=0.6)
     committer(producer, OffsetTracker(), init_seconds=0.6, deadline_margin=0.5).start()

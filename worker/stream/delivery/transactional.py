@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, Producer
 
-from worker.errors import ClientWedged, FatalError, KafkaUnavailable, TransactionAborted, WorkerError
+from worker.errors import ClientFatal, ClientWedged, FatalError, KafkaUnavailable, TransactionAborted, WorkerError
 from worker.formats.positions import Partition
 from worker.kafka.boundary import kafka_call
 from worker.metrics import Metrics
@@ -119,10 +119,24 @@ class TransactionalCommitter:
                 log.warning("transaction commit attempt %d timed out, resuming it: %s", attempt, exc)
             except TransactionAborted as exc:
                 log.warning("transaction aborted, rewinding to the committed offsets: %s", exc)
-                self._call(lambda: producer.abort_transaction(seconds), "abort_transaction")
+                self._abort()
                 self._metrics.transactions.labels(outcome="aborted").inc()
                 return False
-        raise FatalError(f"transaction did not commit in {_ATTEMPTS} attempts of {seconds:.0f} s")
+        # This producer cannot finish its transaction: its replacement (the same transactional.id)
+        # fences it and aborts what it left open (clients.py).
+        raise ClientFatal(f"transaction did not commit in {_ATTEMPTS} attempts of {seconds:.0f} s")
+
+    def _abort(self) -> None:
+        """abort_transaction, resumed as the same call while it times out (the coordinator may be
+        loading after a failover): any other call meanwhile would fail as a conflict with it."""
+        producer, seconds = self._producer, self._call_seconds
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                self._call(lambda: producer.abort_transaction(seconds), "abort_transaction")
+                return
+            except KafkaUnavailable as exc:
+                log.warning("transaction abort attempt %d timed out, resuming it: %s", attempt, exc)
+        raise ClientFatal(f"transaction did not abort in {_ATTEMPTS} attempts of {seconds:.0f} s")
 
     def close(self) -> None:
         """At shutdown: abort the transaction begun after the last commit. A fenced or broken client
