@@ -22,7 +22,8 @@ PROMTOOL_VERSION := v0.316.0
 $(INSTALLED): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]' -c requirements.lock
+	sed -e '/--hash=/d' -e 's/ \\$$//' requirements.lock > $(VENV)/constraints.txt  # pip refuses hashes beside -e .
+	$(PY) -m pip install --quiet -e '.[dev]' -c $(VENV)/constraints.txt
 	$(PY) -c "import harness.kafka_broker as k; k.ensure_jars()"
 	$(PY) -c "import harness.schema_registry as r; r.ensure_registry(); r.train_aot_cache()"
 	touch $@
