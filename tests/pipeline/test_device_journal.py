@@ -19,7 +19,7 @@ from tests.pipeline.conftest import Sink
 from worker.config import Settings
 from worker.engine.gpu_decode import JpegHeader
 from worker.errors import ConfigError
-from worker.formats.positions import KafkaPosition
+from worker.formats.positions import BatchPosition, KafkaPosition
 from worker.images.device import journal as device_journal
 from worker.images.device.journal import DeviceJournal
 from worker.images.device.route import DecodeRouter
@@ -27,8 +27,11 @@ from worker.images.device.route import open_journal as open_device_journal
 from worker.images.work import Work
 from worker.metrics import Metrics
 
-sources = st.builds(KafkaPosition, topic=st.text(max_size=40), partition=st.integers(-(2**31), 2**31 - 1),
-                    offset=st.integers(-(2**63), 2**63 - 1))
+sources = st.one_of(
+    st.builds(KafkaPosition, topic=st.text(max_size=40), partition=st.integers(-(2**31), 2**31 - 1),
+              offset=st.integers(-(2**63), 2**63 - 1)),
+    st.builds(BatchPosition, input=st.text(max_size=40), index=st.integers(0, 2**63 - 1)),  # batch mode's
+)
 
 
 def test_a_batch_held_when_its_worker_stops_is_the_next_workers_suspect_and_a_released_one_is_not(
@@ -89,7 +92,7 @@ def test_a_worker_killed_while_holding_a_batch_leaves_it_to_the_next(tmp_path: P
     script = textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
-        from worker.formats.positions import KafkaPosition
+        from worker.formats.positions import BatchPosition, KafkaPosition
         from worker.images.device.journal import DeviceJournal
         DeviceJournal.open(Path({str(tmp_path)!r})).hold([KafkaPosition("in", 4, 44)])
         os.kill(os.getpid(), signal.SIGKILL)
@@ -119,7 +122,7 @@ def test_a_closed_journal_writes_nothing_even_where_its_descriptor_number_is_reu
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batches=st.lists(st.lists(sources, max_size=6), min_size=1, max_size=4))
 def test_any_sources_held_come_back_as_they_were(tmp_path_factory: pytest.TempPathFactory,
-                                                 batches: list[list[KafkaPosition]]) -> None:
+                                                 batches: list[list[KafkaPosition | BatchPosition]]) -> None:
     directory = tmp_path_factory.mktemp("journal")
     journal = DeviceJournal.open(directory)
     for batch in batches:
