@@ -11,8 +11,11 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 
 def free_port() -> int:
@@ -28,3 +31,35 @@ def spawn(cmd: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+
+
+class LoggedServer:
+    """close() and the with-statement of a server that keeps its logs in a temp dir of its own: the
+    dir is deleted unless ``keep_logs`` (or the attribute); a block that raised keeps it and says where."""
+
+    label = "server"  # how the kept-logs line names it
+    keep_logs: bool
+    _log_dir: Path | None
+
+    def start(self) -> object:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def close(self, *, keep_logs: bool = False) -> None:
+        """Stop the server and delete its temp dir unless ``keep_logs`` (or the ``keep_logs`` attribute)."""
+        self.stop()
+        if self._log_dir is not None and not (keep_logs or self.keep_logs):
+            shutil.rmtree(self._log_dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        failed = exc_type is not None and issubclass(exc_type, Exception)
+        self.close(keep_logs=failed)
+        if (failed or self.keep_logs) and self._log_dir is not None:
+            print(f"{self.label} logs kept in {self._log_dir}", file=sys.stderr)

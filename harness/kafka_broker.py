@@ -43,12 +43,11 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # the documented path
 
-from harness.children import free_port, spawn
+from harness.children import LoggedServer, free_port, spawn
 from harness.kafka_security import SCRAM_MECHANISM, BrokerTls
 
 POM = Path(__file__).with_name("pom.xml")
@@ -142,9 +141,11 @@ class Membership:
     cluster_id: str
 
 
-class KafkaBroker:
+class KafkaBroker(LoggedServer):
     """One broker process with a fresh data dir; ``stop``/``kill`` + ``start`` keep its ports and data.
     Alone (the default) it is its own single-voter quorum; with ``membership`` it is one node of a cluster."""
+
+    label = "Kafka broker"
 
     def __init__(self, *, properties: Mapping[str, str] | None = None, keep_logs: bool = False,
                  startup_timeout: float = 60.0, proxy_port: int | None = None,
@@ -330,23 +331,6 @@ class KafkaBroker:
                 os.replace(pending, pending.with_name(_CDS_ARCHIVE))
             else:
                 pending.unlink()
-
-    def close(self, *, keep_logs: bool = False) -> None:
-        """Stop the broker and delete its temp dir unless ``keep_logs`` (or the ``keep_logs`` attribute)."""
-        self.stop()
-        if self._log_dir is not None and not (keep_logs or self.keep_logs):
-            shutil.rmtree(self._log_dir, ignore_errors=True)
-
-    def __enter__(self) -> KafkaBroker:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        failed = exc_type is not None and issubclass(exc_type, Exception)
-        self.close(keep_logs=failed)
-        if (failed or self.keep_logs) and self._log_dir is not None:
-            print(f"Kafka broker logs kept in {self._log_dir}", file=sys.stderr)
 
     def create_topic(self, name: str, partitions: int = 1, *, config: Mapping[str, str] | None = None,
                      timeout: float = 30.0, replication_factor: int = 1) -> None:

@@ -40,9 +40,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
-from harness.children import free_port, spawn
+from harness.children import LoggedServer, free_port, spawn
 
 APICURIO_VERSION = "3.3.3"
 _ARTIFACT = f"io.apicurio:apicurio-registry-app:{APICURIO_VERSION}:tar.gz:all"
@@ -173,8 +172,10 @@ def find_java(minimum: int = MIN_JAVA, *, java_home: str | None = None, jvm_dirs
     return max(usable, key=lambda c: (c[0], str(c[1])))[1] / "bin" / "java"
 
 
-class SchemaRegistry:
+class SchemaRegistry(LoggedServer):
     """One registry process with a fresh store; ``stop`` + ``start`` keep its port and its schemas."""
+
+    label = "schema registry"
 
     def __init__(self, *, keep_logs: bool = False, startup_timeout: float = 120.0,
                  aot_output: Path | None = None) -> None:
@@ -269,23 +270,6 @@ class SchemaRegistry:
                 self.stopped_cleanly = process.wait(timeout) is not None
         process.kill()  # no-op when it has exited
         process.wait()
-
-    def close(self, *, keep_logs: bool = False) -> None:
-        """Stop the registry and delete its temp dir unless ``keep_logs`` (or the ``keep_logs`` attribute)."""
-        self.stop()
-        if self._log_dir is not None and not (keep_logs or self.keep_logs):
-            shutil.rmtree(self._log_dir, ignore_errors=True)
-
-    def __enter__(self) -> SchemaRegistry:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        failed = exc_type is not None and issubclass(exc_type, Exception)
-        self.close(keep_logs=failed)
-        if (failed or self.keep_logs) and self._log_dir is not None:
-            print(f"schema registry logs kept in {self._log_dir}", file=sys.stderr)
 
 
 def main() -> None:
