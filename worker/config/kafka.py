@@ -16,6 +16,11 @@ from pydantic import (
 from worker.config import rules
 from worker.config.rules import Section, Topic, upper_case
 
+# How long past the time it was given a transactional call may take before it counts as wedged.
+# librdkafka returns a timed-out call on time (its timers run on its own threads), so this only
+# absorbs scheduling delay; it is most of the latency a wedge adds, so it is kept short.
+WEDGE_GRACE_SECONDS = 5.0
+
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 
 
@@ -61,8 +66,8 @@ class KafkaSettings(Section):
         gt=0,
         le=300,
         description="exactly-once: how long one transactional call (offsets, commit, abort) waits on the broker "
-        "before it is resumed as the same call; one that has not returned after twice this long counts as wedged, "
-        "and the Kafka clients are replaced.",
+        f"before it is resumed as the same call; one that has not returned {WEDGE_GRACE_SECONDS:.0f} s after this "
+        "counts as wedged, and the Kafka clients are replaced.",
     )
     client_replacements_max: int = Field(
         3,

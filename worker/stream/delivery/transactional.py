@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, Producer
 
+from worker.config.kafka import WEDGE_GRACE_SECONDS
 from worker.errors import ClientFatal, ClientWedged, FatalError, KafkaUnavailable, TransactionAborted, WorkerError
 from worker.formats.positions import Partition
 from worker.kafka.boundary import kafka_call
@@ -48,7 +49,7 @@ class TransactionalCommitter:
         deadline_margin: float | None = None, refused: Callable[[], FatalError | None] = lambda: None,
     ) -> None:
         """`call_seconds`: what librdkafka is asked to wait in each call (kafka.transaction_call_seconds);
-        a call that has not returned `deadline_margin` (by default as long again) past that counts as wedged.
+        a call that has not returned `deadline_margin` (by default WEDGE_GRACE_SECONDS) past that counts as wedged.
         `refused`: the refused login or handshake to stop with, once it has lasted its bound (KafkaHealth)."""
         self._producer = producer
         self._consumer = consumer
@@ -59,7 +60,7 @@ class TransactionalCommitter:
         self._committed_produced = 0  # outbox.produced at the last commit
         self._call_seconds = call_seconds
         self._init_seconds = init_seconds
-        self._margin = call_seconds if deadline_margin is None else deadline_margin
+        self._margin = WEDGE_GRACE_SECONDS if deadline_margin is None else deadline_margin
         self._refused = refused
         self._wedged: ClientWedged | None = None
 
