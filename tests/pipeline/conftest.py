@@ -85,7 +85,7 @@ class SlowDevice:
 
     def __init__(self, inner: Embedder, *, delay: float) -> None:
         self._inner = inner
-        self._delay = delay
+        self.delay = delay
         self.batch_sizes: list[int] = []
 
     def __getattr__(self, name: str) -> Any:
@@ -93,7 +93,7 @@ class SlowDevice:
 
     def embed(self, images: Sequence[PreparedImage]) -> list[EmbedResult]:
         self.batch_sizes.append(len(images))
-        time.sleep(self._delay)
+        time.sleep(self.delay)
         return self._inner.embed(images)
 
 

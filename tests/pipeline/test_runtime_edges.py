@@ -1,7 +1,9 @@
-"""Three edges of the main loop: a stop that arrives while the input is paused still sends the partial
-batch (it used to wait out the grace period); a record from a partition this consumer does not hold
-is dropped, not tracked (it used to start tracking the partition, and its watermark); and a consumer
-whose close never returns ends the worker as wedged, for its restart (it used to hang the process)."""
+"""Edges of the main loop: a stop that arrives while the input is paused still sends the partial
+batch (it used to wait out the grace period); a drain that cannot finish still leaves the worker time
+to flush, commit and leave within the grace period (it used to drain to its very end); a record from
+a partition this consumer does not hold is dropped, not tracked (it used to start tracking the
+partition, and its watermark); and a consumer whose close never returns ends the worker as wedged,
+for its restart (it used to hang the process)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from harness.kafka_io import committed_and_end_offsets, produce_requests, read_a
 from harness.models import tiny_model_settings
 from harness.workers import InProcessWorker
 from tests.conftest import Credentials
-from tests.pipeline.conftest import requests_for
+from tests.pipeline.conftest import SlowDevice, requests_for
 from worker.config import Settings
 from worker.engine import Embedder
 from worker.errors import ClientWedged
@@ -57,6 +59,36 @@ def test_a_stop_while_paused_still_sends_the_partial_batch(
     assert len(read_all(bootstrap, kafka.output_topic)) == 8
     committed, _ends = committed_and_end_offsets(bootstrap, kafka.group_id, kafka.input_topic)
     assert committed == {0: 8}
+
+
+def test_a_drain_that_cannot_finish_still_leaves_time_to_commit_and_leave_within_the_grace_period(
+    kafka_broker: KafkaBroker,
+    aws_credentials: Credentials,
+    photo_bucket: tuple[str, list[str]],
+    make_settings: Callable[..., Settings],
+    tiny_checkpoint: Path,
+) -> None:
+    bucket, keys = photo_bucket
+    grace = 8.0  # a quarter of it, 2 s, is kept for the flush, the commit and leaving
+    settings = make_settings(bucket, input_partitions=1, model=MODEL | {"inference_batch_size": 4},
+                             pipeline={"max_batch_wait_ms": 10, "shutdown_grace_seconds": grace})
+    kafka, bootstrap = settings.kafka, kafka_broker.bootstrap_servers
+    produce_requests(bootstrap, kafka.input_topic, requests_for(bucket, keys, 2000))
+    device = SlowDevice(Embedder.load(tiny_model_settings(tiny_checkpoint, **MODEL)), delay=0.0)
+    with InProcessWorker(settings, embedder=device) as worker:
+        deadline = time.monotonic() + 60
+        while len(read_all(bootstrap, kafka.output_topic, timeout=1)) < 4:
+            assert time.monotonic() < deadline, "no output"
+        device.delay = 30.0  # the batches from now on cannot finish before the grace period ends
+        time.sleep(0.5)
+        assert worker.counter("clip_worker_records_in_flight") > 0, "the stop comes with records in flight"
+        started = time.monotonic()
+        worker.stop()
+        stopped = time.monotonic() - started
+
+    assert stopped < grace, f"stopped {stopped:.1f} s after the request, past its {grace} s grace period"
+    committed, _ends = committed_and_end_offsets(bootstrap, kafka.group_id, kafka.input_topic)
+    assert committed[0] >= 4, "what was done before the stop is committed"
 
 
 class ForeignMessage:

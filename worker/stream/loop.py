@@ -41,6 +41,9 @@ from worker.stream.rebalance import Rebalancer
 log = logging.getLogger(__name__)
 _IDLE_POLL_SECONDS = 0.1
 _CLOSE_SECONDS = 30.0  # the consumer's close: leaving the group takes a round trip or two
+# The end of the grace period kept for what follows the drain (flush, commit, leave, exit): the drain
+# and the stages stop this long before it, or a quarter of the grace period before it if less.
+_CLOSE_RESERVE_SECONDS = 5.0
 _MAX_CONSUME = 500
 
 
@@ -204,19 +207,23 @@ class Runtime:
             return False
         if self._tracker.in_flight() == 0:
             return True
-        if self._clock() >= self._stop_deadline:
+        if self._clock() >= self._stop_deadline - self._close_reserve():
             log.warning("grace period over with %d records unfinished; they will be redone", self._tracker.in_flight())
             return True
         return False
 
+    def _close_reserve(self) -> float:
+        """The end of the grace period kept for the steps after the drain and the stages."""
+        return min(_CLOSE_RESERVE_SECONDS, self._settings.shutdown_grace_seconds / 4)
+
     def _close(self, error: BaseException | None) -> None:
-        """1. stop the stages (waiting no later than the deadline), 2. flush outputs, 3. commit
+        """1. stop the stages (waiting no later than the drain's deadline), 2. flush outputs, 3. commit
         offsets, 4. leave the group, 5. end the transaction, 6. close the producer: in that order."""
         deadline = self._stop_deadline or self._clock() + self._settings.shutdown_grace_seconds
         pipeline = self._pipeline
         stages: tuple[Stage[Any], ...] = (*pipeline.images, pipeline.inference)
         for stage in stages:
-            stage.close(deadline)
+            stage.close(deadline - self._close_reserve())
         pipeline.wake.close()
         if isinstance(error, ClientWedged):
             return  # nothing can be flushed or committed through a wedged client; the successor fences it
