@@ -26,6 +26,8 @@ from tests.pipeline.conftest import ids_of, requests_for
 from worker.config import Settings
 from worker.formats.encoding import EmbeddingEncoder
 
+pytestmark = pytest.mark.slow
+
 N_KILL = 1500  # above three kill points of up to 450 fresh outputs each
 
 
@@ -39,50 +41,64 @@ def wait_for_outputs(
         time.sleep(0.1)
 
 
-@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
-def test_sigkill_at_three_random_points_loses_no_record(
-    delivery: str,
+def test_sigkill_at_three_random_points_loses_no_record_in_either_delivery_mode(
     kafka_broker: KafkaBroker,
     s3_server: S3Server,
     photo_bucket: tuple[str, list[str]],
     make_settings: Callable[..., Settings],
     tmp_path: Path,
 ) -> None:
+    """One worker per delivery mode, side by side, each killed three times at random points."""
     bucket, keys = photo_bucket
-    settings = make_settings(
-        bucket,
-        input_partitions=4,
-        kafka={"group_instance_id": "worker-0", "consumer_config": {"session.timeout.ms": "6000"}},
-        pipeline={"delivery": delivery, "max_batch_wait_ms": 20},
-    )
     requests = requests_for(bucket, keys, N_KILL)
-    produce_requests(kafka_broker.bootstrap_servers, settings.kafka.input_topic, requests)
-    env = settings_env(settings) | s3_server.env()
-    rng = random.Random(delivery)
-    kill_points = []
+    envs: dict[str, tuple[Settings, dict[str, str]]] = {}
+    for delivery in ("at-least-once", "exactly-once"):
+        settings = make_settings(
+            bucket,
+            input_partitions=4,
+            kafka={"group_instance_id": "worker-0", "consumer_config": {"session.timeout.ms": "6000"}},
+            pipeline={"delivery": delivery, "max_batch_wait_ms": 20},
+        )
+        settings = settings.model_copy(update={"model": settings.model.model_copy(
+            update={"decode_journal_dir": tmp_path / delivery})})  # each pod has its own
+        produce_requests(kafka_broker.bootstrap_servers, settings.kafka.input_topic, requests)
+        envs[delivery] = settings, settings_env(settings) | s3_server.env()
+    rng = random.Random(7)
+    kill_points: dict[str, list[int]] = {delivery: [] for delivery in envs}
     for attempt in range(3):  # each life makes some fresh progress, a random amount, then dies
-        worker = WorkerProcess(env, log_path=tmp_path / f"worker-{attempt}.log").start()
+        lives = {delivery: WorkerProcess(env, log_path=tmp_path / f"{delivery}-{attempt}.log").start()
+                 for delivery, (_, env) in envs.items()}
         try:
-            written = written_count(kafka_broker.bootstrap_servers, settings.kafka.output_topic)
-            kill_points.append(written + rng.randint(100, 450))
-            wait_for_outputs(kafka_broker, settings.kafka.output_topic, kill_points[-1], worker)
+            for delivery, worker in lives.items():
+                output_topic = envs[delivery][0].kafka.output_topic
+                written = written_count(kafka_broker.bootstrap_servers, output_topic)
+                kill_points[delivery].append(written + rng.randint(100, 450))
+                wait_for_outputs(kafka_broker, output_topic, kill_points[delivery][-1], worker)
+                worker.kill()
         finally:
-            worker.kill()
-    worker = WorkerProcess(env, log_path=tmp_path / "worker-final.log").start()
+            for worker in lives.values():
+                worker.close()
+    finals = {delivery: WorkerProcess(env, log_path=tmp_path / f"{delivery}-final.log").start()
+              for delivery, (_, env) in envs.items()}
     try:
-        wait_until_committed(kafka_broker.bootstrap_servers, settings.kafka.group_id, settings.kafka.input_topic)
-        assert worker.terminate(timeout=60) == 0, worker.log_tail()
+        for delivery, worker in finals.items():
+            kafka = envs[delivery][0].kafka
+            wait_until_committed(kafka_broker.bootstrap_servers, kafka.group_id, kafka.input_topic)
+            assert worker.terminate(timeout=60) == 0, worker.log_tail()
     finally:
-        worker.close()
+        for worker in finals.values():
+            worker.close()
 
-    outputs = read_all(kafka_broker.bootstrap_servers, settings.kafka.output_topic)
-    seen = ids_of(outputs)
-    assert set(seen) == {r.id for r in requests}, "every id has an output"
-    duplicates = sum(count - 1 for count in seen.values())
-    print(f"{delivery}: killed after {kill_points} outputs; {len(outputs)} outputs, {duplicates} duplicates")
-    if delivery == "exactly-once":
-        assert duplicates == 0, "a read_committed reader sees each input exactly once"
-    assert read_all(kafka_broker.bootstrap_servers, settings.kafka.dead_letter_topic) == []
+    for delivery, (settings, _) in envs.items():
+        outputs = read_all(kafka_broker.bootstrap_servers, settings.kafka.output_topic)
+        seen = ids_of(outputs)
+        assert set(seen) == {r.id for r in requests}, f"{delivery}: every id has an output"
+        duplicates = sum(count - 1 for count in seen.values())
+        print(f"{delivery}: killed after {kill_points[delivery]} outputs; {len(outputs)} outputs, "
+              f"{duplicates} duplicates")
+        if delivery == "exactly-once":
+            assert duplicates == 0, "a read_committed reader sees each input exactly once"
+        assert read_all(kafka_broker.bootstrap_servers, settings.kafka.dead_letter_topic) == []
 
 
 def test_sigterm_under_load_drains_commits_and_exits_within_the_grace_period(
