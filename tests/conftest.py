@@ -20,6 +20,13 @@ from harness.s3_server import S3Server
 pytest_plugins = ["harness.pytest_plugin"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules marked `slow` first, in their order: a parallel run (make test) starts them at once,
+    beside the rest, instead of ending on them."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Random weights for the tiny model, saved the way open_clip loads a checkpoint by path."""

@@ -20,6 +20,8 @@ from bench.gpu_parts.common import Budget, Context, Report
 from harness.nvjpeg_crash.sitecustomize import crashing_decoder
 from worker.engine import Embedder
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

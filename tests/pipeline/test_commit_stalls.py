@@ -20,12 +20,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from harness.kafka_io import committed_and_end_offsets, produce_requests, read_all, written_count
 from harness.pytest_plugin import ProxiedKafka
 from harness.s3_server import S3Server
 from harness.workers import WorkerProcess, settings_env
 from tests.pipeline.conftest import ids_of, requests_for
 from worker.config import Settings
+
+pytestmark = pytest.mark.slow
 
 N_RECORDS = 2000
 CALL_SECONDS = 3.0  # kafka.transaction_call_seconds: a call past twice this counts as wedged

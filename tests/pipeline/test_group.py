@@ -7,12 +7,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import pytest
+
 from harness.kafka_broker import KafkaBroker
 from harness.kafka_io import produce_requests, read_all, wait_until_committed
 from harness.workers import InProcessWorker
 from tests.pipeline.conftest import SlowDevice, ids_of, requests_for
 from worker.config import Settings
 from worker.engine import Embedder
+
+pytestmark = pytest.mark.slow
 
 
 def wait_for_embedded(worker: InProcessWorker, at_least: float, timeout: float = 60) -> None:
