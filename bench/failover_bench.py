@@ -6,7 +6,9 @@ S3 server; for each scenario a fresh set of topics and one exactly-once worker w
 Latency is from the feeder's produce to the record's output becoming visible to a read_committed
 reader (median, p99, max over every record of the scenario). Scenarios:
 
-- kill-15 / kill-60: SIGKILL the group coordinator's node, start it again 15 s / 60 s later;
+- kill-group-15 / kill-group-60: SIGKILL the group coordinator's node, start it again 15 s / 60 s later;
+- kill-txn-15 / kill-txn-60: the same for the transaction coordinator's node (the worker's
+  transactional.id), which may be another node;
 - roll: a rolling restart of all three (SIGTERM, a controlled shutdown, then start);
 - wedge: an in-process worker whose first producer blocks in send_offsets_to_transaction (as
   librdkafka's does while a coordinator fails over): how long after the call the clients are
@@ -87,11 +89,16 @@ def scenario(cluster: KafkaCluster, settings: Settings, s3: S3Server, keys: list
                                          "duplicates": watcher.duplicates, "exited": exited}
 
 
-def kill(cluster: KafkaCluster, settings: Settings, seconds: float) -> Callable[[], None]:
+def kill(cluster: KafkaCluster, settings: Settings, name: str) -> Callable[[], None]:
+    """kill-group-<seconds> or kill-txn-<seconds>."""
+    _, coordinator, seconds = name.split("-")
+    kafka = settings.kafka
+
     def event() -> None:
-        node = cluster.node(cluster.group_coordinator(settings.kafka.group_id))
+        node = cluster.node(cluster.group_coordinator(kafka.group_id) if coordinator == "group" else
+                            cluster.transaction_coordinator(f"{kafka.group_id}-{kafka.group_instance_id}"))
         node.kill()
-        time.sleep(seconds)
+        time.sleep(float(seconds))
         node.start()
         cluster.wait_until_replicated()
 
@@ -145,11 +152,14 @@ def wedge(settings: Settings, s3: S3Server, timings: dict[str, float]) -> Callab
     return start
 
 
+SCENARIOS = ("kill-group-15", "kill-txn-15", "kill-group-60", "kill-txn-60", "roll", "wedge")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", action="append", choices=("kill-15", "kill-60", "roll", "wedge"))
+    parser.add_argument("--only", action="append", choices=SCENARIOS)
     args = parser.parse_args()
-    wanted = args.only or ["kill-15", "kill-60", "roll", "wedge"]
+    wanted = args.only or list(SCENARIOS)
     load_start = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="failover-bench-"))
     checkpoint = write_random_checkpoint(TINY_MODEL_NAME, tmp / "tiny.pt", seed=7)
@@ -172,7 +182,7 @@ def main() -> None:
                     result["wedged->replaced"] = timings["ended_at"] - called if called else float("nan")
                     result["replacement"] = timings.get("replace", float("nan"))
                 else:
-                    event = roll(cluster) if name == "roll" else kill(cluster, settings, float(name.split("-")[1]))
+                    event = roll(cluster) if name == "roll" else kill(cluster, settings, name)
                     result = scenario(cluster, settings, s3, keys, log, event)
                     result["replacements"] = log.read_text(errors="replace").count("replacing the Kafka clients")
                 results[name] = result
