@@ -28,14 +28,14 @@ $(INSTALLED): pyproject.toml requirements.lock
 	$(PY) -c "import harness.schema_registry as r; r.ensure_registry(); r.train_aot_cache()"
 	touch $@
 
-# The checks run side by side (the tool builds beside the install, the linters beside the tests; their
-# output kept whole line by line), and so do the test modules: pytest-xdist, PYTEST_WORKERS processes
-# each taking whole modules (most tests wait on brokers and processes, so three share two cores well).
-# `make pytest PYTEST_WORKERS=0` runs them in one process.
+# The checks run side by side (the tool builds beside the install, the linters beside the tests), and
+# so do the test modules: pytest-xdist, PYTEST_WORKERS processes each taking whole modules (most tests
+# wait on brokers and processes, so three share two cores well). `make pytest PYTEST_WORKERS=0` runs
+# them in one process.
 PYTEST_WORKERS ?= 3
 
 test:
-	$(MAKE) --jobs=4 --output-sync=line lint typecheck imports pytest
+	$(MAKE) --jobs=4 lint typecheck imports pytest
 
 lint: $(INSTALLED)
 	$(PY) -m ruff check worker harness tests bench demo
@@ -48,7 +48,7 @@ imports: $(INSTALLED)
 	$(VENV)/bin/lint-imports
 
 pytest: $(INSTALLED) $(HELM) $(PROMTOOL)
-	$(PY) -m pytest --numprocesses=$(PYTEST_WORKERS) --dist=loadfile
+	$(PY) -m pytest --numprocesses=$(PYTEST_WORKERS) --dist=loadfile --durations=20
 
 $(HELM):
 	GOBIN=$(CURDIR)/.cache/bin GOFLAGS=-mod=mod go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)

@@ -83,7 +83,7 @@ def one_run(ctx: Context, report: Report, budget: Budget, *, bootstrap: str, end
     samples: list[tuple[float, int, float, float, float]] = []  # (time, outputs, worker, main thread, box CPU s)
     first = dead = 0.0
     # The smoke run waits for all its records (it ends as soon as they are out): a busy machine is slow.
-    warmup, window = (0.5, 30.0) if ctx.smoke else (3.0, 20.0)
+    warmup, window = (0.5, 90.0) if ctx.smoke else (3.0, 20.0)
     try:
         while budget.left() > 5.0 and all(worker.poll() is None for worker in workers):
             time.sleep(0.25)
