@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import email
 import json
+import os
 import re
 import shlex
 import shutil
@@ -316,14 +317,21 @@ def test_base_images_take_an_optional_digest_and_the_defaults_are_digests_or_emp
     assert "docker buildx imagetools inspect" in DOCKERFILE.read_text(), "how to read a digest"
 
 
+def make_dry_run(*args: str) -> subprocess.CompletedProcess[str]:
+    """`make -n ...`: the commands only (Docker is not needed, nor here). Not as a sub-make of `make
+    test`, whose flags would have it print the directories it enters among them."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    return subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
 def test_image_carries_oci_labels_from_build_arguments_that_make_image_passes() -> None:
     labels = " ".join(rest for instruction, rest in _final()["instructions"] if instruction == "LABEL")
     for key, value in [("version", "${VERSION}"), ("revision", "${REVISION}"), ("source", "${SOURCE}")]:
         assert f'org.opencontainers.image.{key}="{value}"' in labels
     assert 'org.opencontainers.image.title="clip-embedding-worker"' in labels
     assert f'org.opencontainers.image.description="{PYPROJECT["project"]["description"]}"' in labels
-    done = subprocess.run(["make", "-n", "image", "CUDA=12.8", "PRETRAINED=", "REVISION=abc123"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    done = make_dry_run("image", "CUDA=12.8", "PRETRAINED=", "REVISION=abc123")
     assert done.returncode == 0, done.stderr
     command = done.stdout.replace("\\\n", " ").split()
     for arg in (f"VERSION={VERSION}", "REVISION=abc123", "CUDA=12.8", "PRETRAINED="):
@@ -373,9 +381,7 @@ def test_make_image_tags_the_image_the_chart_deploys_by_default() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert chart["appVersion"] == VERSION, "the chart's appVersion is the worker's version, the image's tag"
     assert values["image"]["tag"] == "", "an empty tag means appVersion (see _helpers.tpl)"
-    # -n: print the command only; Docker is not needed (nor here).
-    done = subprocess.run(["make", "--no-print-directory", "-n", "image"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+    done = make_dry_run("image")
     assert done.returncode == 0, done.stderr
     command = done.stdout.replace("\\\n", " ").split()
     assert command[:4] == ["docker", "build", "-t", f"{values['image']['repository']}:{VERSION}"], command

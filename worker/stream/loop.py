@@ -41,9 +41,7 @@ from worker.stream.rebalance import Rebalancer
 log = logging.getLogger(__name__)
 _IDLE_POLL_SECONDS = 0.1
 _CLOSE_SECONDS = 30.0  # the consumer's close: leaving the group takes a round trip or two
-# The end of the grace period kept for what follows the drain (flush, commit, leave, exit): the drain
-# and the stages stop this long before it, or a quarter of the grace period before it if less.
-_CLOSE_RESERVE_SECONDS = 5.0
+_CLOSE_RESERVE_SECONDS = 5.0  # the grace period's end kept for flush, commit and leave (a quarter at most)
 _MAX_CONSUME = 500
 
 
