@@ -30,8 +30,8 @@ $(INSTALLED): pyproject.toml requirements.lock
 
 # The checks run side by side (the tool builds beside the install, the linters beside the tests), and
 # so do the test modules: pytest-xdist, PYTEST_WORKERS processes each taking whole modules (most tests
-# wait on brokers and processes, so three share two cores well). `make pytest PYTEST_WORKERS=0` runs
-# them in one process.
+# wait on brokers and processes, so three share two cores well), the slow ones first
+# (tests/conftest.py). `make pytest PYTEST_WORKERS=0` runs them in one process.
 PYTEST_WORKERS ?= 3
 
 test:
@@ -48,7 +48,7 @@ imports: $(INSTALLED)
 	$(VENV)/bin/lint-imports
 
 pytest: $(INSTALLED) $(HELM) $(PROMTOOL)
-	$(PY) -m pytest --numprocesses=$(PYTEST_WORKERS) --dist=loadfile --durations=20
+	$(PY) -m pytest --numprocesses=$(PYTEST_WORKERS) --dist=loadfile --no-loadscope-reorder --durations=20
 
 $(HELM):
 	GOBIN=$(CURDIR)/.cache/bin GOFLAGS=-mod=mod go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)

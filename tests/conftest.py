@@ -21,10 +21,24 @@ pytest_plugins = ["harness.pytest_plugin"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules marked `slow` first, in their order: a parallel run (make test) starts them at once,
-    beside the rest, instead of ending on them."""
-    slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow)
+    """The longest module marked `slow(minutes=...)` first, and the other slow ones spread evenly over
+    the first two thirds of the rest: a parallel run (make test, which keeps this order) starts the
+    longest at once, never runs the heavy ones all together, and does not end on one."""
+    def minutes(path: Path) -> float:
+        marker = next(item for item in items if item.path == path).get_closest_marker("slow")
+        return float(marker.kwargs["minutes"]) if marker is not None else 0.0
+
+    modules = list(dict.fromkeys(item.path for item in items))
+    slow = sorted((path for path in modules if minutes(path)), key=minutes, reverse=True)
+    light = [path for path in modules if path not in slow]
+    order, spread = slow[:1], slow[1:]
+    step = 2 * len(light) / 3 / max(1, len(spread))
+    for index, path in enumerate(light):
+        order.append(path)
+        if spread and index >= step * (len(slow) - len(spread)):
+            order.append(spread.pop(0))
+    rank = {path: n for n, path in enumerate(order + spread)}
+    items.sort(key=lambda item: rank[item.path])
 
 
 @pytest.fixture(scope="session")

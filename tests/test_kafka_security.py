@@ -39,10 +39,10 @@ from worker.formats.records import PolledRecord
 from worker.images.work import Work
 from worker.stream.deadletter import dead_letter_record
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=2)
 
 AUTH_FAILURE_SECONDS = 5
-EXIT_MARGIN_SECONDS = 20  # model load and client shutdown on a busy machine, beyond AUTH_FAILURE_SECONDS
+EXIT_MARGIN_SECONDS = 40  # start-up, model load and client shutdown on a busy machine, beyond AUTH_FAILURE_SECONDS
 N_RECORDS = 24
 
 MakeSettings = Callable[..., Settings]

@@ -25,7 +25,7 @@ from harness.workers import WorkerProcess, settings_env
 from tests.pipeline.conftest import ids_of, requests_for
 from worker.config import Settings
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=1.5)
 
 RECORDS = 1200
 

@@ -29,7 +29,7 @@ from harness.workers import WorkerProcess, settings_env
 from tests.pipeline.conftest import ids_of, requests_for
 from worker.config import Settings
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=1.2)
 
 N_RECORDS = 2000
 CALL_SECONDS = 3.0  # kafka.transaction_call_seconds: a call past twice this counts as wedged

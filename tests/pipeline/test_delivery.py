@@ -26,7 +26,7 @@ from tests.pipeline.conftest import ids_of, requests_for
 from worker.config import Settings
 from worker.formats.encoding import EmbeddingEncoder
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=2.5)
 
 N_KILL = 1500  # above three kill points of up to 450 fresh outputs each
 

@@ -37,7 +37,7 @@ from harness.workers import WorkerProcess, settings_env
 from tests.pipeline.conftest import ids_of
 from worker.config import Settings
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=4.5)
 
 DOWN_SECONDS = 15.0
 LONG_DOWN_SECONDS = 60.0

@@ -16,7 +16,7 @@ from tests.pipeline.conftest import SlowDevice, ids_of, requests_for
 from worker.config import Settings
 from worker.engine import Embedder
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=1.3)
 
 
 def wait_for_embedded(worker: InProcessWorker, at_least: float, timeout: float = 60) -> None:
