@@ -4,7 +4,8 @@ Starts a 3-node replicated cluster (harness/kafka_cluster.py: RF 3, min.insync.r
 S3 server; for each scenario a fresh set of topics and one exactly-once worker with default settings
 (the tiny model, static membership), fed about 40 records a second throughout (harness/failover.py).
 Latency is from the feeder's produce to the record's output becoming visible to a read_committed
-reader (median, p99, max over every record of the scenario). Scenarios:
+reader (median, p99, max over every record of the scenario). The failover begins 10 s after the
+first 100 outputs, once the backlog of the worker's start-up is gone. Scenarios:
 
 - kill-group-15 / kill-group-60: SIGKILL the group coordinator's node, start it again 15 s / 60 s later;
 - kill-txn-15 / kill-txn-60: the same for the transaction coordinator's node (the worker's
@@ -44,6 +45,7 @@ from worker.config import Settings
 from worker.engine import Embedder
 from worker.stream import clients as clients_module
 
+SETTLE_SECONDS = 10.0  # after the first 100 outputs, before the failover
 
 def settings_for(cluster: KafkaCluster, s3: S3Server, checkpoint: Path, tmp: Path) -> Settings:
     name = f"bench-{uuid.uuid4().hex[:8]}"
@@ -73,6 +75,8 @@ def scenario(cluster: KafkaCluster, settings: Settings, s3: S3Server, keys: list
     try:
         while len(watcher.visible_at) < 100:
             time.sleep(0.2)
+        if in_process is None:
+            time.sleep(SETTLE_SECONDS)  # the backlog of the worker's start-up is gone: a steady state
         event()
         time.sleep(5)
         produced = feeder.stop()
