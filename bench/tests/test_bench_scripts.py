@@ -20,7 +20,7 @@ from bench.gpu_parts.common import Budget, Context, Report
 from harness.nvjpeg_crash.sitecustomize import crashing_decoder
 from worker.engine import Embedder
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=1.5)
 
 ROOT = Path(__file__).resolve().parents[2]
 
