@@ -4,9 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Rebuilt whenever pyproject.toml or the lock changes: the runtime dependencies at the lock's versions
 # (requirements.lock, what the image installs), so the suite tests what ships, with the dev tools on
-# top. Also fetches what the tests' servers need into .cache (the Kafka broker's jars, and Apicurio
-# Registry as the Schema Registry: ~150 MB), so that tests run offline afterwards.
+# top. Installed by uv (into .cache/uv, as `make lock` uses it): it links torch's 6 GB of CUDA wheels
+# from its cache in seconds where pip copies them for two minutes. Also fetches what the tests'
+# servers need into .cache (the Kafka broker's jars, and Apicurio Registry as the Schema Registry:
+# ~150 MB), so that tests run offline afterwards.
 INSTALLED := $(VENV)/.installed
+UV_VERSION := 0.13.10
+UV := .cache/uv/bin/uv
 # A real helm renders the chart in tests/test_helm_chart.py; built from its Go module (~2.5 min
 # the first time on a machine, seconds once Go's caches are warm).
 HELM := .cache/bin/helm
@@ -19,11 +23,10 @@ PROMTOOL_VERSION := v0.316.0
 
 .PHONY: test demo docs lint typecheck imports pytest bench bench-cpu gpu-wheels lock lock-cu128 image clean
 
-$(INSTALLED): pyproject.toml requirements.lock
+$(INSTALLED): pyproject.toml requirements.lock $(UV)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	sed -e '/--hash=/d' -e 's/ \\$$//' requirements.lock > $(VENV)/constraints.txt  # pip refuses hashes beside -e .
-	$(PY) -m pip install --quiet -e '.[dev]' -c $(VENV)/constraints.txt
+	sed -e '/--hash=/d' -e 's/ \\$$//' requirements.lock > $(VENV)/constraints.txt  # no hashes beside -e .
+	$(UV) pip install --quiet --python $(PY) -e '.[dev]' -c $(VENV)/constraints.txt
 	$(PY) -c "import harness.kafka_broker as k; k.ensure_jars()"
 	$(PY) -c "import harness.schema_registry as r; r.ensure_registry(); r.train_aot_cache()"
 	touch $@
@@ -90,8 +93,6 @@ gpu-wheels: $(INSTALLED)
 # CPython 3.11, resolved from pyproject.toml's [project.dependencies] by uv (metadata only: the
 # CUDA wheels are not downloaded). Run it after changing a dependency; tests/test_install.py fails
 # while the lock and pyproject.toml disagree. uv comes into .cache/uv, not into the project.
-UV_VERSION := 0.13.10
-UV := .cache/uv/bin/uv
 LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 	--custom-compile-command "make lock"
 
