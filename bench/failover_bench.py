@@ -27,7 +27,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,9 +34,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run as a script
 
 from bench.header import run_header
-from harness.failover import Feeder, Watcher, latencies
+from harness.failover import Feeder, Watcher, failover_settings, latencies, transactional_id
 from harness.kafka_cluster import KafkaCluster
-from harness.models import TINY_MODEL_NAME, tiny_model_settings, write_random_checkpoint
+from harness.models import TINY_MODEL_NAME, write_random_checkpoint
 from harness.photos import photo_corpus
 from harness.s3_server import S3Server, fill_bucket
 from harness.workers import InProcessWorker, settings_env
@@ -46,18 +45,6 @@ from worker.engine import Embedder
 from worker.stream import clients as clients_module
 
 SETTLE_SECONDS = 10.0  # after the first 100 outputs, before the failover
-
-def settings_for(cluster: KafkaCluster, s3: S3Server, checkpoint: Path, tmp: Path) -> Settings:
-    name = f"bench-{uuid.uuid4().hex[:8]}"
-    for suffix, partitions in (("in", 3), ("out", 2), ("dlq", 1)):
-        cluster.create_topic(f"{name}-{suffix}", partitions)
-    return Settings(
-        model=tiny_model_settings(checkpoint, decode_journal_dir=tmp / name),
-        kafka={"bootstrap_servers": cluster.bootstrap_servers, "group_id": name, "input_topic": f"{name}-in",
-               "output_topic": f"{name}-out", "dead_letter_topic": f"{name}-dlq", "group_instance_id": "worker-0"},
-        s3={"endpoint_url": s3.endpoint_url, "region": "us-east-1", "allowed_sources": ("bench",)},
-        pipeline={"metrics_port": 0, "delivery": "exactly-once"},
-    )
 
 
 def scenario(cluster: KafkaCluster, settings: Settings, s3: S3Server, keys: list[str], log: Path,
@@ -96,11 +83,10 @@ def scenario(cluster: KafkaCluster, settings: Settings, s3: S3Server, keys: list
 def kill(cluster: KafkaCluster, settings: Settings, name: str) -> Callable[[], None]:
     """kill-group-<seconds> or kill-txn-<seconds>."""
     _, coordinator, seconds = name.split("-")
-    kafka = settings.kafka
 
     def event() -> None:
-        node = cluster.node(cluster.group_coordinator(kafka.group_id) if coordinator == "group" else
-                            cluster.transaction_coordinator(f"{kafka.group_id}-{kafka.group_instance_id}"))
+        node = cluster.node(cluster.group_coordinator(settings.kafka.group_id) if coordinator == "group" else
+                            cluster.transaction_coordinator(transactional_id(settings)))
         node.kill()
         time.sleep(float(seconds))
         node.start()
@@ -176,7 +162,8 @@ def main() -> None:
             fill_bucket(s3, "bench", images)
             keys = [name for name, _ in images]
             for name in wanted:
-                settings = settings_for(cluster, s3, checkpoint, tmp)
+                settings = failover_settings(cluster, s3, checkpoint, prefix="bench", bucket="bench",
+                                             delivery="exactly-once", journal_dir=tmp / name)
                 log = tmp / f"{name}.log"
                 if name == "wedge":
                     timings: dict[str, Any] = {}

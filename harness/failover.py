@@ -7,6 +7,8 @@
   first became visible and how often it was seen (the tests count duplicates with a fresh reader
   afterwards too: harness/kafka_io.py ``read_all``).
 - ``latencies``: produce-to-visible, per id, from the two.
+- ``failover_settings``: fresh topics on the cluster and a worker's settings for them;
+  ``transactional_id``: the id whose coordinator a test or the benchmark takes down.
 """
 
 from __future__ import annotations
@@ -16,10 +18,16 @@ import statistics
 import threading
 import time
 import uuid
+from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from harness.kafka_cluster import KafkaCluster
+from harness.models import tiny_model_settings
+from harness.s3_server import S3Server
+from worker.config import Settings
 from worker.formats.messages import ImageRequest, S3Uri, encode_request_json
+from worker.kafka.config import producer_config
 
 _LOG = logging.getLogger("harness.librdkafka")
 
@@ -112,3 +120,25 @@ def latencies(feeder: Feeder, watcher: Watcher) -> dict[str, float]:
         return {"median": float("nan"), "p99": float("nan"), "max": float("nan")}
     return {"median": statistics.median(values), "p99": values[min(len(values) - 1, int(len(values) * 0.99))],
             "max": values[-1]}
+
+
+def failover_settings(cluster: KafkaCluster, s3: S3Server, checkpoint: Path, *, prefix: str, bucket: str,
+                      delivery: str, journal_dir: Path) -> Settings:
+    """Fresh topics on `cluster` (input 3 partitions, output 2, dead letters 1) and the settings of one
+    worker for them: the tiny model, static membership (worker-0), default timeouts, the S3 server."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    for suffix, partitions in (("in", 3), ("out", 2), ("dlq", 1)):
+        cluster.create_topic(f"{name}-{suffix}", partitions)
+    return Settings(
+        model=tiny_model_settings(checkpoint, decode_journal_dir=journal_dir),
+        kafka={"bootstrap_servers": cluster.bootstrap_servers, "group_id": name, "input_topic": f"{name}-in",
+               "output_topic": f"{name}-out", "dead_letter_topic": f"{name}-dlq", "group_instance_id": "worker-0"},
+        s3={"endpoint_url": s3.endpoint_url, "region": "us-east-1", "allowed_sources": (bucket,)},
+        pipeline={"metrics_port": 0, "delivery": delivery},
+    )
+
+
+def transactional_id(settings: Settings) -> str:
+    """The exactly-once worker's transactional.id, as the worker sets it."""
+    tid: str = producer_config(settings.kafka, settings.pipeline)["transactional.id"]
+    return tid

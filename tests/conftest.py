@@ -24,13 +24,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The longest module marked `slow(minutes=...)` first, and the other slow ones spread evenly over
     the first two thirds of the rest: a parallel run (make test, which keeps this order) starts the
     longest at once, never runs the heavy ones all together, and does not end on one."""
-    def minutes(path: Path) -> float:
-        marker = next(item for item in items if item.path == path).get_closest_marker("slow")
-        return float(marker.kwargs["minutes"]) if marker is not None else 0.0
-
-    modules = list(dict.fromkeys(item.path for item in items))
-    slow = sorted((path for path in modules if minutes(path)), key=minutes, reverse=True)
-    light = [path for path in modules if path not in slow]
+    minutes: dict[Path, float] = {}  # each module's, in collection order
+    for item in items:
+        marker = item.get_closest_marker("slow")
+        minutes.setdefault(item.path, float(marker.kwargs["minutes"]) if marker is not None else 0.0)
+    slow = sorted((path for path, weight in minutes.items() if weight), key=minutes.__getitem__, reverse=True)
+    light = [path for path, weight in minutes.items() if not weight]
     order, spread = slow[:1], slow[1:]
     step = 2 * len(light) / 3 / max(1, len(spread))
     for index, path in enumerate(light):

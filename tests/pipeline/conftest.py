@@ -40,7 +40,7 @@ def make_settings(
     fresh topics and group on the session broker, the tiny model, and the S3 server. The credentials
     are in the environment (aws_credentials), as in a pod: decoder processes read S3 with their own
     clients, so a client handed to the worker in-process does not reach them. The device journal is
-    the test's own, as each pod's is."""
+    the test's own, as each pod's is (model={"decode_journal_dir": ...} gives each of its workers one)."""
 
     def make(
         bucket: str,
@@ -53,8 +53,9 @@ def make_settings(
         s3: dict[str, Any] | None = None,
     ) -> Settings:
         input_topic = topic_factory(partitions=input_partitions)
+        model = {"decode_journal_dir": tmp_path / "journal"} | (model or {})
         return Settings(
-            model=tiny_model_settings(tiny_checkpoint, decode_journal_dir=tmp_path / "journal", **(model or {})),
+            model=tiny_model_settings(tiny_checkpoint, **model),
             kafka={
                 "bootstrap_servers": bootstrap or kafka_broker.bootstrap_servers,
                 "group_id": f"group-{input_topic}",

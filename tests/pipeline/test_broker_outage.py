@@ -51,9 +51,8 @@ def test_a_broker_stopped_and_restarted_mid_stream_loses_nothing_and_never_ends_
                 # A small in-flight bound keeps the consumer paused much of the time, so that the outage
                 # often lands while it is paused: partitions it gets back must not stay paused.
                 pipeline={"delivery": delivery, "max_in_flight": 100},
+                model={"decode_journal_dir": tmp_path / delivery},  # each pod has its own
             )
-            settings = settings.model_copy(update={"model": settings.model.model_copy(
-                update={"decode_journal_dir": tmp_path / delivery})})  # each pod has its own
             kafka = settings.kafka
             for topic, partitions in ((kafka.input_topic, 3), (kafka.output_topic, 2), (kafka.dead_letter_topic, 1)):
                 broker.create_topic(topic, partitions)

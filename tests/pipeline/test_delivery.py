@@ -58,9 +58,8 @@ def test_sigkill_at_three_random_points_loses_no_record_in_either_delivery_mode(
             input_partitions=4,
             kafka={"group_instance_id": "worker-0", "consumer_config": {"session.timeout.ms": "6000"}},
             pipeline={"delivery": delivery, "max_batch_wait_ms": 20},
+            model={"decode_journal_dir": tmp_path / delivery},  # each pod has its own
         )
-        settings = settings.model_copy(update={"model": settings.model.model_copy(
-            update={"decode_journal_dir": tmp_path / delivery})})  # each pod has its own
         produce_requests(kafka_broker.bootstrap_servers, settings.kafka.input_topic, requests)
         envs[delivery] = settings, settings_env(settings) | s3_server.env()
     rng = random.Random(7)

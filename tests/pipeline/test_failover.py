@@ -19,7 +19,6 @@ Kafka clients in the process, and each replacement is printed.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,10 +27,9 @@ from typing import Any
 
 import pytest
 
-from harness.failover import Feeder, Watcher, latencies
+from harness.failover import Feeder, Watcher, failover_settings, latencies, transactional_id
 from harness.kafka_cluster import KafkaCluster
 from harness.kafka_io import read_all
-from harness.models import tiny_model_settings
 from harness.s3_server import S3Server
 from harness.workers import WorkerProcess, settings_env
 from tests.pipeline.conftest import ids_of
@@ -63,20 +61,6 @@ class Flow:
         assert code is None, f"the {self.delivery} worker exited with {code} {when}\n{self.worker.log_tail()}"
 
 
-def cluster_settings(cluster: KafkaCluster, bucket: str, checkpoint: Path, s3_server: S3Server, tmp_path: Path,
-                     delivery: str) -> Settings:
-    name = f"failover-{uuid.uuid4().hex[:8]}"
-    for suffix, partitions in (("in", 3), ("out", 2), ("dlq", 1)):
-        cluster.create_topic(f"{name}-{suffix}", partitions)
-    return Settings(
-        model=tiny_model_settings(checkpoint, decode_journal_dir=tmp_path / delivery / "journal"),
-        kafka={"bootstrap_servers": cluster.bootstrap_servers, "group_id": name, "input_topic": f"{name}-in",
-               "output_topic": f"{name}-out", "dead_letter_topic": f"{name}-dlq", "group_instance_id": "worker-0"},
-        s3={"endpoint_url": s3_server.endpoint_url, "region": "us-east-1", "allowed_sources": (bucket,)},
-        pipeline={"metrics_port": 0, "delivery": delivery},
-    )
-
-
 @contextmanager
 def flows_for_each_delivery(cluster: KafkaCluster, s3_server: S3Server, photo_bucket: tuple[str, list[str]],
                             checkpoint: Path, tmp_path: Path) -> Iterator[list[Flow]]:
@@ -85,7 +69,8 @@ def flows_for_each_delivery(cluster: KafkaCluster, s3_server: S3Server, photo_bu
     flows: list[Flow] = []
     try:
         for delivery in DELIVERIES:
-            settings = cluster_settings(cluster, bucket, checkpoint, s3_server, tmp_path, delivery)
+            settings = failover_settings(cluster, s3_server, checkpoint, prefix="failover", bucket=bucket,
+                                         delivery=delivery, journal_dir=tmp_path / delivery / "journal")
             kafka = settings.kafka
             worker = WorkerProcess(settings_env(settings) | s3_server.env(), log_path=tmp_path / f"{delivery}.log")
             flows.append(Flow(settings, worker.start(),
@@ -147,7 +132,7 @@ def coordinators(cluster: KafkaCluster, flows: list[Flow]) -> list[int]:
         kafka = flow.settings.kafka
         nodes.append(cluster.group_coordinator(kafka.group_id))
         if flow.delivery == "exactly-once":
-            nodes.append(cluster.transaction_coordinator(f"{kafka.group_id}-{kafka.group_instance_id}"))
+            nodes.append(cluster.transaction_coordinator(transactional_id(flow.settings)))
     return nodes
 
 
