@@ -8,6 +8,7 @@ starting thread, so start servers from a long-lived one.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -31,6 +32,21 @@ def spawn(cmd: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+
+
+def end(process: subprocess.Popen[bytes], timeout: float | None) -> bool:
+    """Stop `process` and reap it: SIGTERM and up to `timeout` seconds to exit (None: SIGKILL at once),
+    then SIGKILL. True when it exited on the SIGTERM. The owner lets go of the Popen only after this
+    returns, so that a test interrupted here (a timeout) leaves the process to the next stop, not to the
+    garbage collector."""
+    clean = False
+    if timeout is not None:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            clean = process.wait(timeout) is not None
+    process.kill()  # no-op when it has exited
+    process.wait()
+    return clean
 
 
 class LoggedServer:

@@ -47,7 +47,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # the documented path
 
-from harness.children import LoggedServer, free_port, spawn
+from harness.children import LoggedServer, end, free_port, spawn
 from harness.kafka_security import SCRAM_MECHANISM, BrokerTls
 
 POM = Path(__file__).with_name("pom.xml")
@@ -258,8 +258,9 @@ class KafkaBroker(LoggedServer):
     def start(self, *, wait: bool = True) -> None:
         """Start the broker (formatting its storage the first time); wait until it serves consumer groups
         (``wait=False``: the caller calls ``wait_until_serving``, once a cluster's quorum can form)."""
-        if self._process is not None:
+        if self.is_running:
             raise RuntimeError("broker is already running")
+        self._end(None)  # reaps one that died on its own
         if self._log_dir is None:
             self._prepare()
         flags: tuple[str, ...] = ()
@@ -314,16 +315,10 @@ class KafkaBroker(LoggedServer):
 
     def _end(self, timeout: float | None) -> None:
         self._admin = None  # let it go first: it would keep reconnecting to the stopped broker
-        process, self._process = self._process, None
-        if process is None:
+        if self._process is None:
             return
-        clean = False
-        if timeout is not None:
-            process.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                clean = process.wait(timeout) is not None
-        process.kill()  # no-op when it has exited
-        process.wait()
+        clean = end(self._process, timeout)
+        self._process = None
         # Promote the class archive this JVM wrote on a clean exit; drop a possibly truncated one.
         pending, self._cds_pending = self._cds_pending, None
         if pending is not None and pending.is_file():

@@ -64,6 +64,8 @@ class KafkaCluster:
     def start(self) -> None:
         """Start every node that is not running, then wait for each (a quorum needs two of them)."""
         stopped = [node for node in self.nodes if not node.is_running]
+        if not stopped:
+            return
         for node in stopped:
             node.start(wait=False)
         for node in stopped:
@@ -100,6 +102,7 @@ class KafkaCluster:
                 # rd_kafka_enq_once) when this request times out while no coordinator can be found.
                 description = self.admin().describe_consumer_groups([group], request_timeout=30)[group].result()
                 return int(description.coordinator.id)
+            self._admin = None  # the next try with a fresh client: this one may hold on to a dead coordinator
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no coordinator for group {group}")
             time.sleep(0.2)

@@ -11,7 +11,6 @@ test credentials of harness/s3_server.py.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import subprocess
 import tempfile
@@ -24,7 +23,7 @@ from typing import Any, Self
 
 from botocore.config import Config
 
-from harness.children import free_port, spawn
+from harness.children import end, free_port, spawn
 from harness.s3_server import endpoint_client, endpoint_env
 
 
@@ -84,13 +83,9 @@ class S3Process:
         raise RuntimeError(f"{self.name} {problem}:\n{tail}")
 
     def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is not None:
-            process.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(10)
-            process.kill()  # no-op when it has exited
-            process.wait()
+        if self._process is not None:
+            end(self._process, 10)
+            self._process = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None

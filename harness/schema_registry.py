@@ -41,7 +41,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from harness.children import LoggedServer, free_port, spawn
+from harness.children import LoggedServer, end, free_port, spawn
 
 APICURIO_VERSION = "3.3.3"
 _ARTIFACT = f"io.apicurio:apicurio-registry-app:{APICURIO_VERSION}:tar.gz:all"
@@ -260,16 +260,10 @@ class SchemaRegistry(LoggedServer):
         self._end(None)
 
     def _end(self, timeout: float | None) -> None:
-        process, self._process = self._process, None
-        if process is None:
+        if self._process is None:
             return
-        self.stopped_cleanly = False
-        if timeout is not None:
-            process.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.stopped_cleanly = process.wait(timeout) is not None
-        process.kill()  # no-op when it has exited
-        process.wait()
+        self.stopped_cleanly = end(self._process, timeout)
+        self._process = None
 
 
 def main() -> None:

@@ -210,7 +210,8 @@ def test_a_stuck_preprocess_fails_its_record_and_shutdown_does_not_wait_for_it(
         assert worker.runtime.stalled_seconds() >= 1, "records in flight and nothing finished"
         started = time.monotonic()
         worker.stop(timeout=30)
-        assert time.monotonic() - started < 2.5, "shutdown waited on a stuck thread past the grace period"
+        # The grace period (1 s) and the consumer's close; the stuck thread returns only when the test lets it.
+        assert time.monotonic() - started < 4, "shutdown waited on the stuck thread"
     finally:
         device.gate.set()
 
