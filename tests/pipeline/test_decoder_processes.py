@@ -60,6 +60,12 @@ def serve_with_faults(spec: DecoderSpec, conn: Connection, decoding: Any) -> Non
     decoders.serve(spec, conn, decoding)
 
 
+def starts_slowly(spec: DecoderSpec, conn: Connection, decoding: Any) -> None:
+    """The real decoder main after 3 s, as a decoder starting on a busy machine."""
+    time.sleep(3)
+    decoders.serve(spec, conn, decoding)
+
+
 def dies_at_start(spec: DecoderSpec, conn: Connection, decoding: Any) -> None:
     os._exit(3)
 
@@ -193,6 +199,19 @@ def test_a_record_stuck_in_a_decoder_times_out_and_its_decoder_is_replaced(
     assert [(type(e), w.position.offset) for w, e, _ in sink.failed] == [(RecordTimeout, 0)]
     assert time.monotonic() - started < 15
     assert sorted(w.position.offset for w in sink.done) == [1, 2, 3, 4]
+
+
+def test_a_decoder_slow_to_start_does_not_count_against_the_deadlines_of_the_records_waiting_for_it(
+    make_stage: Callable[..., tuple[DecoderProcesses, SharedSlots, Sink]], s3_client: Any, s3_bucket: str,
+    small_photos: list[tuple[str, bytes]],
+) -> None:
+    name, data = small_photos[0]
+    s3_client.put_object(Bucket=s3_bucket, Key=name, Body=data)
+    stage, _slots, sink = make_stage(s3_bucket, processes=1, timeout=2.0, target=starts_slowly)
+    for offset in range(4):
+        stage.submit(work_for(s3_bucket, name, offset))
+    run_until(stage, sink, 4)
+    assert sink.failed == [] and sorted(w.position.offset for w in sink.done) == [0, 1, 2, 3]
 
 
 def test_decoders_that_keep_dying_before_finishing_anything_stop_the_worker(

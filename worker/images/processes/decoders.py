@@ -145,6 +145,7 @@ def serve(spec: DecoderSpec, conn: Connection, decoding: Any) -> None:
     decoder_thread.start()
     fetching = ThreadPoolExecutor(spec.threads, thread_name_prefix="fetch", initializer=name_os_thread)
     with frozen_heap(), fetching:  # frozen_heap: as the worker's own process (cli.py)
+        send([])  # ready: the parent sends tasks, and starts their deadlines, only from now on
         while True:  # fetches wait on S3 side by side
             try:
                 tasks = conn.recv()

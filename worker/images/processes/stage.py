@@ -11,7 +11,8 @@ Processes can do what threads cannot: a record stuck in a decoder past its deadl
 decoder that dies (a codec's segfault, the OOM killer) takes only itself down: each record it held is
 handed out again alone, and one that kills that decoder too fails as DecoderCrashed. Decoders that
 keep dying without finishing any record stop the worker (FatalError). Admission is ThreadStage's: a
-record starts only while a decoder thread, a slot and the in-flight byte budget have room.
+record starts, and its deadline runs, only while a decoder thread, a slot and the in-flight byte budget
+have room, on a decoder that has started (sent its first message): a start-up is not charged to records.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class _Child:
     decoding: Any  # multiprocessing.Value("q"): the task its decode thread is on, -1 for none
     tasks: dict[int, _Running] = field(default_factory=dict)
     suspects: int = 0  # records it holds that were inside a dead decoder: nothing else goes to it meanwhile
+    ready: bool = False  # its first message came: records wait for a decoder here, not in its pipe
 
 
 class DecoderProcesses:
@@ -130,8 +132,9 @@ class DecoderProcesses:
         try:
             ready = not died or child.conn.poll()  # its pipe was ready: a message at least
             while ready:
-                for outcome in child.conn.recv():
+                for outcome in child.conn.recv():  # the first message, empty, says it has started
                     self._finish(child, outcome)
+                child.ready = True
                 ready = child.conn.poll()
         except (EOFError, OSError):
             died = died or child.process.exitcode is not None  # else its sentinel says so on a later turn
@@ -238,7 +241,7 @@ class DecoderProcesses:
             work, crashes = self._waiting[0]
             # A record that was inside a dead decoder runs alone, so that a second death names it for sure.
             open_ = [i for i, c in enumerate(self._children)
-                     if not c.suspects and (not c.tasks if crashes else len(c.tasks) < threads)]
+                     if c.ready and not c.suspects and (not c.tasks if crashes else len(c.tasks) < threads)]
             if not open_:
                 break
             index = min(open_, key=lambda i: len(self._children[i].tasks))
