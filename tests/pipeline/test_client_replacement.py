@@ -40,6 +40,18 @@ class OffsetsNeverReturn:
         self.released.wait()
 
 
+def closed_soon(producer: Any, timeout: float = 10.0) -> bool:
+    """Whether `producer` is closed within `timeout` (a closed one refuses every call)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            producer.poll(0)
+        except RuntimeError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def test_a_wedged_send_offsets_replaces_the_clients_and_delivers_each_record_once(
     kafka_broker: KafkaBroker, photo_bucket: tuple[str, list[str]], make_settings: Callable[..., Settings],
     s3_client: Any,
@@ -61,6 +73,7 @@ def test_a_wedged_send_offsets_replaces_the_clients_and_delivers_each_record_onc
             wait_until_committed(kafka_broker.bootstrap_servers, settings.kafka.group_id, settings.kafka.input_topic)
             assert worker.error is None, worker.error
             assert worker.counter("clip_worker_kafka_client_replacements_total", reason="wedged") == 1
+            assert closed_soon(wedged.producer), "the abandoned producer is closed on the abandoning thread"
     finally:
         wedged.released.set()
     print(f"wedged send_offsets: all committed {time.monotonic() - started:.1f} s after start")

@@ -76,8 +76,8 @@ def flows_for_each_delivery(cluster: KafkaCluster, s3_server: S3Server, photo_bu
                                          delivery=delivery, journal_dir=tmp_path / delivery / "journal")
             kafka = settings.kafka
             worker = WorkerProcess(settings_env(settings) | s3_server.env(), log_path=tmp_path / f"{delivery}.log")
-            flows.append(Flow(settings, worker.start(),
-                              Feeder(cluster.bootstrap_servers, kafka.input_topic, bucket=bucket, keys=keys, rate=RATE).start(),
+            feeder = Feeder(cluster.bootstrap_servers, kafka.input_topic, bucket=bucket, keys=keys, rate=RATE)
+            flows.append(Flow(settings, worker.start(), feeder.start(),
                               Watcher(cluster.bootstrap_servers, kafka.output_topic).start()))
         deadline = time.monotonic() + 120
         for flow in flows:

@@ -12,8 +12,8 @@ A replacement, in order:
 1. the old consumer's callbacks are switched off and everything in flight is dropped (the tracker
    forgets every partition: records polled before now belong to an old generation and are never
    finished, so they are redone, never doubled);
-2. the old clients go to a daemon thread, which closes what it can (librdkafka may hang in a close
-   or a destructor; that thread is never waited for);
+2. the old clients go to a daemon thread, which closes both (librdkafka may hang in a close; that
+   thread is never waited for, and a closed client's destructor has nothing left to do);
 3. a new generation is built: a producer with the same ``transactional.id``, whose
    ``init_transactions`` fences the old one and aborts its open transaction, and a consumer that
    rejoins under the same ``group.instance.id`` and starts from the committed offsets.
@@ -125,12 +125,16 @@ def reason_of(cause: FatalError) -> str:
 
 def _abandon(old: Generation) -> None:
     """Close the old clients on a daemon thread that nobody waits for: a wedged client can hang in
-    its close or its destructor, and then only that thread hangs."""
+    its close, and then only that thread hangs. Both are closed there, the producer too: left to its
+    destructor, its librdkafka handle would be destroyed (and might hang) on whichever thread let go
+    of it last, perhaps the loop's."""
 
     def close(consumer: Consumer, producer: Producer) -> None:
         with contextlib.suppress(Exception):
             consumer.close()
         with contextlib.suppress(Exception):
             producer.purge()
+        with contextlib.suppress(Exception):
+            producer.close()
 
     threading.Thread(target=close, args=(old.consumer, old.producer), name="kafka-abandoned", daemon=True).start()
