@@ -107,9 +107,8 @@ def resolve_dtype(settings: ModelSettings, device: torch.device) -> torch.dtype:
 
 
 def register_model_configs(path: Path) -> None:
-    """open_clip.add_model_config, once per path (it appends and rescans on every call)."""
-    if not path.exists():
-        raise ConfigError(env_var("model", "model_config_dir"), f"{path} does not exist")
+    """open_clip.add_model_config, once per path (it appends and rescans on every call). The path is
+    a folder that exists: the settings (model.model_config_dir) refuse any other."""
     resolved = path.resolve()
     with _register_lock:
         if resolved not in _registered_config_paths:
